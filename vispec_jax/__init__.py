@@ -1,0 +1,20 @@
+"""vispec-jax: ViSpec vision-aware speculative decoding for VLMs in JAX.
+
+Public surface:
+  load_target(folder) -> Target        a Hugging Face VLM checkpoint as params + pure functions
+  prepare(target, prompts, images)     prompts and images -> a fixed-shape Batch
+  target.forward(params, batch)        full-sequence logits and hidden states
+  generate(target, batch, ...)         vanilla decoding, one jitted while_loop
+"""
+
+from vispec_jax.checkpoints import CheckpointError
+from vispec_jax.configs import ConfigError, GenerationConfig, TargetConfig, TextConfig, QwenVisionConfig
+from vispec_jax.decoding import GenerateOutput, generate, trim
+from vispec_jax.processing import Batch, InputError, load_image
+from vispec_jax.target import Target, init_target, load_target, prepare
+
+__all__ = [
+    "Batch", "CheckpointError", "ConfigError", "GenerateOutput", "GenerationConfig", "InputError",
+    "QwenVisionConfig", "Target", "TargetConfig", "TextConfig", "generate", "init_target",
+    "load_image", "load_target", "prepare", "trim",
+]

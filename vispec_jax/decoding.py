@@ -1,0 +1,121 @@
+"""Vanilla generation: one jitted program (prefill + a `lax.while_loop` over tokens).
+
+Cache layout: S = P + max_new_tokens slots per row; the prompt (left-padded to P) fills slots
+[0, P) and generated token s is written at slot P + s - 1 when it is fed back, so every row writes
+the same slot each step (one in-place dynamic-update-slice per layer). A key slot is visible if it
+holds a real prompt token or an already generated one; positions continue per row from
+`batch.next_position`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vispec_jax import sampling
+from vispec_jax.configs import GenerationConfig, TextConfig
+from vispec_jax.models import decoder
+from vispec_jax.processing import Batch
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class GenerateOutput:
+  """tokens: int32[B, max_new_tokens] (pad after each row's end); lengths: int32[B], the
+  generated tokens of each row including its EOS."""
+  tokens: jax.Array
+  lengths: jax.Array
+
+
+def _positions(next_position: jax.Array, offset, mrope: bool, t: int = 1) -> jax.Array:
+  pos = next_position[:, None] + offset + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, t]
+  return jnp.broadcast_to(pos, (3,) + pos.shape) if mrope else pos
+
+
+def prefill(params, cfg: TextConfig, embeds, positions, attention_mask, cache_len: int):
+  """Runs the prompt through the LM into a fresh cache of `cache_len` slots.
+
+  Returns (hidden [B, P, E], cache, key_valid bool[B, cache_len]).
+  """
+  b, p, _ = embeds.shape
+  cache = decoder.init_cache(cfg, b, cache_len, embeds.dtype)
+  key_valid = jnp.zeros((b, cache_len), bool).at[:, :p].set(attention_mask)
+  causal = jnp.arange(cache_len)[None, :] <= jnp.arange(p)[:, None]  # [P, S]
+  mask = causal[None] & key_valid[:, None, :]
+  hidden, cache = decoder.forward(params, cfg, embeds, positions, mask, cache, write_index=0)
+  return hidden, cache, key_valid
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
+                                             "use_top_p", "eos_ids", "pad_id"))
+def _generate(params, embeds, positions, attention_mask, next_position, key, temperature, top_p,
+              *, cfg, max_new_tokens, greedy, top_k, use_top_p, eos_ids, pad_id):
+  b, p, _ = embeds.shape
+  mrope = positions.ndim == 3
+  select = functools.partial(sampling.select_tokens, greedy=greedy, temperature=temperature,
+                             top_k=top_k, top_p=top_p if use_top_p else None)
+  hidden, cache, key_valid = prefill(params, cfg, embeds, positions, attention_mask,
+                                     p + max_new_tokens)
+  key, sub = jax.random.split(key)
+  first = select(decoder.logits(params, hidden[:, -1]), sub)
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+  tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+  done = jnp.isin(first, eos)
+  lengths = jnp.ones((b,), jnp.int32)
+
+  def cond(state):
+    step, _, done, *_ = state
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    step, tokens, done, lengths, cache, key_valid, key = state
+    slot = p + step - 1  # where the previous token's keys/values go
+    key_valid = jax.lax.dynamic_update_slice(key_valid, jnp.ones((b, 1), bool), (0, slot))
+    prev = jax.lax.dynamic_slice(tokens, (0, step - 1), (b, 1))
+    x = decoder.embed_tokens(params, prev, embeds.dtype)
+    h, cache = decoder.forward(params, cfg, x, _positions(next_position, step - 1, mrope),
+                               key_valid[:, None, :], cache, write_index=slot)
+    key, sub = jax.random.split(key)
+    nxt = select(decoder.logits(params, h[:, 0]), sub)
+    nxt = jnp.where(done, pad_id, nxt)
+    tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, step))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(nxt, eos)
+    return step + 1, tokens, done, lengths, cache, key_valid, key
+
+  state = (jnp.int32(1), tokens, done, lengths, cache, key_valid, key)
+  _, tokens, _, lengths, *_ = jax.lax.while_loop(cond, body, state)
+  return GenerateOutput(tokens, lengths)
+
+
+def generate(target, batch: Batch, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, key: jax.Array | None = None,
+             embeds: jax.Array | None = None) -> GenerateOutput:
+  """Generates up to `max_new_tokens` per row; greedy when temperature == 0.
+
+  One compiled program per (batch shape, max_new_tokens, sampling mode); prompts of the same
+  length bucket reuse it. `embeds` may be passed to skip re-encoding the images.
+  """
+  gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
+  if embeds is None:
+    embeds = target.embed(target.params, batch)
+  if key is None:
+    key = jax.random.PRNGKey(0)
+  cfg = target.config
+  return _generate(
+      target.params["text"], embeds, jnp.asarray(batch.positions),
+      jnp.asarray(batch.attention_mask), jnp.asarray(batch.next_position), key,
+      jnp.float32(max(gen.temperature, 1e-6)), jnp.float32(gen.top_p),
+      cfg=cfg.text, max_new_tokens=gen.max_new_tokens, greedy=gen.temperature == 0,
+      top_k=gen.top_k, use_top_p=gen.top_p < 1.0, eos_ids=tuple(cfg.eos_token_ids),
+      pad_id=cfg.pad_token_id)
+
+
+def trim(output: GenerateOutput) -> list[list[int]]:
+  """Per-row token lists without padding (host side)."""
+  tokens, lengths = np.asarray(output.tokens), np.asarray(output.lengths)
+  return [tokens[i, :lengths[i]].tolist() for i in range(tokens.shape[0])]

@@ -1,0 +1,183 @@
+"""Shared transformer layers as plain functions over params pytrees.
+
+Written once and used by every model family (target LMs, vision towers, the draft).
+Einsum letters: B batch, T query length, S key length (cache), N query heads, K kv heads,
+G query heads per kv head, D head dim, E embed, F mlp hidden.
+
+Params layout: a linear layer is `{"kernel": [in, out], "bias": [out]}` (bias optional);
+a norm is `{"scale": [E]}`. dtype policy: params may be bf16; norms, RoPE and softmax run in
+fp32 and results are cast back to the activation dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Params = dict[str, Any]
+
+NEG_INF = -1e30  # additive mask value; finite so fully-masked rows give uniform, not NaN
+
+
+def linear(x: jax.Array, p: Params) -> jax.Array:
+  """x[..., in] @ kernel[in, out] (+ bias)."""
+  y = jnp.einsum("...i,io->...o", x, p["kernel"].astype(x.dtype))
+  if "bias" in p:
+    y = y + p["bias"].astype(y.dtype)
+  return y
+
+
+def rms_norm(x: jax.Array, p: Params, eps: float) -> jax.Array:
+  """RMSNorm in fp32; the scale multiplies after casting back (as Qwen/LLaMA do)."""
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return p["scale"].astype(x.dtype) * xf.astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, p: Params, eps: float) -> jax.Array:
+  """LayerNorm with scale and bias, in fp32."""
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+  y = (xf - mean) * jax.lax.rsqrt(var + eps)
+  return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
+
+def activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def gated_mlp(x: jax.Array, p: Params, act: str = "silu") -> jax.Array:
+  """SwiGLU-style MLP: down(act(gate(x)) * up(x))."""
+  return linear(activation(act)(linear(x, p["gate"])) * linear(x, p["up"]), p["down"])
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(rot_dim: int, theta: float) -> jax.Array:
+  """1 / theta^(2i/rot_dim) for i in [0, rot_dim/2)."""
+  return 1.0 / (theta ** (jnp.arange(0, rot_dim, 2, dtype=jnp.float32) / rot_dim))
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float,
+                mrope_section: tuple[int, ...] | None = None) -> tuple[jax.Array, jax.Array]:
+  """cos/sin tables for rotate-half RoPE.
+
+  Args:
+    positions: int[B, T] (1-D RoPE) or int[3, B, T] (Qwen2.5-VL mRoPE: t, h, w rows).
+    mrope_section: for mRoPE, how many frequency pairs take their angle from row t, h, w.
+  Returns:
+    cos, sin: float32[B, T, head_dim].
+  """
+  inv = rope_inv_freq(head_dim, theta)  # [D/2]
+  if positions.ndim == 3:
+    assert mrope_section is not None and sum(mrope_section) == head_dim // 2
+    freqs = positions.astype(jnp.float32)[..., None] * inv  # [3, B, T, D/2]
+    # Frequency pair f takes its angle from position row (section index of f) % 3.
+    row = [i % 3 for i, n in enumerate(mrope_section) for _ in range(n)]
+    select = jax.nn.one_hot(jnp.array(row), 3, dtype=jnp.float32).T  # [3, D/2]
+    freqs = jnp.sum(freqs * select[:, None, None, :], axis=0)  # [B, T, D/2]
+  else:
+    freqs = positions.astype(jnp.float32)[..., None] * inv  # [B, T, D/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate-half RoPE. x: [..., T, N, D]; cos/sin: [..., T, D] (broadcast over heads)."""
+  xf = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rot = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  out = xf * cos[..., None, :] + rot * sin[..., None, :]
+  return out.astype(x.dtype)
+
+
+# ------------------------------------------------------------------------ attention
+
+
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention with an arbitrary boolean mask.
+
+  Args:
+    q: [B, T, N, D]; k, v: [B, S, K, D] with N a multiple of K.
+    mask: bool[B, T, S] (or broadcastable), True where a query may attend a key.
+  Returns:
+    [B, T, N, D] in q's dtype; logits and softmax in fp32.
+  """
+  b, t, n, d = q.shape
+  kh = k.shape[2]
+  qg = q.reshape(b, t, kh, n // kh, d)
+  logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+  logits = logits * (d ** -0.5)
+  logits = jnp.where(mask[:, None, None, :, :], logits, NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, n, d)
+
+
+def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+  """Writes new[B, T, ...] into cache[B, S, ...] at slot `index`.
+
+  `index` is a scalar (all rows write at the same slot: one in-place dynamic-update-slice) or
+  int[B] (each row at its own slot, e.g. after speculative rounds of different lengths).
+  """
+  index = jnp.asarray(index, jnp.int32)
+  zeros = (0,) * (cache.ndim - 2)
+  if index.ndim == 0:
+    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, index) + zeros)
+  return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (i,) + zeros))(
+      cache, new.astype(cache.dtype), index)
+
+
+def self_attention(x: jax.Array, p: Params, *, num_heads: int, num_kv_heads: int, head_dim: int,
+                   cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                   cache: tuple[jax.Array, jax.Array] | None = None,
+                   write_index: jax.Array | None = None):
+  """Attention block: q/k/v projections, RoPE, optional KV cache, output projection.
+
+  Without a cache, keys are the T new tokens (mask: [B, T, T]). With a cache (k, v: [B, S, K, D])
+  the new keys/values are written at `write_index` first and queries attend over all S slots
+  (mask: [B, T, S]); this is how prefill, decode and tree verification share one code path.
+  Returns (output [B, T, E], new cache or None).
+  """
+  b, t, _ = x.shape
+  q = linear(x, p["q"]).reshape(b, t, num_heads, head_dim)
+  k = linear(x, p["k"]).reshape(b, t, num_kv_heads, head_dim)
+  v = linear(x, p["v"]).reshape(b, t, num_kv_heads, head_dim)
+  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  if cache is not None:
+    k_cache = write_cache(cache[0], k, write_index)
+    v_cache = write_cache(cache[1], v, write_index)
+    cache = (k_cache, v_cache)
+    k, v = k_cache, v_cache
+  out = dot_attention(q, k, v, mask)
+  return linear(out.reshape(b, t, num_heads * head_dim), p["o"]), cache
+
+
+def init_params(shapes, key: jax.Array, std: float = 0.02):
+  """Random params for a tree of ShapeDtypeStruct: norm scales 1, biases 0, the rest N(0, std)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  keys = jax.random.split(key, len(leaves))
+  out = []
+  for (path, s), k in zip(leaves, keys):
+    name = getattr(path[-1], "key", None)
+    if name == "scale":
+      out.append(jnp.ones(s.shape, s.dtype))
+    elif name == "bias":
+      out.append(jnp.zeros(s.shape, s.dtype))
+    else:
+      out.append((std * jax.random.normal(k, s.shape, jnp.float32)).astype(s.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,1 @@
+"""Target model families. Each family module exposes the same small functional surface."""

@@ -1,0 +1,122 @@
+"""A LLaMA/Qwen2-style decoder-only language model over a params pytree.
+
+Shared by every target family (Qwen2.5-VL's Qwen2 LM, LLaVA's Vicuna/LLaMA LM): pre-norm
+blocks of attention + gated MLP, a final RMSNorm and an (optionally tied) lm_head.
+
+Params: {"embed": [V, E], "layers": [{"input_norm", "attn": {q,k,v,o}, "post_norm",
+"mlp": {gate, up, down}}, ...], "norm": {"scale"}, "lm_head": {"kernel": [E, V]} (absent if tied)}.
+KV cache: a list with one (k, v) pair per layer, each [B, S, K, D].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vispec_jax import layers
+from vispec_jax.configs import TextConfig
+
+Params = layers.Params
+KVCache = list  # [(k [B, S, K, D], v [B, S, K, D]) per layer]
+
+
+def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+
+
+def embed_tokens(params: Params, tokens: jax.Array, dtype=None) -> jax.Array:
+  """int[B, T] -> [B, T, E]."""
+  table = params["embed"]
+  out = jnp.take(table, tokens, axis=0)
+  return out if dtype is None else out.astype(dtype)
+
+
+def forward(params: Params, cfg: TextConfig, x: jax.Array, positions: jax.Array, mask: jax.Array,
+            cache: KVCache | None = None, write_index: jax.Array | None = None):
+  """Runs the decoder stack.
+
+  Args:
+    x: input embeddings [B, T, E].
+    positions: int[B, T] (1-D RoPE) or int[3, B, T] (mRoPE).
+    mask: bool[B, T, T] without cache, bool[B, T, S] with a cache of S slots.
+    cache: per-layer (k, v); the new keys/values are written at `write_index` (scalar or [B]).
+  Returns:
+    (hidden [B, T, E] after the final norm, new cache or None).
+  """
+  cos, sin = layers.rope_angles(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
+  new_cache = []
+  for i, lp in enumerate(params["layers"]):
+    with jax.named_scope(f"layer{i}"):
+      h = layers.rms_norm(x, lp["input_norm"], cfg.rms_norm_eps)
+      a, c = layers.self_attention(
+          h, lp["attn"], num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+          head_dim=cfg.head_dim, cos=cos, sin=sin, mask=mask,
+          cache=None if cache is None else cache[i], write_index=write_index)
+      x = x + a
+      x = x + layers.gated_mlp(layers.rms_norm(x, lp["post_norm"], cfg.rms_norm_eps), lp["mlp"],
+                               cfg.hidden_act)
+      new_cache.append(c)
+  return layers.rms_norm(x, params["norm"], cfg.rms_norm_eps), (None if cache is None else new_cache)
+
+
+def logits(params: Params, hidden: jax.Array) -> jax.Array:
+  """hidden [..., E] -> fp32 logits [..., V], through lm_head or the tied embedding."""
+  if "lm_head" in params:
+    w = params["lm_head"]["kernel"]
+    return jnp.einsum("...e,ev->...v", hidden, w.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum("...e,ve->...v", hidden, params["embed"].astype(hidden.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _linear_shapes(n_in: int, n_out: int, bias: bool, dtype) -> Params:
+  p = {"kernel": jax.ShapeDtypeStruct((n_in, n_out), dtype)}
+  if bias:
+    p["bias"] = jax.ShapeDtypeStruct((n_out,), dtype)
+  return p
+
+
+def param_shapes(cfg: TextConfig, dtype=jnp.float32) -> Params:
+  """Shapes of every parameter (ShapeDtypeStruct leaves): the single declaration that init,
+  checkpoint loading and sharding read."""
+  e, f = cfg.hidden_size, cfg.intermediate_size
+  nd, kd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  norm = lambda: {"scale": jax.ShapeDtypeStruct((e,), dtype)}
+  layer = lambda: {
+      "input_norm": norm(),
+      "attn": {"q": _linear_shapes(e, nd, cfg.qkv_bias, dtype),
+               "k": _linear_shapes(e, kd, cfg.qkv_bias, dtype),
+               "v": _linear_shapes(e, kd, cfg.qkv_bias, dtype),
+               "o": _linear_shapes(nd, e, False, dtype)},
+      "post_norm": norm(),
+      "mlp": {"gate": _linear_shapes(e, f, False, dtype), "up": _linear_shapes(e, f, False, dtype),
+              "down": _linear_shapes(f, e, False, dtype)},
+  }
+  p = {"embed": jax.ShapeDtypeStruct((cfg.vocab_size, e), dtype),
+       "layers": [layer() for _ in range(cfg.num_layers)], "norm": norm()}
+  if not cfg.tie_word_embeddings:
+    p["lm_head"] = _linear_shapes(e, cfg.vocab_size, False, dtype)
+  return p
+
+
+def add_hf_names(name_map, cfg: TextConfig, path: tuple = ("text",), prefix: str = "model.",
+                 lm_head: str = "lm_head.weight"):
+  """Registers the Hugging Face LLaMA/Qwen2 tensor names (canonical spelling) in `name_map`."""
+  from vispec_jax.checkpoints import TRANSPOSE  # local: checkpoints imports nothing of ours
+  name_map.add(f"{prefix}embed_tokens.weight", path + ("embed",))
+  name_map.add(f"{prefix}norm.weight", path + ("norm", "scale"))
+  for i in range(cfg.num_layers):
+    hf, ours = f"{prefix}layers.{i}.", path + ("layers", i)
+    name_map.add(hf + "input_layernorm.weight", ours + ("input_norm", "scale"))
+    name_map.add(hf + "post_attention_layernorm.weight", ours + ("post_norm", "scale"))
+    for proj in "qkvo":
+      name_map.add(hf + f"self_attn.{proj}_proj.weight", ours + ("attn", proj, "kernel"), TRANSPOSE)
+      if cfg.qkv_bias and proj != "o":
+        name_map.add(hf + f"self_attn.{proj}_proj.bias", ours + ("attn", proj, "bias"))
+    for proj in ("gate", "up", "down"):
+      name_map.add(hf + f"mlp.{proj}_proj.weight", ours + ("mlp", proj, "kernel"), TRANSPOSE)
+  if cfg.tie_word_embeddings:
+    name_map.ignore(lm_head)
+  else:
+    name_map.add(lm_head, path + ("lm_head", "kernel"), TRANSPOSE)

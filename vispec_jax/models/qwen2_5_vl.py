@@ -1,0 +1,331 @@
+"""Qwen2.5-VL: vision transformer, patch merger and 3-D (mRoPE) position ids.
+
+The language model is the shared decoder (`models/decoder.py`) with mRoPE positions.
+
+Vision tower, per image or video (grid t x h x w patches of `patch_dim` pixels each):
+  patch embed (a Conv3d with stride = kernel, i.e. one matmul) -> `depth` pre-norm blocks with
+  2-D rotary attention, windowed except at `fullatt_block_indexes` (full attention within each
+  frame) -> RMSNorm + 2x2 patch merger MLP -> [t*h*w/4, out_hidden].
+
+Window bookkeeping (which patches form a window, their order) depends only on the grid, so it is
+done on the host in NumPy (`vision_layout`): patches are fed already permuted into window order,
+attention boundaries are segment ids, and the merged tokens come back in original order through a
+gather. The jitted part sees fixed, bucketed shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from vispec_jax import layers
+from vispec_jax.configs import QwenVisionConfig, TargetConfig
+
+Params = layers.Params
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionLayout:
+  """Host-side layout of one image/video, padded to `padded_patches` (multiple of merge unit)."""
+  order: np.ndarray        # int[n_patches]: patch index (processor order) at each window slot
+  rot_pos: np.ndarray      # int[padded, 2]: (h, w) rotary position of each window slot
+  full_seg: np.ndarray     # int[padded]: frame id (full-attention boundary), -1 for padding
+  window_seg: np.ndarray   # int[padded]: window id, -1 for padding
+  unmerge: np.ndarray      # int[n_tokens]: merged row (window order) of each LLM token
+  n_patches: int
+  padded_patches: int
+
+
+def bucket(n: int, multiple: int) -> int:
+  """Rounds n up to a power of two times `multiple` (bounds the number of compiles)."""
+  units = max(1, -(-n // multiple))
+  return multiple * (1 << (units - 1).bit_length())
+
+
+def vision_layout(grid_thw: tuple[int, int, int], cfg: QwenVisionConfig) -> VisionLayout:
+  """Window order, rotary positions and attention segments for one grid (transformers'
+  get_vision_position_ids / get_vision_window_index / cu_seqlens, as arrays)."""
+  t, h, w = (int(v) for v in grid_thw)
+  m = cfg.spatial_merge_size
+  if h % m or w % m:
+    raise ValueError(f"grid {grid_thw} not divisible by spatial_merge_size {m}")
+  unit = m * m
+  # Rotary (h, w) positions in processor order: merge blocks are contiguous runs of m*m patches.
+  hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  blk = (h // m, m, w // m, m)
+  hpos = hpos.reshape(blk).transpose(0, 2, 1, 3).reshape(-1)
+  wpos = wpos.reshape(blk).transpose(0, 2, 1, 3).reshape(-1)
+  rot = np.tile(np.stack([hpos, wpos], -1), (t, 1))
+  # Windows of `win x win` merged tokens, per frame.
+  win = cfg.window_size // m // cfg.patch_size
+  lh, lw = h // m, w // m
+  index = np.arange(t * lh * lw).reshape(t, lh, lw)
+  ph, pw = -lh % win, -lw % win
+  padded = np.pad(index, ((0, 0), (0, ph), (0, pw)), constant_values=-1)
+  nh, nw = (lh + ph) // win, (lw + pw) // win
+  padded = padded.reshape(t, nh, win, nw, win).transpose(0, 1, 3, 2, 4).reshape(t * nh * nw, -1)
+  window_index, window_id = [], []
+  for wid, row in enumerate(padded):
+    row = row[row >= 0]
+    window_index.append(row)
+    window_id.append(np.full(len(row), wid))
+  window_index = np.concatenate(window_index)
+  window_id = np.concatenate(window_id)
+  n_tok = t * lh * lw
+  n = n_tok * unit
+  order = (window_index[:, None] * unit + np.arange(unit)[None, :]).reshape(-1)
+  frame = np.repeat(np.arange(t), h * w)
+  pad_to = bucket(n, 64 * unit)
+  def pad(a, value):
+    return np.concatenate([a, np.full((pad_to - n,) + a.shape[1:], value, a.dtype)])
+  return VisionLayout(
+      order=order,
+      rot_pos=pad(rot[order].astype(np.int32), 0),
+      full_seg=pad(frame[order].astype(np.int32), -1),
+      window_seg=pad(np.repeat(window_id, unit).astype(np.int32), -1),
+      unmerge=np.argsort(window_index).astype(np.int32),
+      n_patches=n,
+      padded_patches=pad_to,
+  )
+
+
+def vision_forward(params: Params, cfg: QwenVisionConfig, patches: jax.Array, rot_pos: jax.Array,
+                   full_seg: jax.Array, window_seg: jax.Array) -> jax.Array:
+  """Vision tower on one padded, window-ordered patch sequence.
+
+  Args:
+    patches: [N, patch_dim] pixel patches in window order (N a multiple of the merge unit).
+    rot_pos: int[N, 2]; full_seg, window_seg: int[N] attention segment ids.
+  Returns:
+    merged tokens [N / merge_unit, out_hidden] in window order.
+  """
+  x = layers.linear(patches, params["patch_embed"])
+  # 2-D rotary: the first half of the rotary frequencies follow h, the second half w.
+  inv = layers.rope_inv_freq(cfg.head_dim // 2, cfg.rope_theta)
+  freqs = (rot_pos.astype(jnp.float32)[..., None] * inv).reshape(rot_pos.shape[0], -1)
+  emb = jnp.concatenate([freqs, freqs], -1)[None]  # [1, N, D]
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  full_mask = (full_seg[:, None] == full_seg[None, :])[None]
+  window_mask = (window_seg[:, None] == window_seg[None, :])[None]
+  x = x[None]
+  for i, bp in enumerate(params["blocks"]):
+    mask = full_mask if i in cfg.fullatt_block_indexes else window_mask
+    a, _ = layers.self_attention(
+        layers.rms_norm(x, bp["norm1"], 1e-6), bp["attn"], num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_heads, head_dim=cfg.head_dim, cos=cos, sin=sin, mask=mask)
+    x = x + a
+    x = x + layers.gated_mlp(layers.rms_norm(x, bp["norm2"], 1e-6), bp["mlp"], cfg.hidden_act)
+  mp = params["merger"]
+  x = layers.rms_norm(x[0], mp["ln_q"], 1e-6).reshape(-1, cfg.hidden_size * cfg.merge_unit)
+  return layers.linear(layers.activation("gelu")(layers.linear(x, mp["fc1"])), mp["fc2"])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _encode_one(params, cfg, patches, rot_pos, full_seg, window_seg, unmerge):
+  merged = vision_forward(params, cfg, patches, rot_pos, full_seg, window_seg)
+  return merged[unmerge]
+
+
+def encode_vision(params: Params, cfg: QwenVisionConfig, items) -> list[jax.Array]:
+  """Encodes each `VisionInput` (image or video) to its LLM tokens [n_tokens, out_hidden].
+
+  One compiled program per (patch bucket, token count); images are encoded one at a time so the
+  dense per-image attention never spans several images.
+  """
+  outs = []
+  for item in items:
+    lay = item.layout
+    patches = np.zeros((lay.padded_patches, cfg.patch_dim), np.float32)
+    patches[:lay.n_patches] = item.patches[lay.order]
+    dtype = params["patch_embed"]["kernel"].dtype
+    outs.append(_encode_one(params, cfg, jnp.asarray(patches, dtype), lay.rot_pos, lay.full_seg,
+                            lay.window_seg, lay.unmerge))
+  return outs
+
+
+# --------------------------------------------------------------------- 3-D positions
+
+
+def rope_index(tokens: np.ndarray, cfg: TargetConfig, image_grids, video_grids,
+               video_seconds_per_grid=()) -> tuple[np.ndarray, int]:
+  """mRoPE position ids of one unpadded prompt (transformers' `get_rope_index`).
+
+  Text runs advance all three rows by one per token; an image/video run of grid (t, h, w) gets
+  (start + t_index * time_interval, start + h_index, start + w_index) over the merged grid and
+  advances the start by max(h, w) / merge. Returns (positions int[3, L], next position).
+  """
+  m = cfg.vision.spatial_merge_size
+  kinds = np.zeros(len(tokens), np.int32)
+  kinds[tokens == cfg.image_token_id] = 1
+  if cfg.video_token_id is not None:
+    kinds[tokens == cfg.video_token_id] = 2
+  grids = {1: iter(image_grids), 2: iter(video_grids)}
+  seconds = iter(video_seconds_per_grid)
+  chunks, start, offset = [], 0, 0
+  for kind, group in itertools.groupby(kinds):
+    n = len(list(group))
+    if kind == 0:
+      chunks.append(np.broadcast_to(np.arange(n) + start, (3, n)))
+      start += n
+    else:
+      name = "image" if kind == 1 else "video"
+      grid = next(grids[kind], None)
+      if grid is None:
+        raise ValueError(f"prompt has more {name} token runs than {name}s")
+      t, h, w = (int(g) for g in grid)
+      lt, lh, lw = t, h // m, w // m
+      if lt * lh * lw != n:
+        raise ValueError(f"{name} run of {n} tokens at offset {offset} does not match its grid "
+                         f"{tuple(grid)} ({lt * lh * lw} tokens)")
+      interval = cfg.vision.tokens_per_second * next(seconds, 1.0) if kind == 2 else 1
+      tt, hh, ww = np.meshgrid((np.arange(lt) * interval).astype(np.int64),
+                               np.arange(lh) + start, np.arange(lw) + start, indexing="ij")
+      chunks.append(np.stack([tt.reshape(-1) + start, hh.reshape(-1), ww.reshape(-1)]))
+      start += max(h, w) // m
+    offset += n
+  for kind, it in grids.items():
+    if next(it, None) is not None:
+      raise ValueError(f"more {'images' if kind == 1 else 'videos'} than {'image' if kind == 1 else 'video'} token runs in the prompt")
+  pos = np.concatenate(chunks, axis=1) if chunks else np.zeros((3, 0), np.int64)
+  return pos.astype(np.int32), int(pos.max()) + 1 if pos.size else 0
+
+
+# ------------------------------------------------------------- params and checkpoints
+
+
+def param_shapes(cfg: TargetConfig, dtype=jnp.float32) -> Params:
+  from vispec_jax.models import decoder
+  v = cfg.vision
+  lin = decoder._linear_shapes  # pylint: disable=protected-access
+  e, f = v.hidden_size, v.intermediate_size
+  block = lambda: {
+      "norm1": {"scale": jax.ShapeDtypeStruct((e,), dtype)},
+      "norm2": {"scale": jax.ShapeDtypeStruct((e,), dtype)},
+      "attn": {"q": lin(e, e, True, dtype), "k": lin(e, e, True, dtype),
+               "v": lin(e, e, True, dtype), "o": lin(e, e, True, dtype)},
+      "mlp": {"gate": lin(e, f, True, dtype), "up": lin(e, f, True, dtype),
+              "down": lin(f, e, True, dtype)},
+  }
+  merged = e * v.merge_unit
+  vision = {
+      "patch_embed": {"kernel": jax.ShapeDtypeStruct((v.patch_dim, e), dtype)},
+      "blocks": [block() for _ in range(v.depth)],
+      "merger": {"ln_q": {"scale": jax.ShapeDtypeStruct((e,), dtype)},
+                 "fc1": lin(merged, merged, True, dtype), "fc2": lin(merged, v.out_hidden_size, True, dtype)},
+  }
+  return {"text": decoder.param_shapes(cfg.text, dtype), "vision": vision}
+
+
+# transformers 5 in-memory names, and checkpoints written by other versions, spell the same
+# tensors differently; fold them onto the names `save_pretrained` writes.
+HF_PREFIX_RULES = [
+    ("model.language_model.", "model."),
+    ("model.visual.", "visual."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+]
+
+
+def name_map(cfg: TargetConfig):
+  from vispec_jax import checkpoints
+  from vispec_jax.models import decoder
+  nm = checkpoints.NameMap(HF_PREFIX_RULES)
+  decoder.add_hf_names(nm, cfg.text)
+  v = cfg.vision
+  conv_shape = (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+  nm.add("visual.patch_embed.proj.weight", ("vision", "patch_embed", "kernel"),  # Conv3d as matmul
+         checkpoints.Transform(lambda a: a.reshape(a.shape[0], -1).T, lambda a: a.T.reshape(conv_shape)))
+  for i in range(v.depth):
+    hf, ours = f"visual.blocks.{i}.", ("vision", "blocks", i)
+    nm.add(hf + "norm1.weight", ours + ("norm1", "scale"))
+    nm.add(hf + "norm2.weight", ours + ("norm2", "scale"))
+    for j, proj in enumerate("qkv"):  # fused qkv [3E, E] -> separate q, k, v
+      sl = slice(j * v.hidden_size, (j + 1) * v.hidden_size)
+      nm.add(hf + "attn.qkv.weight", ours + ("attn", proj, "kernel"),
+             checkpoints.Transform(lambda a, sl=sl: a[sl].T, lambda a: a.T))
+      nm.add(hf + "attn.qkv.bias", ours + ("attn", proj, "bias"),
+             checkpoints.Transform(lambda a, sl=sl: a[sl], lambda a: a))
+    nm.add(hf + "attn.proj.weight", ours + ("attn", "o", "kernel"), checkpoints.TRANSPOSE)
+    nm.add(hf + "attn.proj.bias", ours + ("attn", "o", "bias"))
+    for proj in ("gate", "up", "down"):
+      nm.add(hf + f"mlp.{proj}_proj.weight", ours + ("mlp", proj, "kernel"), checkpoints.TRANSPOSE)
+      nm.add(hf + f"mlp.{proj}_proj.bias", ours + ("mlp", proj, "bias"))
+  nm.add("visual.merger.ln_q.weight", ("vision", "merger", "ln_q", "scale"))
+  for hf, ours in (("mlp.0", "fc1"), ("mlp.2", "fc2")):
+    nm.add(f"visual.merger.{hf}.weight", ("vision", "merger", ours, "kernel"), checkpoints.TRANSPOSE)
+    nm.add(f"visual.merger.{hf}.bias", ("vision", "merger", ours, "bias"))
+  return nm
+
+
+# ------------------------------------------------------------------ preprocessing
+
+
+def make_image_processor(folder: str | None, cfg: TargetConfig):
+  """transformers' PIL image processor (no torchvision), with the folder's settings if any."""
+  import json
+  import os
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+  kwargs = {}
+  path = os.path.join(folder, "preprocessor_config.json") if folder else None
+  if path and os.path.isfile(path):
+    with open(path) as f:
+      raw = json.load(f)
+    for key in ("min_pixels", "max_pixels", "image_mean", "image_std", "size"):
+      if key in raw:
+        kwargs[key] = raw[key]
+  v = cfg.vision
+  return Qwen2VLImageProcessorPil(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+                                  merge_size=v.spatial_merge_size, **kwargs)
+
+
+def preprocess_image(processor, cfg: TargetConfig, image):
+  from vispec_jax.processing import VisionInput
+  out = processor(images=[image], return_tensors="np")
+  grid = tuple(int(g) for g in out["image_grid_thw"][0])
+  return VisionInput("image", np.asarray(out["pixel_values"], np.float32), grid,
+                     layout=vision_layout(grid, cfg.vision))
+
+
+def preprocess_video(processor, cfg: TargetConfig, frames, fps: float = 2.0):
+  """Frames (PIL, RGB) -> temporal patches: pairs of frames form one temporal patch; every frame
+  is resized to the first frame's processor size and normalised the way images are."""
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+  from vispec_jax.processing import VisionInput
+  v = cfg.vision
+  factor = v.patch_size * v.spatial_merge_size
+  size = processor.size
+  h, w = smart_resize(frames[0].height, frames[0].width, factor=factor,
+                      min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+  mean = np.asarray(processor.image_mean, np.float32)[:, None, None]
+  std = np.asarray(processor.image_std, np.float32)[:, None, None]
+  arrays = [(np.asarray(f.resize((w, h), Image.BICUBIC), np.float32).transpose(2, 0, 1) / 255.0
+             - mean) / std for f in frames]
+  tp = v.temporal_patch_size
+  arrays += [arrays[-1]] * (-len(arrays) % tp)  # repeat the last frame to fill a temporal patch
+  x = np.stack(arrays)  # [F, C, H, W]
+  t, gh, gw, m, p = len(arrays) // tp, h // v.patch_size, w // v.patch_size, v.spatial_merge_size, v.patch_size
+  x = x.reshape(t, tp, v.in_channels, gh // m, m, p, gw // m, m, p)
+  x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * gh * gw, -1)
+  grid = (t, gh, gw)
+  return VisionInput("video", x.astype(np.float32), grid, seconds_per_grid=tp / fps,
+                     layout=vision_layout(grid, v))
+
+
+def vision_placeholder(cfg: TargetConfig, kind: str) -> tuple[str, int]:
+  """(text inserted for one image/video when there is no chat template, token id to expand)."""
+  if kind == "image":
+    return "<|vision_start|><|image_pad|><|vision_end|>", cfg.image_token_id
+  return "<|vision_start|><|video_pad|><|vision_end|>", cfg.video_token_id
+
+
+def positions(tokens: np.ndarray, cfg: TargetConfig, items) -> tuple[np.ndarray, int]:
+  images = [it.grid_thw for it in items if it.kind == "image"]
+  videos = [it.grid_thw for it in items if it.kind == "video"]
+  seconds = [it.seconds_per_grid for it in items if it.kind == "video"]
+  return rope_index(tokens, cfg, images, videos, seconds)

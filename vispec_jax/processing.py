@@ -1,0 +1,102 @@
+"""Turning prompts, images and videos into a fixed-shape `Batch` (host side, NumPy).
+
+Prompts go through the checkpoint's chat template when it has one; every image placeholder is
+expanded to the number of vision tokens the image produces. Rows are left-padded to a bucketed
+length so that a new prompt length rarely means a new compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_MARKER = "<image>"  # where a prompt wants its images; otherwise images go first
+
+
+class InputError(ValueError):
+  """Bad user input (image, prompt, options): the message says which and what was expected."""
+
+
+@dataclasses.dataclass
+class VisionInput:
+  """One image or video after preprocessing."""
+  kind: str                      # "image" or "video"
+  patches: np.ndarray            # float32[n_patches, patch_dim], processor order
+  grid_thw: tuple[int, int, int]
+  seconds_per_grid: float = 1.0  # videos: time covered by one temporal patch
+  layout: object = None          # family-specific host layout (e.g. Qwen window order)
+
+  @property
+  def num_tokens(self) -> int:
+    return len(self.layout.unmerge)
+
+
+@dataclasses.dataclass
+class Batch:
+  """A padded batch of B prompts of (bucketed) length P.
+
+  input_ids: int32[B, P] left-padded; attention_mask: bool[B, P];
+  positions: int32[3, B, P] (mRoPE) or int32[B, P]; next_position: int32[B], the position of
+  the first generated token; vision: every image/video of every row, in prompt order;
+  vision_index: int32[B, P], index of each vision token into the concatenated vision tokens
+  (-1 for text); prompt_lengths: int32[B].
+  """
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  positions: np.ndarray
+  next_position: np.ndarray
+  vision: list[VisionInput]
+  vision_index: np.ndarray
+  prompt_lengths: np.ndarray
+
+  @property
+  def batch_size(self) -> int:
+    return self.input_ids.shape[0]
+
+
+def bucket_length(n: int, minimum: int = 32) -> int:
+  """Prompt length buckets: powers of two up to 1024, then multiples of 512."""
+  if n <= 1024:
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+  return -(-n // 512) * 512
+
+
+def load_image(image) -> Image.Image:
+  """A PIL image or a path -> RGB PIL image, with one clear error for every bad file."""
+  if isinstance(image, Image.Image):
+    img = image
+  else:
+    path = os.fspath(image)
+    if not os.path.exists(path):
+      raise InputError(f"image not found: {path}")
+    if os.path.isdir(path) or os.path.getsize(path) == 0:
+      raise InputError(f"image file is empty or not a file: {path}")
+    try:
+      img = Image.open(path)
+      img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+      raise InputError(f"cannot read image {path}: {e}") from None
+  if img.width == 0 or img.height == 0:
+    raise InputError(f"image has zero size: {img.size}")
+  if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    # 16-bit / float greyscale: scale to 8 bits before RGB conversion (PIL would clip).
+    a = np.asarray(img, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    img = Image.fromarray(a.astype(np.uint8))
+  return img.convert("RGB")
+
+
+def pad_batch(rows: Sequence[np.ndarray], pad_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads 1-D rows to `length`: (ids int32[B, length], mask bool[B, length])."""
+  ids = np.full((len(rows), length), pad_id, np.int32)
+  mask = np.zeros((len(rows), length), bool)
+  for i, r in enumerate(rows):
+    if len(r):
+      ids[i, -len(r):] = r
+      mask[i, -len(r):] = True
+  return ids, mask

@@ -1,0 +1,233 @@
+"""The target VLM: loading a checkpoint folder, preparing prompts, the forward pass.
+
+`Target` bundles a config, a params pytree, the tokenizer/image processor and the family module.
+Its compute methods are pure functions of (params, arrays) so callers can jit, shard and compose
+them; the family module (e.g. `models/qwen2_5_vl.py`) supplies vision encoding, positions,
+parameter shapes and checkpoint names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vispec_jax import checkpoints, layers, processing
+from vispec_jax.configs import TargetConfig
+from vispec_jax.models import decoder
+from vispec_jax.processing import Batch, InputError
+
+FAMILIES = {"qwen2_5_vl": "vispec_jax.models.qwen2_5_vl"}
+
+
+def family_module(cfg: TargetConfig):
+  return importlib.import_module(FAMILIES[cfg.family])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Target:
+  """A loaded target model. `params` is a pytree: {"text": ..., "vision": ...}."""
+  config: TargetConfig
+  params: Any
+  tokenizer: Any = None
+  image_processor: Any = None
+  folder: str | None = None
+
+  @property
+  def family(self):
+    return family_module(self.config)
+
+  def embed(self, params, batch: Batch) -> jax.Array:
+    """Input embeddings [B, P, E]: token embeddings with vision tokens scattered in."""
+    text = params["text"]
+    feats = self.family.encode_vision(params["vision"], self.config.vision, batch.vision)
+    hidden = self.config.text.hidden_size
+    n = sum(int(f.shape[0]) for f in feats)
+    n_pad = processing.bucket_length(max(n, 1), minimum=64)
+    dtype = text["embed"].dtype
+    vis = jnp.concatenate([f.astype(dtype) for f in feats] + [jnp.zeros((n_pad - n, hidden), dtype)])
+    return _merge_embeddings(text["embed"], jnp.asarray(batch.input_ids), vis,
+                             jnp.asarray(batch.vision_index))
+
+  def forward(self, params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Full-sequence (logits fp32 [B, P, V], final hidden [B, P, E]), no cache (for parity)."""
+    return _forward(params["text"], self.config.text, self.embed(params, batch),
+                    jnp.asarray(batch.positions), jnp.asarray(batch.attention_mask))
+
+  def prepare(self, prompts: Sequence[str], images=None, videos=None, *, video_fps: float = 2.0,
+              chat: bool = True, max_length: int | None = None) -> Batch:
+    return prepare(self, prompts, images=images, videos=videos, video_fps=video_fps, chat=chat,
+                   max_length=max_length)
+
+
+@jax.jit
+def _merge_embeddings(table, ids, vision, index):
+  tok = jnp.take(table, ids, axis=0)
+  vis = jnp.take(vision, jnp.maximum(index, 0), axis=0)
+  return jnp.where((index >= 0)[..., None], vis, tok)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _forward(params, cfg, embeds, positions, attention_mask):
+  t = embeds.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  mask = causal[None] & attention_mask[:, None, :]
+  hidden, _ = decoder.forward(params, cfg, embeds, positions, mask)
+  return decoder.logits(params, hidden), hidden
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def init_target(cfg: TargetConfig, key: jax.Array, dtype=jnp.float32, tokenizer=None,
+                image_processor=None) -> Target:
+  """A randomly initialised target (tests, training from scratch)."""
+  fam = family_module(cfg)
+  params = layers.init_params(fam.param_shapes(cfg, dtype), key)
+  if image_processor is None and cfg.vision is not None:
+    image_processor = fam.make_image_processor(None, cfg)
+  return Target(cfg, params, tokenizer, image_processor)
+
+
+def load_target(folder: str, dtype=jnp.float32) -> Target:
+  """Loads a Hugging Face checkpoint folder (config.json + safetensors, single or sharded).
+
+  The architecture is chosen from config.json; weights are cast to `dtype` one tensor at a time.
+  Raises `CheckpointError` (folder, files, tensor names, shapes) or `ConfigError`.
+  """
+  raw = checkpoints.read_config(folder)
+  cfg = TargetConfig.from_hf(raw)
+  fam = family_module(cfg)
+  files = checkpoints.weight_files(folder)
+  params = checkpoints.load_params(files, fam.name_map(cfg), fam.param_shapes(cfg, dtype), dtype)
+  tokenizer = _load_tokenizer(folder)
+  return Target(cfg, params, tokenizer, fam.make_image_processor(folder, cfg), folder)
+
+
+def _load_tokenizer(folder: str):
+  names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+  if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
+    return None  # weights-only folder: prompts must then be token ids
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(folder)
+
+
+# ------------------------------------------------------------------------ prompting
+
+
+def _render(target: Target, prompt: str, kinds: list[str], chat: bool) -> str:
+  """Prompt text with one placeholder per image/video, through the chat template if any."""
+  fam, tok = target.family, target.tokenizer
+  parts = prompt.split(processing.IMAGE_MARKER)
+  if len(parts) > 1 and len(parts) - 1 != len(kinds):
+    raise InputError(f"prompt has {len(parts) - 1} {processing.IMAGE_MARKER} markers but "
+                     f"{len(kinds)} images/videos were given")
+  if len(parts) == 1:
+    parts = [""] * len(kinds) + [prompt]
+  if chat and getattr(tok, "chat_template", None):
+    content = []
+    for i, kind in enumerate(kinds):
+      if parts[i]:
+        content.append({"type": "text", "text": parts[i]})
+      content.append({"type": kind})
+    if parts[-1]:
+      content.append({"type": "text", "text": parts[-1]})
+    return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                   add_generation_prompt=True)
+  text = ""
+  for i, kind in enumerate(kinds):
+    text += parts[i] + fam.vision_placeholder(target.config, kind)[0]
+  return text + parts[-1]
+
+
+def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
+            video_fps: float = 2.0, chat: bool = True, max_length: int | None = None) -> Batch:
+  """Tokenizes prompts with their images/videos into a left-padded, bucketed `Batch`.
+
+  Args:
+    prompts: B strings. A prompt may place its images with `<image>` markers (one per image,
+      videos after images); otherwise images and videos come before the text.
+    images: per row, a list of PIL images or paths (or None).
+    videos: per row, a list of videos, each a list of frames (PIL images or paths).
+    max_length: refuse prompts longer than this many tokens (e.g. the cache size).
+  """
+  if isinstance(prompts, str):
+    prompts = [prompts]
+  b = len(prompts)
+  if b == 0:
+    raise InputError("no prompts given")
+  images = [list(r or []) for r in (images or [[]] * b)]
+  videos = [list(r or []) for r in (videos or [[]] * b)]
+  if len(images) != b or len(videos) != b:
+    raise InputError(f"{b} prompts but images/videos given for {len(images)}/{len(videos)} rows")
+  if target.tokenizer is None:
+    raise InputError("this checkpoint folder has no tokenizer; cannot prepare text prompts")
+  cfg, fam = target.config, target.family
+  rows, items, row_items = [], [], []
+  for prompt, imgs, vids in zip(prompts, images, videos):
+    if not isinstance(prompt, str) or not prompt.strip():
+      raise InputError("empty prompt")
+    if (imgs or vids) and cfg.vision is None:
+      raise InputError("this model has no vision tower but images were given")
+    its = [fam.preprocess_image(target.image_processor, cfg, processing.load_image(im)) for im in imgs]
+    for frames in vids:
+      if not frames:
+        raise InputError("a video with no frames")
+      its.append(fam.preprocess_video(target.image_processor, cfg,
+                                      [processing.load_image(f) for f in frames], fps=video_fps))
+    text = _render(target, prompt, [it.kind for it in its], chat)
+    ids = np.asarray(target.tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+    ids = _expand_placeholders(ids, its, cfg, fam)
+    rows.append(ids)
+    row_items.append(its)
+    items.extend(its)
+  longest = max(len(r) for r in rows)
+  if max_length is not None and longest > max_length:
+    raise InputError(f"prompt is {longest} tokens, longer than the limit of {max_length}")
+  length = processing.bucket_length(longest)
+  input_ids, mask = processing.pad_batch(rows, cfg.pad_token_id, length)
+  pos_rows, next_pos, vision_index = [], np.zeros(b, np.int32), np.full((b, length), -1, np.int32)
+  offset = 0
+  for i, (ids, its) in enumerate(zip(rows, row_items)):
+    pos, next_pos[i] = fam.positions(ids, cfg, its)
+    pos_rows.append(pos)
+    is_vis = np.isin(ids, [cfg.image_token_id, cfg.video_token_id])
+    n_vis = int(is_vis.sum())
+    row_index = np.full(len(ids), -1, np.int32)
+    row_index[is_vis] = offset + np.arange(n_vis)
+    vision_index[i, length - len(ids):] = row_index
+    offset += n_vis
+  ndim = pos_rows[0].ndim
+  positions = np.zeros(((3,) if ndim == 2 else ()) + (b, length), np.int32)
+  for i, pos in enumerate(pos_rows):
+    positions[..., i, length - pos.shape[-1]:] = pos
+  return Batch(input_ids, mask, positions, next_pos, items, vision_index,
+               np.asarray([len(r) for r in rows], np.int32))
+
+
+def _expand_placeholders(ids: np.ndarray, items, cfg: TargetConfig, fam) -> np.ndarray:
+  """Replaces the k-th image/video placeholder token by that item's number of vision tokens."""
+  out, queue = [], {"image": [], "video": []}
+  for it in items:
+    queue[it.kind].append(it)
+  token_kind = {fam.vision_placeholder(cfg, k)[1]: k for k in ("image", "video")}
+  for t in ids.tolist():
+    kind = token_kind.get(t)
+    if kind is None:
+      out.append(t)
+      continue
+    if not queue[kind]:
+      raise InputError(f"prompt has more {kind} placeholders than {kind}s given")
+    it = queue[kind].pop(0)
+    out.extend([t] * it.num_tokens)
+  left = [k for k, q in queue.items() if q]
+  if left:
+    raise InputError(f"more {left[0]}s given than {left[0]} placeholders in the prompt")
+  return np.asarray(out, np.int32)

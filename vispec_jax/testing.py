@@ -1,0 +1,133 @@
+"""Tiny models for tests, the quick-start command and examples: no download, no torch.
+
+`make_tiny_qwen(folder)` writes a complete Hugging Face-style Qwen2.5-VL folder (config.json,
+model.safetensors, tokenizer with a chat template, preprocessor_config.json) with random
+weights, loadable by `vj.load_target` and by transformers.
+
+    python -m vispec_jax.testing /tmp/tiny-qwen
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+# A Qwen-style chat template, small enough to read: images/videos become
+# <|vision_start|><|image_pad|><|vision_end|> (the processor expands the pad token).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+_CORPUS = [
+    "Describe the image in detail. What colour is the square? How many circles are there?",
+    "The picture shows a red square, two blue circles and a green triangle on a white background.",
+    "There is a small yellow star in the top left corner and a large purple shape at the bottom.",
+    "Please answer with an explanation. The answer is yes because the object is on the left.",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 320):
+  """A byte-level BPE tokenizer (any text encodes) with Qwen's special tokens, as a
+  transformers PreTrainedTokenizerFast."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(_CORPUS * 4, trainer)
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                 pad_token="<|endoftext|>", unk_token=None)
+  fast.chat_template = CHAT_TEMPLATE
+  return fast
+
+
+def tiny_qwen_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4,
+                     kv_heads: int = 2, vision_depth: int = 2, vision_hidden: int = 32,
+                     tie: bool = False) -> dict:
+  """A transformers-5 style config.json dict for a tiny Qwen2.5-VL matching `tokenizer`."""
+  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+  head_dim = hidden // heads
+  hw = 3 * (head_dim // 2) // 8  # Qwen's [16, 24, 24] split of 64 frequency pairs, scaled
+  section = [head_dim // 2 - 2 * hw, hw, hw]
+  return {
+      "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+      "model_type": "qwen2_5_vl",
+      "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+      "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+      "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+      "pad_token_id": ids["<|endoftext|>"], "tie_word_embeddings": tie,
+      "text_config": {
+          "model_type": "qwen2_5_vl_text", "vocab_size": len(tokenizer), "hidden_size": hidden,
+          "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+          "num_attention_heads": heads, "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-6,
+          "hidden_act": "silu", "max_position_embeddings": 4096,
+          "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
+          "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+          "pad_token_id": ids["<|endoftext|>"],
+      },
+      "vision_config": {
+          "model_type": "qwen2_5_vl_vision", "depth": vision_depth, "hidden_size": vision_hidden,
+          "intermediate_size": 2 * vision_hidden, "num_heads": 2, "out_hidden_size": hidden,
+          "patch_size": 14, "temporal_patch_size": 2, "spatial_merge_size": 2,
+          "window_size": 56, "fullatt_block_indexes": [vision_depth - 1], "in_channels": 3,
+          "tokens_per_second": 2, "hidden_act": "silu",
+      },
+  }
+
+
+PREPROCESSOR = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 64, "patch_size": 14,
+                "temporal_patch_size": 2, "merge_size": 2}
+
+
+def write_tokenizer_and_processor(tokenizer, folder: str):
+  tokenizer.save_pretrained(folder)
+  with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+    json.dump({"image_processor_type": "Qwen2VLImageProcessor", **PREPROCESSOR}, f, indent=1)
+
+
+def make_tiny_qwen(folder: str, seed: int = 0, **config_kwargs) -> str:
+  """Writes a random tiny Qwen2.5-VL checkpoint folder (torch-free) and returns its path."""
+  from vispec_jax import checkpoints
+  from vispec_jax.configs import TargetConfig
+  from vispec_jax.target import init_target
+  os.makedirs(folder, exist_ok=True)
+  tok = tiny_tokenizer()
+  raw = tiny_qwen_config(tok, **config_kwargs)
+  target = init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(seed))
+  checkpoints.save_hf(target.params, target.family.name_map(target.config),
+                      os.path.join(folder, "model.safetensors"))
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(raw, f, indent=1)
+  write_tokenizer_and_processor(tok, folder)
+  return folder
+
+
+def scene_image(width: int = 112, height: int = 84, seed: int = 0):
+  """A small deterministic test picture (coloured rectangles on noise)."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  a = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+  for _ in range(3):
+    x0, y0 = rng.integers(0, width // 2), rng.integers(0, height // 2)
+    a[y0:y0 + height // 3, x0:x0 + width // 3] = rng.integers(0, 255, 3)
+  return Image.fromarray(a)
+
+
+if __name__ == "__main__":
+  out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/vispec-tiny-qwen"
+  print(make_tiny_qwen(out))
