@@ -32,6 +32,7 @@ class TextConfig:
   qkv_bias: bool = False
   hidden_act: str = "silu"
   tie_word_embeddings: bool = False
+  max_position_embeddings: int = 32768  # the longest prompt + generation we accept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +133,7 @@ def _qwen2_5_vl_from_hf(raw: dict[str, Any]) -> TargetConfig:
       qkv_bias=True,
       hidden_act=t.get("hidden_act", "silu"),
       # Pre-v5 saves put tie_word_embeddings inside text_config; either place ties.
+      max_position_embeddings=int(t.get("max_position_embeddings", 32768)),
       tie_word_embeddings=bool(raw.get("tie_word_embeddings")
                                or raw.get("text_config", {}).get("tie_word_embeddings")),
   )
