@@ -143,7 +143,7 @@ def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array
 
 
 def self_attention(x: jax.Array, p: Params, *, num_heads: int, num_kv_heads: int, head_dim: int,
-                   cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                   cos: jax.Array | None, sin: jax.Array | None, mask: jax.Array,
                    cache: tuple[jax.Array, jax.Array] | None = None,
                    write_index: jax.Array | None = None):
   """Attention block: q/k/v projections, RoPE, optional KV cache, output projection.
@@ -157,7 +157,8 @@ def self_attention(x: jax.Array, p: Params, *, num_heads: int, num_kv_heads: int
   q = linear(x, p["q"]).reshape(b, t, num_heads, head_dim)
   k = linear(x, p["k"]).reshape(b, t, num_kv_heads, head_dim)
   v = linear(x, p["v"]).reshape(b, t, num_kv_heads, head_dim)
-  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  if cos is not None:  # None: no rotary embedding (e.g. CLIP)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   if cache is not None:
     k_cache = write_cache(cache[0], k, write_index)
     v_cache = write_cache(cache[1], v, write_index)

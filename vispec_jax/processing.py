@@ -25,14 +25,11 @@ class InputError(ValueError):
 class VisionInput:
   """One image or video after preprocessing."""
   kind: str                      # "image" or "video"
-  patches: np.ndarray            # float32[n_patches, patch_dim], processor order
-  grid_thw: tuple[int, int, int]
+  patches: np.ndarray            # pixels as the family's vision tower takes them
+  num_tokens: int                # LLM tokens this item becomes
+  grid_thw: tuple[int, int, int] = (1, 1, 1)
   seconds_per_grid: float = 1.0  # videos: time covered by one temporal patch
   layout: object = None          # family-specific host layout (e.g. Qwen window order)
-
-  @property
-  def num_tokens(self) -> int:
-    return len(self.layout.unmerge)
 
 
 @dataclasses.dataclass

@@ -288,8 +288,9 @@ def preprocess_image(processor, cfg: TargetConfig, image):
   from vispec_jax.processing import VisionInput
   out = processor(images=[image], return_tensors="np")
   grid = tuple(int(g) for g in out["image_grid_thw"][0])
-  return VisionInput("image", np.asarray(out["pixel_values"], np.float32), grid,
-                     layout=vision_layout(grid, cfg.vision))
+  layout = vision_layout(grid, cfg.vision)
+  return VisionInput("image", np.asarray(out["pixel_values"], np.float32), len(layout.unmerge),
+                     grid, layout=layout)
 
 
 def preprocess_video(processor, cfg: TargetConfig, frames, fps: float = 2.0):
@@ -313,8 +314,9 @@ def preprocess_video(processor, cfg: TargetConfig, frames, fps: float = 2.0):
   x = x.reshape(t, tp, v.in_channels, gh // m, m, p, gw // m, m, p)
   x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * gh * gw, -1)
   grid = (t, gh, gw)
-  return VisionInput("video", x.astype(np.float32), grid, seconds_per_grid=tp / fps,
-                     layout=vision_layout(grid, v))
+  layout = vision_layout(grid, v)
+  return VisionInput("video", x.astype(np.float32), len(layout.unmerge), grid,
+                     seconds_per_grid=tp / fps, layout=layout)
 
 
 def vision_placeholder(cfg: TargetConfig, kind: str) -> tuple[str, int]:
