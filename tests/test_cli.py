@@ -1,0 +1,154 @@
+"""`python -m infer.generate`, run as a subprocess: the happy paths and one clean error line
+(exit status 2, no traceback) for every kind of bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from vispec_jax import testing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_NEW = 4
+
+
+def cli(*args, timeout=300):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "infer.generate", *map(str, args)], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  return testing.make_tiny_qwen(str(tmp_path_factory.mktemp("cli_tiny_qwen")))
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+  path = tmp_path_factory.mktemp("cli_images") / "scene.png"
+  testing.scene_image().save(path)
+  return str(path)
+
+
+def test_image_json(model, image):
+  r = cli("--model", model, "--image", image, "--prompt", "What colour is the square?",
+          "--max-new-tokens", MAX_NEW, "--json")
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout)
+  assert set(out) == {"answer", "tokens", "num_tokens", "prompt_tokens", "seconds",
+                      "tokens_per_second"}
+  assert 0 < out["num_tokens"] <= MAX_NEW == 4
+  assert len(out["tokens"]) == out["num_tokens"]
+  assert out["prompt_tokens"] > 10 and out["seconds"] > 0 and isinstance(out["answer"], str)
+
+
+def test_video_plain_output(model, tmp_path):
+  frames = tmp_path / "clip"
+  frames.mkdir()
+  for i in range(3):
+    testing.scene_image(seed=i).save(frames / f"frame_{i}.png")
+  r = cli("--model", model, "--video", frames, "--prompt", "What happens?",
+          "--max-new-tokens", MAX_NEW, "--temperature", 0.7, "--top-k", 20, "--top-p", 0.9)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.endswith("\n") and "Traceback" not in r.stderr
+
+
+def test_tiny_quick_start():
+  r = cli("--tiny", "--prompt", "Describe the image.", "--max-new-tokens", MAX_NEW, "--json")
+  assert r.returncode == 0, r.stderr
+  assert "random" in r.stderr and "Traceback" not in r.stderr
+  assert 0 < json.loads(r.stdout)["num_tokens"] <= MAX_NEW
+
+
+def _copy(model, tmp_path):
+  return shutil.copytree(model, tmp_path / "ckpt")
+
+
+def _truncated(model, tmp_path):
+  folder = _copy(model, tmp_path)
+  weights = folder / "model.safetensors"
+  with open(weights, "r+b") as f:
+    f.truncate(os.path.getsize(weights) // 2)
+  return folder
+
+
+def _config_only(model, tmp_path):
+  folder = tmp_path / "ckpt"
+  folder.mkdir()
+  shutil.copy(os.path.join(model, "config.json"), folder)
+  return folder
+
+
+def _unknown_arch(model, tmp_path):
+  folder = _copy(model, tmp_path)
+  raw = json.loads((folder / "config.json").read_text())
+  raw.update(model_type="llama", architectures=["LlamaForCausalLM"])
+  (folder / "config.json").write_text(json.dumps(raw))
+  return folder
+
+
+def _empty_dir(model, tmp_path):
+  (tmp_path / "ckpt").mkdir()
+  return tmp_path / "ckpt"
+
+
+def _text_as_png(tmp_path):
+  path = tmp_path / "x.png"
+  path.write_text("not a picture\n")
+  return path
+
+
+def _zero_bytes(tmp_path):
+  path = tmp_path / "empty.png"
+  path.touch()
+  return path
+
+
+# (id, model folder maker or None for the good model, image maker or None for the good image,
+#  extra args, a fragment the error line must contain)
+BAD = [
+    ("missing-image", None, lambda t: t / "nope.png", [], "not found"),
+    ("corrupt-image", None, _text_as_png, [], "cannot read image"),
+    ("zero-byte-image", None, _zero_bytes, [], "empty"),
+    ("missing-model-dir", lambda m, t: t / "no_such_dir", None, [], "not found"),
+    ("no-config", _empty_dir, None, [], "config.json"),
+    ("no-safetensors", _config_only, None, [], "safetensors"),
+    ("unknown-architecture", _unknown_arch, None, [], "unknown architecture"),
+    ("truncated-safetensors", _truncated, None, [], "truncated"),
+    ("prompt-too-long", None, None, ["--max-length", 20], "prompt is"),
+    ("negative-temperature", None, None, ["--temperature", -0.5], "temperature"),
+    ("top-p-zero", None, None, ["--top-p", 0], "top-p"),
+    ("top-p-above-one", None, None, ["--top-p", 1.5], "top-p"),
+    ("max-new-tokens-zero", None, None, ["--max-new-tokens", 0], "max-new-tokens"),
+    ("max-new-tokens-negative", None, None, ["--max-new-tokens", -3], "max-new-tokens"),
+    ("negative-top-k", None, None, ["--top-k", -1], "top-k"),
+    ("empty-prompt", None, None, ["--prompt", ""], "prompt"),
+    ("blank-prompt", None, None, ["--prompt", "   "], "prompt"),
+    ("video-without-frames", None, None, ["--video", "/no/such/frames_*.png"], "frames"),
+]
+
+
+@pytest.mark.parametrize("make_model, make_image, extra, fragment", [b[1:] for b in BAD],
+                         ids=[b[0] for b in BAD])
+def test_bad_input(model, image, tmp_path, make_model, make_image, extra, fragment):
+  folder = make_model(model, tmp_path) if make_model else model
+  img = make_image(tmp_path) if make_image else image
+  # The last --prompt / --max-new-tokens wins, so `extra` may override these defaults.
+  r = cli("--model", folder, "--image", img, "--prompt", "Describe.",
+          "--max-new-tokens", MAX_NEW, *extra)
+  assert r.returncode == 2, (r.stdout, r.stderr)
+  assert "Traceback" not in r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+  assert fragment in lines[0], lines[0]
+  assert r.stdout == ""
+
+
+def test_argparse_errors_exit_2(model):
+  r = cli("--model", model, "--tiny", "--prompt", "x")  # --model and --tiny exclude each other
+  assert r.returncode == 2 and "Traceback" not in r.stderr and "not allowed with" in r.stderr
+  r = cli("--model", model, "--prompt", "x", "--max-new-tokens", "many")
+  assert r.returncode == 2 and "Traceback" not in r.stderr and "invalid int" in r.stderr
