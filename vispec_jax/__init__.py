@@ -5,16 +5,22 @@ Public surface:
   prepare(target, prompts, images)     prompts and images -> a fixed-shape Batch
   target.forward(params, batch)        full-sequence logits and hidden states
   generate(target, batch, ...)         vanilla decoding, one jitted while_loop
+  speculative_generate(target, drafter, draft_params, batch, tree=TreeConfig(), ...)
+                                       tree speculative decoding, one jitted while_loop
 """
 
 from vispec_jax.checkpoints import CheckpointError
 from vispec_jax.configs import ConfigError, GenerationConfig, TargetConfig, TextConfig, QwenVisionConfig
 from vispec_jax.decoding import GenerateOutput, generate, trim
+from vispec_jax.draft import DraftConfig, EagleDrafter
 from vispec_jax.processing import Batch, InputError, load_image
+from vispec_jax.speculative import SpecOutput, SpecStats, speculative_generate
 from vispec_jax.target import Target, init_target, load_target, prepare
+from vispec_jax.tree import TreeConfig
 
 __all__ = [
-    "Batch", "CheckpointError", "ConfigError", "GenerateOutput", "GenerationConfig", "InputError",
-    "QwenVisionConfig", "Target", "TargetConfig", "TextConfig", "generate", "init_target",
-    "load_image", "load_target", "prepare", "trim",
+    "Batch", "CheckpointError", "ConfigError", "DraftConfig", "EagleDrafter", "GenerateOutput",
+    "GenerationConfig", "InputError", "QwenVisionConfig", "SpecOutput", "SpecStats", "Target",
+    "TargetConfig", "TextConfig", "TreeConfig", "generate", "init_target", "load_image",
+    "load_target", "prepare", "speculative_generate", "trim",
 ]

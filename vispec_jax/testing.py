@@ -2,7 +2,8 @@
 
 `make_tiny_qwen(folder)` writes a complete Hugging Face-style Qwen2.5-VL folder (config.json,
 model.safetensors, tokenizer with a chat template, preprocessor_config.json) with random
-weights, loadable by `vj.load_target` and by transformers.
+weights, loadable by `vj.load_target` and by transformers; `make_tiny_llava(folder, next=...)`
+does the same for LLaVA-1.5 / LLaVA-NeXT.
 
     python -m vispec_jax.testing /tmp/tiny-qwen
 """
@@ -117,6 +118,118 @@ def make_tiny_qwen(folder: str, seed: int = 0, **config_kwargs) -> str:
   return folder
 
 
+# ------------------------------------------------------------------------ LLaVA
+
+LLAVA_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# LLaVA-1.5 style ("USER: <image>\n... ASSISTANT:"); images become one <image> each.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def tiny_llava_tokenizer(vocab_size: int = 320):
+  """A byte-level BPE tokenizer with LLaMA's special tokens and `<image>`; like LLaMA's it adds
+  `<s>` when asked for special tokens."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+  from transformers import PreTrainedTokenizerFast
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=LLAVA_SPECIAL_TOKENS,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(_CORPUS * 4, trainer)
+  bos = tok.token_to_id("<s>")
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                     special_tokens=[("<s>", bos)])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                 pad_token="<pad>", unk_token="<unk>")
+  fast.chat_template = LLAVA_CHAT_TEMPLATE
+  return fast
+
+
+TINY_PINPOINTS = [[28, 56], [56, 28], [56, 56], [28, 84], [84, 28]]
+
+
+def tiny_llava_config(tokenizer, *, next: bool = False, hidden: int = 64, layers: int = 2,  # pylint: disable=redefined-builtin
+                      heads: int = 4, kv_heads: int = 2, vision_layers: int = 3,
+                      vision_hidden: int = 32, image_size: int = 28, patch_size: int = 7,
+                      feature_layer=-2, strategy: str = "default", pinpoints=None,
+                      tie: bool = False) -> dict:
+  """A transformers-5 style config.json dict for a tiny LLaVA-1.5 (or LLaVA-NeXT if `next`)."""
+  ids = {t: tokenizer.convert_tokens_to_ids(t) for t in LLAVA_SPECIAL_TOKENS}
+  raw = {
+      "architectures": ["LlavaNextForConditionalGeneration" if next else "LlavaForConditionalGeneration"],
+      "model_type": "llava_next" if next else "llava",
+      "image_token_index": ids["<image>"], "projector_hidden_act": "gelu",
+      "vision_feature_layer": feature_layer, "vision_feature_select_strategy": strategy,
+      "multimodal_projector_bias": True, "tie_word_embeddings": tie,
+      "pad_token_id": ids["<pad>"],
+      "text_config": {
+          "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": hidden,
+          "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+          "num_attention_heads": heads, "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-5,
+          "hidden_act": "silu", "max_position_embeddings": 4096, "tie_word_embeddings": tie,
+          "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+          "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"], "pad_token_id": ids["<pad>"],
+      },
+      "vision_config": {
+          "model_type": "clip_vision_model", "hidden_size": vision_hidden,
+          "intermediate_size": 2 * vision_hidden, "num_hidden_layers": vision_layers,
+          "num_attention_heads": 2, "image_size": image_size, "patch_size": patch_size,
+          "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": vision_hidden,
+      },
+  }
+  if next:
+    raw["image_grid_pinpoints"] = pinpoints or TINY_PINPOINTS
+  return raw
+
+
+def llava_preprocessor_config(raw: dict) -> dict:
+  s = raw["vision_config"]["image_size"]
+  out = {"image_processor_type": "LlavaNextImageProcessor" if "image_grid_pinpoints" in raw
+         else "LlavaImageProcessor",
+         "size": {"shortest_edge": s}, "crop_size": {"height": s, "width": s},
+         "image_mean": [0.48145466, 0.4578275, 0.40821073],
+         "image_std": [0.26862954, 0.26130258, 0.27577711]}
+  if "image_grid_pinpoints" in raw:
+    out["image_grid_pinpoints"] = raw["image_grid_pinpoints"]
+  return out
+
+
+def make_tiny_llava(folder: str, next: bool = False, seed: int = 0, **config_kwargs) -> str:  # pylint: disable=redefined-builtin
+  """Writes a random tiny LLaVA-1.5 (or LLaVA-NeXT) checkpoint folder, torch-free, loadable by
+  `vj.load_target` and by transformers; returns its path."""
+  from vispec_jax import checkpoints
+  from vispec_jax.configs import TargetConfig
+  from vispec_jax.target import init_target
+  os.makedirs(folder, exist_ok=True)
+  tok = tiny_llava_tokenizer()
+  raw = tiny_llava_config(tok, next=next, **config_kwargs)
+  target = init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(seed))
+  path = os.path.join(folder, "model.safetensors")
+  checkpoints.save_hf(target.params, target.family.name_map(target.config), path)
+  # CLIP's post_layernorm is unused by LLaVA (not in our params); write it so transformers
+  # finds a complete checkpoint.
+  f = checkpoints.SafetensorsFile(path)
+  tensors = {k: np.array(f.get(k)) for k in f.keys()}
+  del f
+  e = raw["vision_config"]["hidden_size"]
+  tensors["vision_tower.post_layernorm.weight"] = np.ones(e, np.float32)
+  tensors["vision_tower.post_layernorm.bias"] = np.zeros(e, np.float32)
+  checkpoints.write_safetensors(tensors, path, {"format": "pt"})
+  with open(os.path.join(folder, "config.json"), "w") as fh:
+    json.dump(raw, fh, indent=1)
+  tok.save_pretrained(folder)
+  with open(os.path.join(folder, "preprocessor_config.json"), "w") as fh:
+    json.dump(llava_preprocessor_config(raw), fh, indent=1)
+  return folder
+
+
 def scene_image(width: int = 112, height: int = 84, seed: int = 0):
   """A small deterministic test picture (coloured rectangles on noise)."""
   from PIL import Image
@@ -131,3 +244,46 @@ def scene_image(width: int = 112, height: int = 84, seed: int = 0):
 if __name__ == "__main__":
   out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/vispec-tiny-qwen"
   print(make_tiny_qwen(out))
+
+
+class OracleDrafter:
+  """A drafter that already knows the answer: params = {"reference": int32[B, N]}, the target's
+  own greedy tokens. Along the path that follows the reference it proposes exactly the target's
+  choices, so every greedy round accepts the full tree depth. Tests the engine's bookkeeping (KV
+  compaction, positions, per-row lengths) independently of draft quality."""
+
+  def __init__(self, vocab_size: int):
+    self.vocab_size = vocab_size
+
+  def __hash__(self):
+    return hash((OracleDrafter, self.vocab_size))
+
+  def __eq__(self, other):
+    return isinstance(other, OracleDrafter) and other.vocab_size == self.vocab_size
+
+  def _logp(self, params, index):
+    import jax.numpy as jnp
+    ref = params["reference"]
+    tok = jnp.take_along_axis(ref, jnp.clip(index, 0, ref.shape[1] - 1), axis=1)
+    # Reference token first, then the other tokens in a fixed order (for top-k branching).
+    base = -jnp.arange(self.vocab_size, dtype=jnp.float32) / self.vocab_size
+    return jax.nn.log_softmax(base + 10.0 * jax.nn.one_hot(tok, self.vocab_size), axis=-1)
+
+  def root_hidden(self, state):
+    import jax.numpy as jnp
+    return jnp.zeros((state.shape[0], 1))
+
+  def start(self, params, head, ctx):
+    import jax.numpy as jnp
+    n = jnp.zeros((ctx.root.shape[0],), jnp.int32)  # reference index of the root
+    return n, self._logp(params, n[:, None] + 1)[:, 0]
+
+  def step(self, params, head, state, level, offset, tokens, parent_hidden, scratch_mask):
+    import jax.numpy as jnp
+    b, n = tokens.shape
+    logp = self._logp(params, jnp.broadcast_to(state[:, None] + level + 2, (b, n)))
+    return logp, jnp.zeros((b, n, 1)), state
+
+  def commit(self, params, head, state, features, next_tokens, n_valid):
+    state = state + n_valid
+    return state, self._logp(params, state[:, None] + 1)[:, 0]

@@ -1,0 +1,263 @@
+"""Speculative decoding: draft a token tree, verify it in one target forward, keep the longest
+accepted path. The whole generation is ONE compiled `lax.while_loop`.
+
+Per round, for every row of the batch:
+  tree    = tree.build(drafter)                      T nodes, node 0 = root (the pending token)
+  verify  = target forward over the T nodes          writes their KV at [len, len + T), tree mask
+  accept  = greedy argmax path, or lossless recursive rejection sampling
+  compact = move the accepted path's KV to [len, len + a + 1) (target), commit it to the draft
+  emit    = accepted draft tokens + the bonus token (truncated at EOS and max_new_tokens)
+Rows accept different lengths and finish at different times; finished rows keep their shapes
+but stop advancing.
+
+Target cache: P prompt slots (left-padded), then committed tokens up to `length[b]`, then scratch
+for the tree. Positions: node at depth d gets position next_position[b] + d (all mRoPE rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vispec_jax import decoding, draft as draft_lib, layers, sampling, tree as tree_lib
+from vispec_jax.configs import GenerationConfig
+from vispec_jax.models import decoder
+from vispec_jax.processing import Batch
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SpecStats:
+  """Per-row counters (arrays, no host sync). tau = accepted / target_forwards (ViSpec
+  convention, bonus excluded); tokens per forward = tau + 1."""
+  target_forwards: jax.Array   # int32[B]: verification forwards while the row was running
+  accepted: jax.Array          # int32[B]: accepted draft tokens over those rounds
+  histogram: jax.Array         # int32[B, max_depth + 1]: rounds by accepted length
+  draft_steps: jax.Array       # int32[B]: drafter forward calls (tree levels + commits)
+
+  @property
+  def tau(self) -> jax.Array:
+    return self.accepted / jnp.maximum(self.target_forwards, 1)
+
+  @property
+  def tokens_per_forward(self) -> jax.Array:
+    return self.tau + 1.0
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SpecOutput:
+  tokens: jax.Array   # int32[B, max_new_tokens], pad after each row's end
+  lengths: jax.Array  # int32[B]
+  stats: SpecStats
+
+
+# ------------------------------------------------------------------------- acceptance
+
+
+def accept_greedy(tree: tree_lib.Tree, anc: jax.Array, logits: jax.Array):
+  """Longest path whose every token is the target's argmax after its parent.
+
+  Returns (best node int32[B], accepted draft tokens int32[B], bonus token int32[B]).
+  """
+  pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, T]
+  parent_pred = jnp.take_along_axis(pred, jnp.maximum(tree.parents, 0), axis=1)
+  ok = (tree.tokens == parent_pred) | (tree.parents < 0)
+  acc = ~jnp.any(anc & ~ok[:, None, :], axis=-1)  # every ancestor-or-self matches
+  t = tree.tokens.shape[1]
+  score = jnp.where(acc, tree.depths * (t + 1) - jnp.arange(t), -1)
+  best = jnp.argmax(score, axis=1).astype(jnp.int32)
+  a = jnp.take_along_axis(tree.depths, best[:, None], 1)[:, 0]
+  bonus = jnp.take_along_axis(pred, best[:, None], 1)[:, 0]
+  return best, a, bonus
+
+
+def accept_sampling(tree: tree_lib.Tree, probs: jax.Array, key: jax.Array, max_depth: int):
+  """Lossless tree speculative sampling with deterministic drafts (EAGLE-2 rule).
+
+  Walk down from the root; at each node try its children in index order: accept child token x
+  with probability q(x) where q is the target distribution after the current node with the
+  already rejected siblings removed and renormalised. The bonus token is drawn from the final q.
+  probs: [B, T, V] target (warped) distributions after each node.
+  """
+  b, t = tree.tokens.shape
+  def row(tokens, parents, probs, key):
+    def level(_, carry):
+      cur, a, q, running, key = carry
+      def sibling(j, c):
+        accepted, q, key = c
+        key, sub = jax.random.split(key)
+        x = tokens[j]
+        try_it = running & (parents[j] == cur) & (accepted < 0)
+        ok = try_it & (jax.random.uniform(sub) < q[x])
+        rejected = try_it & ~ok
+        q = jnp.where(rejected, q.at[x].set(0.0), q)
+        q = jnp.where(rejected, q / jnp.maximum(q.sum(), 1e-30), q)
+        return jnp.where(ok, j, accepted), q, key
+      accepted, q, key = jax.lax.fori_loop(1, t, sibling, (jnp.int32(-1), q, key))
+      took = accepted >= 0
+      cur = jnp.where(took, accepted, cur)
+      q = jnp.where(took, probs[jnp.maximum(accepted, 0)], q)
+      return cur, a + took.astype(jnp.int32), q, running & took, key
+    init = (jnp.int32(0), jnp.int32(0), probs[0], jnp.bool_(True), key)
+    cur, a, q, _, key = jax.lax.fori_loop(0, max_depth, level, init)
+    bonus = jax.random.categorical(key, jnp.log(jnp.maximum(q, 1e-38)) + jnp.where(q > 0, 0.0, -jnp.inf))
+    return cur, a, bonus.astype(jnp.int32)
+  return jax.vmap(row)(tree.tokens, tree.parents, probs, jax.random.split(key, b))
+
+
+def path_nodes(anc: jax.Array, depths: jax.Array, best: jax.Array, length: int) -> jax.Array:
+  """int32[B, length]: node at depth j on the root->best path (best itself past its depth)."""
+  on_path = jnp.take_along_axis(anc, best[:, None, None], axis=1)[:, 0]  # [B, T]
+  at_depth = on_path[:, None, :] & (depths[:, None, :] == jnp.arange(length)[None, :, None])
+  node = jnp.argmax(at_depth, axis=-1).astype(jnp.int32)
+  return jnp.where(at_depth.any(-1), node, best[:, None])
+
+
+# --------------------------------------------------------------------- cache helpers
+
+
+def gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x [B, S, ...], index int[B, n] -> [B, n, ...]."""
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def compact_cache(cache, base: jax.Array, path: jax.Array):
+  """Moves each row's accepted tree slots base + path[j] to base + j (all layers)."""
+  src = base[:, None] + path
+  return [tuple(layers.write_cache(c, gather_rows(c, src), base) for c in kv) for kv in cache]
+
+
+def tree_mask(committed: jax.Array, anc: jax.Array, base: jax.Array) -> jax.Array:
+  """bool[B, T, S]: committed keys plus each node's ancestors in slots base + [0, T)."""
+  b, t, _ = anc.shape
+  slots = committed.shape[1]
+  rel = jnp.arange(slots)[None, :] - base[:, None]
+  inside = (rel >= 0) & (rel < t)
+  vis = jnp.take_along_axis(anc, jnp.broadcast_to(jnp.clip(rel, 0, t - 1)[:, None, :], (b, t, slots)), 2)
+  return committed[:, None, :] | (vis & inside[:, None, :])
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "drafter", "tree_cfg", "max_new_tokens",
+                                             "greedy", "top_k", "use_top_p", "eos_ids", "pad_id"))
+def _speculative(tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask,
+                 key, temperature, top_p, *, cfg, drafter, tree_cfg, max_new_tokens, greedy, top_k,
+                 use_top_p, eos_ids, pad_id):
+  b, p, _ = embeds.shape
+  t, dmax = tree_cfg.num_nodes, tree_cfg.max_depth
+  n_emit = dmax + 1  # most tokens one round can emit (accepted drafts + bonus)
+  mrope = positions.ndim == 3
+  head = draft_lib.head_params(tparams)
+  warp = dict(temperature=temperature, top_k=top_k, top_p=top_p if use_top_p else None)
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+  slots = p + max_new_tokens + n_emit + t
+
+  hidden, cache, _ = decoding.prefill(tparams, cfg, embeds, positions, attention_mask, slots)
+  key, sub = jax.random.split(key)
+  root = sampling.select_tokens(decoder.logits(tparams, hidden[:, -1]), sub, greedy=greedy, **warp)
+  ctx = draft_lib.PrefillContext(hidden, embeds, attention_mask, vision_mask, root,
+                                 p + max_new_tokens + n_emit + tree_cfg.scratch_slots + n_emit)
+  dstate, root_logp = drafter.start(dparams, head, ctx)
+
+  out = jnp.full((b, max_new_tokens + n_emit), pad_id, jnp.int32).at[:, 0].set(root)
+  count = jnp.ones((b,), jnp.int32)
+  done = jnp.isin(root, eos) | (count >= max_new_tokens)
+  stats = SpecStats(jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32),
+                    jnp.zeros((b, dmax + 1), jnp.int32), jnp.ones((b,), jnp.int32))
+  length = jnp.full((b,), p, jnp.int32)
+  prompt_valid = jnp.pad(attention_mask, ((0, 0), (0, slots - p)))
+
+  def cond(state):
+    return ~jnp.all(state[4])
+
+  def body(state):
+    cache, dstate, root, root_logp, done, out, count, length, next_position, stats, key = state
+    step = functools.partial(drafter.step, dparams, head)
+    tree, dstate = tree_lib.build(tree_cfg, root, root_logp, drafter.root_hidden(dstate), step,
+                                  dstate)
+    anc = tree_lib.ancestor_mask(tree.parents, dmax)
+    # Verify every node in one target forward.
+    slot = jnp.arange(slots)[None, :]
+    committed = prompt_valid | ((slot >= p) & (slot < length[:, None]))
+    pos = next_position[:, None] + tree.depths
+    pos = jnp.broadcast_to(pos, (3,) + pos.shape) if mrope else pos
+    x = decoder.embed_tokens(tparams, tree.tokens, embeds.dtype)
+    h, cache = decoder.forward(tparams, cfg, x, pos, tree_mask(committed, anc, length), cache,
+                               write_index=length)
+    logits = decoder.logits(tparams, h)
+    key, sub = jax.random.split(key)
+    if greedy:
+      best, a, bonus = accept_greedy(tree, anc, logits)
+    else:
+      probs = sampling.target_probs(logits, **warp)
+      best, a, bonus = accept_sampling(tree, probs, sub, dmax)
+    path = path_nodes(anc, tree.depths, best, n_emit)  # root + accepted (+ filler)
+    path_tokens = jnp.take_along_axis(tree.tokens, path, axis=1)
+    # Emitted tokens: accepted drafts then the bonus, cut at EOS and at max_new_tokens.
+    j = jnp.arange(n_emit)[None, :]
+    new = jnp.where(j < a[:, None], jnp.roll(path_tokens, -1, axis=1), bonus[:, None])
+    is_eos = jnp.isin(new, eos) & (j <= a[:, None])
+    first_eos = jnp.where(is_eos.any(1), jnp.argmax(is_eos, 1), n_emit)
+    n_new = jnp.minimum(jnp.minimum(a + 1, first_eos + 1), max_new_tokens - count)
+    n_new = jnp.where(done, 0, n_new)
+    new = jnp.where(j < n_new[:, None], new, pad_id)
+    out = jax.vmap(lambda o, v, i: jax.lax.dynamic_update_slice(o, v, (i,)))(out, new, count)
+    # Commit the accepted path: KV compaction in the target, catch-up in the draft.
+    advance = jnp.where(done, 0, a + 1)
+    cache = compact_cache(cache, length, path)
+    feats = gather_rows(h, path)
+    next_tokens = jnp.where(j < a[:, None], jnp.roll(path_tokens, -1, axis=1), bonus[:, None])
+    dstate, root_logp = drafter.commit(dparams, head, dstate, feats, next_tokens, advance)
+    running = ~done
+    stats = SpecStats(
+        stats.target_forwards + running, stats.accepted + jnp.where(running, a, 0),
+        stats.histogram + (running[:, None] & (jnp.arange(dmax + 1)[None] == a[:, None])),
+        stats.draft_steps + jnp.where(running, len(_levels(tree_cfg)) + 1, 0))
+    count = count + n_new
+    done = done | (first_eos < n_new) | (count >= max_new_tokens)
+    return (cache, dstate, bonus, root_logp, done, out, count, length + advance,
+            next_position + advance, stats, key)
+
+  state = (cache, dstate, root, root_logp, done, out, count, length, next_position, stats, key)
+  state = jax.lax.while_loop(cond, body, state)
+  out, count, stats = state[5], state[6], state[9]
+  return SpecOutput(out[:, :max_new_tokens], count, stats)
+
+
+def _levels(tree_cfg: tree_lib.TreeConfig):
+  if tree_cfg.paths is None:
+    return range(tree_cfg.depth)
+  return tree_lib.static_structure(tree_cfg.paths)["fed"]
+
+
+def speculative_generate(target, drafter, draft_params, batch: Batch,
+                         tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),
+                         max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
+                         top_p: float = 1.0, key: jax.Array | None = None,
+                         embeds: jax.Array | None = None) -> SpecOutput:
+  """Speculative generation with `drafter` (e.g. `draft.EagleDrafter(cfg)`) and its params.
+
+  Greedy output is token-identical to `vj.generate`; with temperature > 0 it is distributed
+  exactly as vanilla sampling with the same temperature/top-k/top-p.
+  """
+  gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)
+  if embeds is None:
+    embeds = target.embed(target.params, batch)
+  if key is None:
+    key = jax.random.PRNGKey(0)
+  cfg = target.config
+  return _speculative(
+      target.params["text"], draft_params, embeds, jnp.asarray(batch.positions),
+      jnp.asarray(batch.attention_mask), jnp.asarray(batch.next_position),
+      jnp.asarray(batch.vision_index >= 0), key, jnp.float32(max(gen.temperature, 1e-6)),
+      jnp.float32(gen.top_p), cfg=cfg.text, drafter=drafter, tree_cfg=tree,
+      max_new_tokens=gen.max_new_tokens, greedy=gen.temperature == 0, top_k=gen.top_k,
+      use_top_p=gen.top_p < 1.0, eos_ids=tuple(cfg.eos_token_ids), pad_id=cfg.pad_token_id)
