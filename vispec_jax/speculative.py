@@ -77,13 +77,15 @@ def accept_greedy(tree: tree_lib.Tree, anc: jax.Array, logits: jax.Array):
   return best, a, bonus
 
 
-def accept_sampling(tree: tree_lib.Tree, probs: jax.Array, key: jax.Array, max_depth: int):
+def accept_sampling(tree: tree_lib.Tree, probs: jax.Array, key: jax.Array, max_depth: int,
+                    residual: bool = True):
   """Lossless tree speculative sampling with deterministic drafts (EAGLE-2 rule).
 
   Walk down from the root; at each node try its children in index order: accept child token x
   with probability q(x) where q is the target distribution after the current node with the
   already rejected siblings removed and renormalised. The bonus token is drawn from the final q.
-  probs: [B, T, V] target (warped) distributions after each node.
+  probs: [B, T, V] target (warped) distributions after each node. `residual=False` skips removing
+  rejected tokens: a deliberately wrong rule, kept so the statistical test can show it fails.
   """
   b, t = tree.tokens.shape
   def row(tokens, parents, probs, key):
@@ -95,7 +97,7 @@ def accept_sampling(tree: tree_lib.Tree, probs: jax.Array, key: jax.Array, max_d
         x = tokens[j]
         try_it = running & (parents[j] == cur) & (accepted < 0)
         ok = try_it & (jax.random.uniform(sub) < q[x])
-        rejected = try_it & ~ok
+        rejected = try_it & ~ok & residual
         q = jnp.where(rejected, q.at[x].set(0.0), q)
         q = jnp.where(rejected, q / jnp.maximum(q.sum(), 1e-30), q)
         return jnp.where(ok, j, accepted), q, key
