@@ -67,11 +67,51 @@ class QwenVisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClipVisionConfig:
+  """A CLIP ViT vision tower (LLaVA): class token, learned positions, pre-LN blocks."""
+  num_layers: int
+  hidden_size: int
+  intermediate_size: int
+  num_heads: int
+  image_size: int = 336
+  patch_size: int = 14
+  in_channels: int = 3
+  layer_norm_eps: float = 1e-5
+  hidden_act: str = "quick_gelu"
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def grid(self) -> int:  # patches per side of one tile
+    return self.image_size // self.patch_size
+
+  @property
+  def patch_dim(self) -> int:
+    return self.in_channels * self.patch_size ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaVisionConfig:
+  """LLaVA-1.5 / LLaVA-NeXT vision side: CLIP tower, feature selection, 2-layer projector and
+  (NeXT) the anyres tiling grid. `feature_layers` index CLIP hidden states (0 = embeddings after
+  pre-LN, -1 = last block); several are concatenated. `grid_pinpoints` is None for LLaVA-1.5."""
+  clip: ClipVisionConfig
+  out_hidden_size: int
+  feature_layers: tuple[int, ...] = (-2,)
+  select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps it
+  projector_act: str = "gelu"
+  projector_bias: bool = True
+  grid_pinpoints: tuple[tuple[int, int], ...] | None = None  # (height, width) per resolution
+
+
+@dataclasses.dataclass(frozen=True)
 class TargetConfig:
   """A target VLM: which family, its language model, its vision tower and special tokens."""
   family: str
   text: TextConfig
-  vision: QwenVisionConfig | None
+  vision: QwenVisionConfig | LlavaVisionConfig | None
   image_token_id: int
   video_token_id: int | None = None
   vision_start_token_id: int | None = None
@@ -86,7 +126,12 @@ class TargetConfig:
     model_type = raw.get("model_type")
     if model_type == "qwen2_5_vl" or "Qwen2_5_VLForConditionalGeneration" in archs:
       return _qwen2_5_vl_from_hf(raw)
-    known = "qwen2_5_vl (Qwen2_5_VLForConditionalGeneration)"
+    if model_type in ("llava", "llava_next") or {"LlavaForConditionalGeneration",
+                                                  "LlavaNextForConditionalGeneration"} & set(archs):
+      from vispec_jax.models import llava  # the parser lives with the family
+      return llava.config_from_hf(raw)
+    known = ("qwen2_5_vl (Qwen2_5_VLForConditionalGeneration), llava (LlavaForConditionalGeneration), "
+             "llava_next (LlavaNextForConditionalGeneration)")
     raise ConfigError(
         f"unknown architecture: model_type={model_type!r}, architectures={archs!r}; "
         f"supported: {known}")

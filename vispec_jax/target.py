@@ -24,7 +24,8 @@ from vispec_jax.configs import TargetConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch, InputError
 
-FAMILIES = {"qwen2_5_vl": "vispec_jax.models.qwen2_5_vl"}
+FAMILIES = {"qwen2_5_vl": "vispec_jax.models.qwen2_5_vl", "llava": "vispec_jax.models.llava",
+            "llava_next": "vispec_jax.models.llava"}
 
 
 def family_module(cfg: TargetConfig):
@@ -116,7 +117,13 @@ def _load_tokenizer(folder: str):
   if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
     return None  # weights-only folder: prompts must then be token ids
   from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(folder)
+  tok = AutoTokenizer.from_pretrained(folder)
+  legacy = os.path.join(folder, "chat_template.json")  # processor-level template of older saves
+  if getattr(tok, "chat_template", None) is None and os.path.isfile(legacy):
+    import json
+    with open(legacy) as f:
+      tok.chat_template = json.load(f).get("chat_template")
+  return tok
 
 
 # ------------------------------------------------------------------------ prompting
@@ -176,6 +183,8 @@ def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
       raise InputError("empty prompt")
     if (imgs or vids) and cfg.vision is None:
       raise InputError("this model has no vision tower but images were given")
+    if vids and not hasattr(fam, "preprocess_video"):
+      raise InputError("this model does not take videos")
     its = [fam.preprocess_image(target.image_processor, cfg, processing.load_image(im)) for im in imgs]
     for frames in vids:
       if not frames:
@@ -184,6 +193,9 @@ def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
                                       [processing.load_image(f) for f in frames], fps=video_fps))
     text = _render(target, prompt, [it.kind for it in its], chat)
     ids = np.asarray(target.tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+    bos = getattr(target.tokenizer, "bos_token_id", None)
+    if getattr(fam, "PREPEND_BOS", False) and bos is not None and (not len(ids) or ids[0] != bos):
+      ids = np.concatenate([[bos], ids]).astype(np.int64)
     ids = _expand_placeholders(ids, its, cfg, fam)
     rows.append(ids)
     row_items.append(its)

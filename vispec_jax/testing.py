@@ -201,18 +201,34 @@ def llava_preprocessor_config(raw: dict) -> dict:
   return out
 
 
-def make_tiny_llava(folder: str, next: bool = False, seed: int = 0, **config_kwargs) -> str:  # pylint: disable=redefined-builtin
+def numpy_init(shapes, seed: int = 0, std: float = 0.02):
+  """Like `layers.init_params` (norm scales 1, biases 0, the rest N(0, std)) but in NumPy: no
+  compile per parameter shape, so writing a tiny checkpoint takes milliseconds."""
+  rng = np.random.default_rng(seed)
+  def leaf(path, s):
+    name = getattr(path[-1], "key", None)
+    if name == "scale":
+      return np.ones(s.shape, np.float32)
+    if name == "bias":
+      return np.zeros(s.shape, np.float32)
+    return (std * rng.standard_normal(s.shape)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+def make_tiny_llava(folder: str, next: bool = False, seed: int = 0, std: float = 0.02,  # pylint: disable=redefined-builtin
+                    **config_kwargs) -> str:
   """Writes a random tiny LLaVA-1.5 (or LLaVA-NeXT) checkpoint folder, torch-free, loadable by
   `vj.load_target` and by transformers; returns its path."""
   from vispec_jax import checkpoints
   from vispec_jax.configs import TargetConfig
-  from vispec_jax.target import init_target
+  from vispec_jax.target import family_module
   os.makedirs(folder, exist_ok=True)
   tok = tiny_llava_tokenizer()
   raw = tiny_llava_config(tok, next=next, **config_kwargs)
-  target = init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(seed))
+  cfg = TargetConfig.from_hf(raw)
+  fam = family_module(cfg)
   path = os.path.join(folder, "model.safetensors")
-  checkpoints.save_hf(target.params, target.family.name_map(target.config), path)
+  checkpoints.save_hf(numpy_init(fam.param_shapes(cfg), seed, std), fam.name_map(cfg), path)
   # CLIP's post_layernorm is unused by LLaVA (not in our params); write it so transformers
   # finds a complete checkpoint.
   f = checkpoints.SafetensorsFile(path)

@@ -1,0 +1,396 @@
+"""LLaVA-1.5 and LLaVA-NeXT: CLIP tower, two-layer projector, anyres tiling and packing.
+
+The language model is the shared decoder (`models/decoder.py`) with 1-D RoPE (Vicuna/LLaMA or
+Mistral), the vision tower `models/clip.py`. One module serves both families:
+
+  LLaVA-1.5 (`llava`): one `image_size`^2 tile per image -> CLIP hidden state(s)
+    `feature_layers` (-2 by default), CLS dropped ("default") or kept ("full") -> projector
+    (linear_1, act, linear_2) -> grid^2 (+1) LLM tokens.
+  LLaVA-NeXT (`llava_next`, anyres): the image is resized into the best `image_grid_pinpoints`
+    resolution and cut into nph x npw tiles, plus a base tile of the whole image. LLM tokens are the
+    base tile's features, then the tiles' features laid out as one (nph*grid) x (npw*grid) map,
+    cropped back to the image's aspect ratio ("unpadding"), each row followed by `image_newline`.
+
+Which feature row becomes which LLM token depends only on image size and config, so it is computed
+on the host in NumPy (`anyres_index`, a port of transformers' `get_anyres_image_grid_shape`,
+`unpad_image` and `pack_image_features`); the jitted part runs the tower on all tiles of a batch
+(tile count bucketed) and gathers rows with that index (token count bucketed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vispec_jax import layers, processing
+from vispec_jax.configs import (ClipVisionConfig, ConfigError, LlavaVisionConfig, TargetConfig,
+                                TextConfig)
+from vispec_jax.models import clip
+
+Params = layers.Params
+
+PREPEND_BOS = True  # LLaMA tokenizers start a prompt with <s>; the LLaVA processors add it too
+
+# ------------------------------------------------------------------------ config
+
+# transformers' defaults for keys that hub configs leave out (llava-hf configs are sparse).
+_TEXT_DEFAULTS = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, rms_norm_eps=1e-6, max_position_embeddings=2048,
+                  sliding_window=None, bos_token_id=1, eos_token_id=2),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-6,
+                    max_position_embeddings=4096 * 32, sliding_window=4096, bos_token_id=1,
+                    eos_token_id=2),
+}
+# CLIPVisionConfig defaults, and LlavaConfig's defaults when vision_config is absent altogether.
+_CLIP_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                      num_attention_heads=12, image_size=224, patch_size=32, num_channels=3,
+                      layer_norm_eps=1e-5, hidden_act="quick_gelu")
+_LLAVA_CLIP_DEFAULTS = dict(_CLIP_DEFAULTS, hidden_size=1024, intermediate_size=4096,
+                            num_hidden_layers=24, num_attention_heads=16, image_size=336,
+                            patch_size=14)
+_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def _text_config(raw: dict) -> tuple[TextConfig, dict]:
+  t_raw = raw.get("text_config") or {}
+  kind = t_raw.get("model_type", "llama")
+  if kind not in _TEXT_DEFAULTS:
+    raise ConfigError(f"config.json: text_config.model_type {kind!r} is not supported for LLaVA "
+                      f"targets; supported: {sorted(_TEXT_DEFAULTS)}")
+  t = {**_TEXT_DEFAULTS[kind], **t_raw}
+  if t.get("attention_bias") or t.get("mlp_bias"):
+    raise ConfigError("config.json: text_config attention_bias/mlp_bias are not supported")
+  rope = t.get("rope_parameters") or t.get("rope_scaling") or {}
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type != "default":
+    raise ConfigError(f"config.json: text_config rope_type {rope_type!r} is not supported "
+                      f"(only unscaled RoPE)")
+  hidden, heads = int(t["hidden_size"]), int(t["num_attention_heads"])
+  max_pos = int(t["max_position_embeddings"])
+  if t.get("sliding_window"):  # identical to full attention for sequences within the window
+    max_pos = min(max_pos, int(t["sliding_window"]))
+  text = TextConfig(
+      vocab_size=int(t["vocab_size"]),
+      hidden_size=hidden,
+      intermediate_size=int(t["intermediate_size"]),
+      num_layers=int(t["num_hidden_layers"]),
+      num_heads=heads,
+      num_kv_heads=int(t.get("num_key_value_heads") or heads),
+      head_dim=int(t.get("head_dim") or hidden // heads),
+      rms_norm_eps=float(t["rms_norm_eps"]),
+      rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 10000.0))),
+      mrope_section=None,
+      qkv_bias=False,
+      hidden_act=t.get("hidden_act", "silu"),
+      tie_word_embeddings=bool(raw.get("tie_word_embeddings") or t_raw.get("tie_word_embeddings")),
+      max_position_embeddings=max_pos,
+  )
+  return text, t
+
+
+def _clip_config(raw: dict) -> ClipVisionConfig:
+  v_raw = raw.get("vision_config")
+  if v_raw is not None and v_raw.get("model_type", "clip_vision_model") != "clip_vision_model":
+    raise ConfigError(f"config.json: vision_config.model_type {v_raw.get('model_type')!r} is not "
+                      f"supported; LLaVA targets need a CLIP tower (clip_vision_model)")
+  v = {**(_CLIP_DEFAULTS if v_raw is not None else _LLAVA_CLIP_DEFAULTS), **(v_raw or {})}
+  cfg = ClipVisionConfig(
+      num_layers=int(v["num_hidden_layers"]), hidden_size=int(v["hidden_size"]),
+      intermediate_size=int(v["intermediate_size"]), num_heads=int(v["num_attention_heads"]),
+      image_size=int(v["image_size"]), patch_size=int(v["patch_size"]),
+      in_channels=int(v["num_channels"]), layer_norm_eps=float(v["layer_norm_eps"]),
+      hidden_act=v["hidden_act"])
+  if cfg.image_size % cfg.patch_size:
+    raise ConfigError(f"config.json: vision image_size {cfg.image_size} is not a multiple of "
+                      f"patch_size {cfg.patch_size}")
+  if cfg.hidden_act not in layers.ACTIVATIONS:
+    raise ConfigError(f"config.json: vision hidden_act {cfg.hidden_act!r} not supported")
+  return cfg
+
+
+def config_from_hf(raw: dict) -> TargetConfig:
+  """TargetConfig of a `llava` / `llava_next` config.json (transformers 4 or 5 layout)."""
+  is_next = (raw.get("model_type") == "llava_next"
+             or "LlavaNextForConditionalGeneration" in (raw.get("architectures") or []))
+  text, t = _text_config(raw)
+  vclip = _clip_config(raw)
+  layer = raw.get("vision_feature_layer", -2)
+  feature_layers = tuple(int(i) for i in (layer if isinstance(layer, (list, tuple)) else [layer]))
+  for i in feature_layers:
+    try:
+      clip.resolve_layer(i, vclip)
+    except ValueError as e:
+      raise ConfigError(f"config.json: vision_feature_layer: {e}") from None
+  strategy = raw.get("vision_feature_select_strategy", "default")
+  if strategy not in ("default", "full"):
+    raise ConfigError(f"config.json: vision_feature_select_strategy {strategy!r}; "
+                      f"expected 'default' or 'full'")
+  act = raw.get("projector_hidden_act", "gelu")
+  if act not in layers.ACTIVATIONS:
+    raise ConfigError(f"config.json: projector_hidden_act {act!r} not supported; "
+                      f"known: {sorted(layers.ACTIVATIONS)}")
+  pinpoints = None
+  if is_next:
+    if strategy != "default":  # transformers cannot pack tiles that keep their CLS token either
+      raise ConfigError("config.json: LLaVA-NeXT needs vision_feature_select_strategy 'default'")
+    pinpoints = raw.get("image_grid_pinpoints") or _PINPOINTS
+    try:
+      pinpoints = tuple((int(h), int(w)) for h, w in pinpoints)
+    except (TypeError, ValueError):
+      raise ConfigError(f"config.json: image_grid_pinpoints must be [height, width] pairs, got "
+                        f"{pinpoints!r}") from None
+    bad = [list(p) for p in pinpoints if p[0] <= 0 or p[1] <= 0
+           or p[0] % vclip.image_size or p[1] % vclip.image_size]
+    if bad:
+      raise ConfigError(f"config.json: image_grid_pinpoints {bad} are not positive multiples of "
+                        f"the vision image_size {vclip.image_size}; anyres tiling cannot use them")
+  vision = LlavaVisionConfig(
+      clip=vclip, out_hidden_size=text.hidden_size, feature_layers=feature_layers,
+      select_strategy=strategy, projector_act=act,
+      projector_bias=bool(raw.get("multimodal_projector_bias", True)), grid_pinpoints=pinpoints)
+  eos = raw.get("eos_token_id", t.get("eos_token_id"))
+  eos = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])) if eos is not None else ()
+  pad = raw.get("pad_token_id", t.get("pad_token_id"))
+  return TargetConfig(
+      family="llava_next" if is_next else "llava",
+      text=text,
+      vision=vision,
+      image_token_id=int(raw.get("image_token_id", raw.get("image_token_index", 32000))),
+      eos_token_ids=eos,
+      pad_token_id=int(pad if pad is not None else (eos[0] if eos else 0)),
+  )
+
+
+# ------------------------------------------------------------- anyres layout (host)
+
+
+def select_best_resolution(size_hw: tuple[int, int], pinpoints) -> tuple[int, int]:
+  """The pinpoint (height, width) that keeps most of the image's pixels, then wastes least
+  (transformers' `select_best_resolution`)."""
+  h, w = size_hw
+  best, best_eff, best_waste = None, 0, float("inf")
+  for ph, pw in pinpoints:
+    scale = min(pw / w, ph / h)
+    eff = min(int(w * scale) * int(h * scale), w * h)
+    waste = ph * pw - eff
+    if eff > best_eff or (eff == best_eff and waste < best_waste):
+      best, best_eff, best_waste = (ph, pw), eff, waste
+  return best
+
+
+def tile_grid(size_hw: tuple[int, int], cfg: LlavaVisionConfig) -> tuple[int, int]:
+  """(rows, cols) of image_size tiles for an image (transformers' get_anyres_image_grid_shape)."""
+  bh, bw = select_best_resolution(size_hw, cfg.grid_pinpoints)
+  return bh // cfg.clip.image_size, bw // cfg.clip.image_size
+
+
+def tokens_per_tile(cfg: LlavaVisionConfig) -> int:
+  return cfg.clip.grid ** 2 + (cfg.select_strategy == "full")
+
+
+def anyres_index(size_hw: tuple[int, int], cfg: LlavaVisionConfig) -> np.ndarray:
+  """For each LLM token of one image, its row in the image's projected tile features
+  (flattened [tiles, tokens_per_tile]), or -1 for `image_newline`.
+
+  Tiles are [base, tile (0,0), (0,1), ..., (nph-1, npw-1)]. Mirrors transformers'
+  `pack_image_features` + `unpad_image`, including their float rounding.
+  """
+  g, tok = cfg.clip.grid, tokens_per_tile(cfg)
+  if cfg.grid_pinpoints is None:
+    return np.arange(tok, dtype=np.int32)
+  nph, npw = tile_grid(size_hw, cfg)
+  rows, cols = np.arange(nph * g), np.arange(npw * g)
+  oh, ow = size_hw
+  ch, cw = len(rows), len(cols)
+  if ow / oh > cw / ch:  # image wider than the tile map: padding rows top and bottom
+    new_h = int(round(oh * (cw / ow), 7))
+    pad = (ch - new_h) // 2
+    rows = rows[pad:ch - pad]
+  else:
+    new_w = int(round(ow * (ch / oh), 7))
+    pad = (cw - new_w) // 2
+    cols = cols[pad:cw - pad]
+  tile = 1 + (rows[:, None] // g) * npw + cols[None, :] // g
+  index = tile * tok + (rows[:, None] % g) * g + cols[None, :] % g
+  index = np.concatenate([index, np.full((len(rows), 1), -1)], axis=1)  # newline after each row
+  return np.concatenate([np.arange(g * g), index.reshape(-1)]).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLayout:
+  """Host-side layout of one image: `index` from `anyres_index`, and the image's (height, width)."""
+  index: np.ndarray
+  image_size: tuple[int, int]
+
+
+def num_image_tokens(size_hw: tuple[int, int], cfg: LlavaVisionConfig) -> int:
+  return len(anyres_index(size_hw, cfg))
+
+
+# ------------------------------------------------------------------- vision encode
+
+
+def bucket(n: int) -> int:
+  return 1 << max(0, n - 1).bit_length()
+
+
+def project(params: Params, cfg: LlavaVisionConfig, pixels: jax.Array) -> jax.Array:
+  """Tiles [N, C, S, S] -> projected features [N, tokens_per_tile, E_text]."""
+  picked = [clip.resolve_layer(i, cfg.clip) for i in cfg.feature_layers]
+  hs = clip.hidden_states(params["tower"], cfg.clip, pixels, num_layers=max(picked))
+  x = jnp.concatenate([hs[i] for i in picked], axis=-1)
+  if cfg.select_strategy == "default":
+    x = x[:, 1:]  # drop CLS
+  p = params["projector"]
+  return layers.linear(layers.activation(cfg.projector_act)(layers.linear(x, p["linear_1"])),
+                       p["linear_2"])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _encode(params, cfg, pixels, index):
+  feats = project(params, cfg, pixels)
+  flat = feats.reshape(-1, feats.shape[-1])
+  newline = params.get("image_newline")
+  newline = jnp.zeros((flat.shape[-1],), flat.dtype) if newline is None else newline.astype(flat.dtype)
+  flat = jnp.concatenate([flat, newline[None]])
+  return jnp.take(flat, jnp.where(index < 0, flat.shape[0] - 1, index), axis=0)
+
+
+def encode_vision(params: Params, cfg: LlavaVisionConfig, items) -> list[jax.Array]:
+  """LLM tokens [num_tokens, E_text] of each image. All tiles of all images run through the tower
+  in one call; one compiled program per (tile bucket, token bucket)."""
+  if not items:
+    return []
+  tok = tokens_per_tile(cfg)
+  tiles, index, offset = [], [], 0
+  for it in items:
+    tiles.append(it.patches)
+    index.append(np.where(it.layout.index >= 0, it.layout.index + offset * tok, -1))
+    offset += len(it.patches)
+  n_tiles, index = offset, np.concatenate(index).astype(np.int32)
+  s, c = cfg.clip.image_size, cfg.clip.in_channels
+  pixels = np.zeros((bucket(n_tiles), c, s, s), np.float32)
+  pixels[:n_tiles] = np.concatenate(tiles)
+  padded = np.zeros(processing.bucket_length(len(index), minimum=64), np.int32)
+  padded[:len(index)] = index
+  dtype = params["tower"]["patch_embed"]["kernel"].dtype
+  out = _encode(params, cfg, jnp.asarray(pixels, dtype), jnp.asarray(padded))
+  starts = np.cumsum([0] + [it.num_tokens for it in items])
+  return [out[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
+# ------------------------------------------------------------- params and checkpoints
+
+
+def param_shapes(cfg: TargetConfig, dtype=jnp.float32) -> Params:
+  from vispec_jax.models import decoder
+  v = cfg.vision
+  lin = decoder._linear_shapes  # pylint: disable=protected-access
+  e_in, e = v.clip.hidden_size * len(v.feature_layers), v.out_hidden_size
+  vision = {"tower": clip.param_shapes(v.clip, dtype),
+            "projector": {"linear_1": lin(e_in, e, v.projector_bias, dtype),
+                          "linear_2": lin(e, e, v.projector_bias, dtype)}}
+  if v.grid_pinpoints is not None:
+    vision["image_newline"] = jax.ShapeDtypeStruct((e,), dtype)
+  return {"text": decoder.param_shapes(cfg.text, dtype), "vision": vision}
+
+
+# Canonical names are what transformers 5 `save_pretrained` writes; its in-memory module names and
+# hub checkpoints of older versions (`vision_tower.vision_model.*`) fold onto them.
+HF_PREFIX_RULES = [
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.vision_tower.vision_model.", "vision_tower."),
+    ("model.vision_tower.", "vision_tower."),
+    ("vision_tower.vision_model.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.image_newline", "image_newline"),
+]
+
+
+def name_map(cfg: TargetConfig):
+  from vispec_jax import checkpoints
+  from vispec_jax.models import decoder
+  v = cfg.vision
+  nm = checkpoints.NameMap(HF_PREFIX_RULES)
+  decoder.add_hf_names(nm, cfg.text, prefix="language_model.model.",
+                       lm_head="language_model.lm_head.weight")
+  clip.add_hf_names(nm, v.clip, ("vision", "tower"), "vision_tower.")
+  for n in ("linear_1", "linear_2"):
+    nm.add(f"multi_modal_projector.{n}.weight", ("vision", "projector", n, "kernel"),
+           checkpoints.TRANSPOSE)
+    if v.projector_bias:
+      nm.add(f"multi_modal_projector.{n}.bias", ("vision", "projector", n, "bias"))
+  if v.grid_pinpoints is not None:
+    nm.add("image_newline", ("vision", "image_newline"))
+  return nm
+
+
+# ------------------------------------------------------------------ preprocessing
+
+_PROCESSOR_KEYS = ("size", "crop_size", "image_mean", "image_std", "do_pad", "do_resize",
+                   "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
+                   "do_convert_rgb", "resample")
+
+
+def make_image_processor(folder: str | None, cfg: TargetConfig):
+  """transformers' PIL image processor (no torchvision) with the folder's settings, if any. The
+  anyres pinpoints always come from the model config (the packing uses them)."""
+  from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+  from transformers.models.llava_next.image_processing_pil_llava_next import (
+      LlavaNextImageProcessorPil)
+  s = cfg.vision.clip.image_size
+  kwargs = {"size": {"shortest_edge": s}, "crop_size": {"height": s, "width": s}}
+  path = os.path.join(folder, "preprocessor_config.json") if folder else None
+  if path and os.path.isfile(path):
+    with open(path) as f:
+      raw = json.load(f)
+    kwargs.update({k: raw[k] for k in _PROCESSOR_KEYS if k in raw})
+  if cfg.vision.grid_pinpoints is None:
+    return LlavaImageProcessorPil(**kwargs)
+  kwargs.pop("do_pad", None)  # NeXT's do_pad pads the tile count of a batch, not the image
+  return LlavaNextImageProcessorPil(image_grid_pinpoints=[list(p) for p in cfg.vision.grid_pinpoints],
+                                    **kwargs)
+
+
+def preprocess_image(processor, cfg: TargetConfig, image):
+  from vispec_jax.processing import VisionInput
+  v = cfg.vision
+  out = processor(images=[image], return_tensors="np")
+  pixels = np.asarray(out["pixel_values"], np.float32)
+  size = (image.height, image.width)
+  if v.grid_pinpoints is None:
+    grid = (1, 1, 1)
+    index = anyres_index(size, v)
+  else:
+    size = tuple(int(x) for x in out["image_sizes"][0])
+    nph, npw = tile_grid(size, v)
+    pixels = pixels[0, :1 + nph * npw]
+    grid = (1, nph, npw)
+    index = anyres_index(size, v)
+  s = v.clip.image_size
+  if pixels.shape[-2:] != (s, s):
+    raise ConfigError(f"the image processor makes {pixels.shape[-2]}x{pixels.shape[-1]} tiles but "
+                      f"the vision tower takes {s}x{s} (check preprocessor_config.json crop_size)")
+  return VisionInput("image", pixels, len(index), grid, layout=ImageLayout(index, size))
+
+
+def vision_placeholder(cfg: TargetConfig, kind: str) -> tuple[str, int | None]:
+  """(text inserted for one image when there is no chat template, token id to expand)."""
+  if kind == "image":
+    return "<image>", cfg.image_token_id
+  return "", None  # no videos
+
+
+def positions(tokens: np.ndarray, cfg: TargetConfig, items) -> tuple[np.ndarray, int]:
+  """1-D positions: image tokens count like text tokens."""
+  del cfg, items
+  return np.arange(len(tokens), dtype=np.int32), len(tokens)
