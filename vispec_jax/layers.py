@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = dict[str, Any]
 
@@ -169,16 +170,21 @@ def self_attention(x: jax.Array, p: Params, *, num_heads: int, num_kv_heads: int
 
 
 def init_params(shapes, key: jax.Array, std: float = 0.02):
-  """Random params for a tree of ShapeDtypeStruct: norm scales 1, biases 0, the rest N(0, std)."""
+  """Random params for a tree of ShapeDtypeStruct: norm scales 1, biases 0, the rest N(0, std).
+
+  Drawn on the host with NumPy (seeded from `key`): one jax.random program per parameter shape
+  would compile dozens of tiny programs.
+  """
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  keys = jax.random.split(key, len(leaves))
   out = []
-  for (path, s), k in zip(leaves, keys):
+  for path, s in leaves:
     name = getattr(path[-1], "key", None)
     if name == "scale":
-      out.append(jnp.ones(s.shape, s.dtype))
+      value = np.ones(s.shape, np.float32)
     elif name == "bias":
-      out.append(jnp.zeros(s.shape, s.dtype))
+      value = np.zeros(s.shape, np.float32)
     else:
-      out.append((std * jax.random.normal(k, s.shape, jnp.float32)).astype(s.dtype))
+      value = std * rng.standard_normal(s.shape, np.float32)
+    out.append(jnp.asarray(value, s.dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
