@@ -158,9 +158,12 @@ def _set_path(tree, path, value):
   tree[path[-1]] = value
 
 
-def load_params(files: list[str], name_map: NameMap, shapes, dtype) -> Any:
+def load_params(files: list[str], name_map: NameMap, shapes, dtype, shardings=None) -> Any:
   """Fills a params tree with the structure of `shapes` (ShapeDtypeStruct leaves) from files.
 
+  With `shardings` (a tree of NamedSharding like `shapes`), each tensor is placed straight into
+  its sharded layout and every device's slice is read from the memory-mapped file on its own, so
+  a host reads only the slices its devices hold.
   Raises CheckpointError naming every unexpected and missing tensor, or the first shape mismatch.
   """
   params = jax.tree.map(lambda _: None, shapes)
@@ -179,8 +182,14 @@ def load_params(files: list[str], name_map: NameMap, shapes, dtype) -> Any:
         raise CheckpointError(
             f"shape mismatch for tensor {name}: checkpoint gives {tuple(value.shape)} after "
             f"conversion (stored {tuple(array.shape)}), model expects {tuple(want)}")
-      # Cast on the host (ml_dtypes handles bf16), then one device copy of this tensor only.
-      _set_path(params, path, jnp.asarray(np.asarray(value, dtype=np.dtype(dtype))))
+      np_dtype = np.dtype(dtype)
+      if shardings is None:
+        # Cast on the host (ml_dtypes handles bf16), then one device copy of this tensor only.
+        _set_path(params, path, jnp.asarray(np.asarray(value, dtype=np_dtype)))
+      else:
+        _set_path(params, path, jax.make_array_from_callback(
+            tuple(want), _get_path(shardings, path),
+            lambda index, value=value: np.asarray(value[index], dtype=np_dtype)))
   missing = sorted(set(name_map.entries) - seen)
   if unexpected or missing:
     parts = []

@@ -97,17 +97,25 @@ def init_target(cfg: TargetConfig, key: jax.Array, dtype=jnp.float32, tokenizer=
   return Target(cfg, params, tokenizer, image_processor)
 
 
-def load_target(folder: str, dtype=jnp.float32) -> Target:
+def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
   """Loads a Hugging Face checkpoint folder (config.json + safetensors, single or sharded).
 
   The architecture is chosen from config.json; weights are cast to `dtype` one tensor at a time.
+  With a `mesh` (see `vispec_jax.sharding`), weights go straight into their sharded layout.
   Raises `CheckpointError` (folder, files, tensor names, shapes) or `ConfigError`.
   """
   raw = checkpoints.read_config(folder)
   cfg = TargetConfig.from_hf(raw)
   fam = family_module(cfg)
   files = checkpoints.weight_files(folder)
-  params = checkpoints.load_params(files, fam.name_map(cfg), fam.param_shapes(cfg, dtype), dtype)
+  shapes = fam.param_shapes(cfg, dtype)
+  shardings = None
+  if mesh is not None:
+    from vispec_jax import sharding
+    head_dims = {"text": cfg.text.head_dim,
+                 "vision": getattr(cfg.vision, "head_dim", 1) if cfg.vision is not None else 1}
+    shardings = sharding.param_shardings(shapes, mesh, head_dims)
+  params = checkpoints.load_params(files, fam.name_map(cfg), shapes, dtype, shardings)
   tokenizer = _load_tokenizer(folder)
   return Target(cfg, params, tokenizer, fam.make_image_processor(folder, cfg), folder)
 

@@ -1,0 +1,155 @@
+"""Device meshes and the one table of logical-axis rules.
+
+Every parameter and cache array gets logical axis names from its path and rank (`logical_axes`);
+`RULES` maps logical names to mesh axes. Trying another layout means editing `RULES` only. A
+dimension that the mesh axis does not divide (e.g. 2 kv heads on tensor=4) is replicated instead.
+
+Mesh axes: `data` (batch), `fsdp` (parameter sharding for training), `tensor` (heads, MLP, vocab).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or None: replicated)
+RULES: dict[str, str | None] = {
+    "batch": "data",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "vocab": "tensor",
+    "length": None,
+    "head_dim": None,
+    "patch": None,
+}
+
+
+def parse_mesh(spec: str | Mapping[str, int]) -> dict[str, int]:
+  """"data=2,tensor=4" (or a dict) -> {"data": 2, "fsdp": 1, "tensor": 4}; -1 takes the rest."""
+  if isinstance(spec, str):
+    items = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+      m = re.fullmatch(r"(\w+)=(-?\d+)", part)
+      if not m:
+        raise ValueError(f"bad mesh spec {spec!r}: expected e.g. 'data=2,tensor=4'")
+      items[m.group(1)] = int(m.group(2))
+  else:
+    items = dict(spec)
+  unknown = set(items) - set(AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {AXES}")
+  shape = {a: items.get(a, 1) for a in AXES}
+  n = jax.device_count()
+  free = [a for a, s in shape.items() if s == -1]
+  if len(free) > 1:
+    raise ValueError("at most one mesh axis may be -1")
+  if free:
+    rest = math.prod(s for s in shape.values() if s != -1)
+    shape[free[0]] = n // rest
+  if math.prod(shape.values()) != n:
+    raise ValueError(f"mesh {shape} needs {math.prod(shape.values())} devices, have {n}")
+  return shape
+
+
+def make_mesh(spec: str | Mapping[str, int] = "data=-1") -> Mesh:
+  shape = parse_mesh(spec)
+  devices = np.asarray(jax.devices()).reshape(tuple(shape[a] for a in AXES))
+  return Mesh(devices, AXES)
+
+
+def logical_axes(path: tuple, ndim: int) -> tuple[str | None, ...]:
+  """Logical axis names of a parameter from its path in the params tree."""
+  names = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+  leaf, parent = names[-1], (names[-2] if len(names) > 1 else None)
+  if leaf == "embed":
+    return ("vocab", "embed")
+  if parent == "lm_head":
+    return ("embed", "vocab")[:ndim]
+  if parent in ("q", "k", "v"):
+    heads = "heads" if parent == "q" else "kv_heads"
+    return ("embed", heads) if leaf == "kernel" else (heads,)
+  if parent == "o":
+    return ("heads", "embed") if leaf == "kernel" else ("embed",)
+  if parent in ("gate", "up", "fc1"):
+    return ("embed", "mlp") if leaf == "kernel" else ("mlp",)
+  if parent in ("down", "fc2"):
+    return ("mlp", "embed") if leaf == "kernel" else ("embed",)
+  return (None,) * ndim  # norms, patch embeddings, adaptor queries: replicated
+
+
+def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh, rules=RULES,
+             granule: Mapping[str, int] | None = None) -> P:
+  """PartitionSpec for logical axes, replicating dims the mesh axis does not divide.
+
+  `granule` gives the unit a logical axis must be split in: heads are stored flattened as
+  heads * head_dim, and a head is never split across devices.
+  """
+  out, used = [], set()
+  for name, dim in zip(axes, shape):
+    mesh_axis = rules.get(name) if name else None
+    unit = (granule or {}).get(name, 1)
+    if mesh_axis is None or mesh_axis in used or (dim // unit) % mesh.shape[mesh_axis]:
+      out.append(None)
+    else:
+      out.append(mesh_axis)
+      used.add(mesh_axis)
+  return P(*out)
+
+
+def heads_granule(head_dim: int) -> dict[str, int]:
+  return {"heads": head_dim, "kv_heads": head_dim}
+
+
+def param_shardings(shapes, mesh: Mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES):
+  """NamedSharding for every leaf of a params (or ShapeDtypeStruct) tree. `head_dim`: one int,
+  or per top-level subtree (e.g. {"text": 128, "vision": 80})."""
+  def one(path, x):
+    top = getattr(path[0], "key", None)
+    hd = head_dim.get(top, 1) if isinstance(head_dim, Mapping) else head_dim
+    spec = spec_for(logical_axes(path, len(x.shape)), x.shape, mesh, rules, heads_granule(hd))
+    return NamedSharding(mesh, spec)
+  return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def shard_params(params, mesh: Mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES):
+  return jax.device_put(params, param_shardings(params, mesh, head_dim, rules))
+
+
+def batch_sharding(mesh: Mesh, shape: tuple[int, ...], batch_axis: int = 0) -> NamedSharding:
+  """Shard `batch_axis` over `data` (replicated if it does not divide)."""
+  axes = [None] * len(shape)
+  axes[batch_axis] = "batch"
+  return NamedSharding(mesh, spec_for(tuple(axes), shape, mesh))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """A `Batch` with its arrays placed on the mesh, rows over `data`."""
+  import dataclasses
+  put = lambda a, axis=0: jax.device_put(a, batch_sharding(mesh, a.shape, axis))
+  return dataclasses.replace(
+      batch, input_ids=put(batch.input_ids), attention_mask=put(batch.attention_mask),
+      positions=put(batch.positions, batch.positions.ndim - 2), next_position=put(batch.next_position),
+      vision_index=put(batch.vision_index), prompt_lengths=put(batch.prompt_lengths))
+
+
+def bytes_per_device(shapes, mesh: Mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES) -> int:
+  """Bytes one device holds for a params tree under these rules (from shapes only)."""
+  total = 0
+  shardings = param_shardings(shapes, mesh, head_dim, rules)
+  for (path, x), sh in zip(jax.tree_util.tree_flatten_with_path(shapes)[0], jax.tree.leaves(shardings)):
+    spec = sh.spec
+    n = math.prod(x.shape) * np.dtype(x.dtype).itemsize
+    for axis in spec:
+      if axis is not None:
+        n //= mesh.shape[axis]
+    total += n
+  return total
