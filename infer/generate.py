@@ -73,6 +73,8 @@ def parse_args(argv):
                  help="prompt + new tokens limit (default: the model's max_position_embeddings)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="weights and compute dtype (default float32)")
+  p.add_argument("--mesh", default=None, metavar="SPEC",
+                 help="shard over a device mesh, e.g. 'data=2,tensor=4' (axes data, fsdp, tensor)")
   p.add_argument("--warmup", action="store_true",
                  help="generate once before the timed run, so seconds excludes compilation")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer")
@@ -132,7 +134,11 @@ def run(args, stack: contextlib.ExitStack) -> dict:
   images = [vj.load_image(p) for p in args.image]
   videos = [[vj.load_image(f) for f in video_frames(v)] for v in args.video]
 
-  target = vj.load_target(args.model, dtype=getattr(jnp, args.dtype))
+  mesh = None
+  if args.mesh:
+    from vispec_jax import sharding
+    mesh = sharding.make_mesh(args.mesh)
+  target = vj.load_target(args.model, dtype=getattr(jnp, args.dtype), mesh=mesh)
   max_length = args.max_length or target.config.text.max_position_embeddings
   if max_length <= args.max_new_tokens:
     raise UsageError(f"the model allows {max_length} positions, not enough for "
@@ -145,6 +151,8 @@ def run(args, stack: contextlib.ExitStack) -> dict:
       raise
     raise vj.InputError(f"{e} (max length {max_length} minus {args.max_new_tokens} new "
                         f"tokens)") from None
+  if mesh is not None:
+    batch = sharding.shard_batch(batch, mesh)
 
   def gen():
     out = vj.generate(target, batch, max_new_tokens=args.max_new_tokens,

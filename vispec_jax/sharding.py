@@ -109,15 +109,21 @@ def heads_granule(head_dim: int) -> dict[str, int]:
   return {"heads": head_dim, "kv_heads": head_dim}
 
 
-def param_shardings(shapes, mesh: Mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES):
-  """NamedSharding for every leaf of a params (or ShapeDtypeStruct) tree. `head_dim`: one int,
-  or per top-level subtree (e.g. {"text": 128, "vision": 80})."""
+def param_specs(shapes, mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES):
+  """PartitionSpec for every leaf of a params (or ShapeDtypeStruct) tree. `head_dim`: one int,
+  or per top-level subtree (e.g. {"text": 128, "vision": 80}). `mesh` needs only `.shape`."""
   def one(path, x):
     top = getattr(path[0], "key", None)
     hd = head_dim.get(top, 1) if isinstance(head_dim, Mapping) else head_dim
-    spec = spec_for(logical_axes(path, len(x.shape)), x.shape, mesh, rules, heads_granule(hd))
-    return NamedSharding(mesh, spec)
+    return spec_for(logical_axes(path, len(x.shape)), x.shape, mesh, rules, heads_granule(hd))
   return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def param_shardings(shapes, mesh: Mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES):
+  """NamedSharding for every leaf (see `param_specs`)."""
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                      param_specs(shapes, mesh, head_dim, rules),
+                      is_leaf=lambda x: isinstance(x, P))
 
 
 def shard_params(params, mesh: Mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES):
@@ -141,15 +147,30 @@ def shard_batch(batch, mesh: Mesh):
       vision_index=put(batch.vision_index), prompt_lengths=put(batch.prompt_lengths))
 
 
-def bytes_per_device(shapes, mesh: Mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES) -> int:
+class MeshShape:
+  """Axis sizes only: enough to compute specs and memory without devices."""
+
+  def __init__(self, **sizes: int):
+    self.shape = {a: sizes.get(a, 1) for a in AXES}
+
+
+def bytes_per_device(shapes, mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES) -> int:
   """Bytes one device holds for a params tree under these rules (from shapes only)."""
   total = 0
-  shardings = param_shardings(shapes, mesh, head_dim, rules)
-  for (path, x), sh in zip(jax.tree_util.tree_flatten_with_path(shapes)[0], jax.tree.leaves(shardings)):
-    spec = sh.spec
+  specs = jax.tree.leaves(param_specs(shapes, mesh, head_dim, rules), is_leaf=lambda x: isinstance(x, P))
+  for x, spec in zip(jax.tree.leaves(shapes), specs):
     n = math.prod(x.shape) * np.dtype(x.dtype).itemsize
     for axis in spec:
       if axis is not None:
         n //= mesh.shape[axis]
     total += n
   return total
+
+
+def kv_cache_bytes_per_device(text_cfg, batch: int, length: int, mesh, itemsize: int = 2) -> int:
+  """KV cache of a decoder ([B, S, K, D] per layer, k and v): batch over data, kv heads over
+  tensor when they divide."""
+  b = batch // mesh.shape["data"] if batch % mesh.shape["data"] == 0 else batch
+  k = text_cfg.num_kv_heads
+  k = k // mesh.shape["tensor"] if k % mesh.shape["tensor"] == 0 else k
+  return 2 * text_cfg.num_layers * b * length * k * text_cfg.head_dim * itemsize

@@ -1,0 +1,85 @@
+"""Per-device memory of a target (+ ViSpec draft) on device meshes, from shapes only.
+
+    python -m infer.memory                       # Qwen2.5-VL-7B, bf16, meshes of 1, 4 and 8 devices
+    python -m infer.memory --config ckpt/X/config.json --batch 8 --length 4096
+
+No weights are read: parameter shapes come from the config and the sharding rules in
+vispec_jax/sharding.py decide what each device holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax.numpy as jnp
+
+from vispec_jax import draft, sharding
+from vispec_jax.configs import TargetConfig
+from vispec_jax.target import family_module
+
+# Qwen/Qwen2.5-VL-7B-Instruct config.json (the fields that set shapes).
+QWEN2_5_VL_7B = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+    "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 128000,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "tie_word_embeddings": False,
+    "image_token_id": 151655, "video_token_id": 151656, "eos_token_id": 151645,
+    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                      "out_hidden_size": 3584, "patch_size": 14, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "spatial_merge_size": 2,
+                      "temporal_patch_size": 2, "tokens_per_second": 2},
+}
+
+MESHES = ["data=1", "tensor=4", "data=2,tensor=2", "tensor=8", "data=2,tensor=4"]
+
+
+def report(raw: dict, batch: int, length: int, dtype=jnp.bfloat16, meshes=MESHES) -> list[dict]:
+  cfg = TargetConfig.from_hf(raw)
+  shapes = family_module(cfg).param_shapes(cfg, dtype)
+  dcfg = draft.DraftConfig.for_target(cfg.text, kind="vispec")
+  dshapes = draft.param_shapes(dcfg, dtype)
+  itemsize = jnp.dtype(dtype).itemsize
+  rows = []
+  for spec in meshes:
+    sizes = {k: int(v) for k, v in (p.split("=") for p in spec.split(","))}
+    mesh = sharding.MeshShape(**sizes)
+    head_dims = {"text": cfg.text.head_dim, "vision": cfg.vision.head_dim}
+    gib = 1024 ** 3
+    rows.append({
+        "mesh": spec, "devices": mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["tensor"],
+        "target_params_gib": sharding.bytes_per_device(shapes, mesh, head_dims) / gib,
+        "draft_params_gib": sharding.bytes_per_device(dshapes, mesh, dcfg.head_dim) / gib,
+        "target_kv_gib": sharding.kv_cache_bytes_per_device(cfg.text, batch, length, mesh, itemsize) / gib,
+    })
+    rows[-1]["total_gib"] = rows[-1]["target_params_gib"] + rows[-1]["draft_params_gib"] + rows[-1]["target_kv_gib"]
+  return rows
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--config", help="a config.json (default: Qwen2.5-VL-7B-Instruct)")
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--length", type=int, default=4096, help="KV cache slots per row")
+  ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  ap.add_argument("--json", action="store_true")
+  args = ap.parse_args(argv)
+  raw = QWEN2_5_VL_7B
+  if args.config:
+    with open(args.config) as f:
+      raw = json.load(f)
+  rows = report(raw, args.batch, args.length, getattr(jnp, args.dtype))
+  if args.json:
+    print(json.dumps(rows))
+    return 0
+  print(f"per-device GiB, {args.dtype}, batch {args.batch}, cache {args.length} slots")
+  print(f"{'mesh':<18}{'devices':>8}{'target':>9}{'draft':>8}{'KV':>8}{'total':>8}")
+  for r in rows:
+    print(f"{r['mesh']:<18}{r['devices']:>8}{r['target_params_gib']:>9.2f}{r['draft_params_gib']:>8.2f}"
+          f"{r['target_kv_gib']:>8.2f}{r['total_gib']:>8.2f}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
