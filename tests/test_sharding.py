@@ -43,3 +43,12 @@ def test_mesh_gives_identical_tokens(runs, mesh, q_shard, up_shard):
   assert out["spec"] == out["vanilla"]
   assert out["shards"]["q_kernel"] == q_shard
   assert out["shards"]["mlp_up"] == up_shard
+
+
+@pytest.mark.slow
+def test_llava_mesh_gives_identical_tokens(tmp_path_factory):
+  folder = testing.make_tiny_llava(str(tmp_path_factory.mktemp("llava")))
+  runs = _run(folder, ["none", "data=2,tensor=4"])
+  assert runs["data=2,tensor=4"]["vanilla"] == runs["none"]["vanilla"]
+  assert runs["data=2,tensor=4"]["spec"] == runs["none"]["spec"] == runs["none"]["vanilla"]
+  assert runs["data=2,tensor=4"]["shards"]["mlp_up"] != runs["none"]["shards"]["mlp_up"]
