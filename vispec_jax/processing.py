@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_MARKER = "<image>"  # where a prompt wants its images; otherwise images go first
+MAX_IMAGE_PIXELS = 50_000_000  # refuse before decoding: processors downscale far below this
 
 
 class InputError(ValueError):
@@ -73,12 +74,18 @@ def load_image(image) -> Image.Image:
     if os.path.isdir(path) or os.path.getsize(path) == 0:
       raise InputError(f"image file is empty or not a file: {path}")
     try:
-      img = Image.open(path)
-      img.load()
+      img = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError:
+      raise InputError(f"image {path} is too large (more than {MAX_IMAGE_PIXELS} pixels); "
+                       f"downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
       raise InputError(f"cannot read image {path}: {e}") from None
-  if img.width == 0 or img.height == 0:
-    raise InputError(f"image has zero size: {img.size}")
+    _check_size(img.width, img.height, f"image {path}")
+    try:
+      img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+      raise InputError(f"cannot read image {path}: {e}") from None
+  _check_size(img.width, img.height, "image")
   if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
     # 16-bit / float greyscale: scale to 8 bits before RGB conversion (PIL would clip).
     a = np.asarray(img, dtype=np.float32)
@@ -86,6 +93,14 @@ def load_image(image) -> Image.Image:
     a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
     img = Image.fromarray(a.astype(np.uint8))
   return img.convert("RGB")
+
+
+def _check_size(width: int, height: int, name: str):
+  if width == 0 or height == 0:
+    raise InputError(f"{name} has zero size: {width}x{height}")
+  if width * height > MAX_IMAGE_PIXELS:
+    raise InputError(f"{name} is too large: {width}x{height} pixels (limit {MAX_IMAGE_PIXELS}); "
+                     f"downscale it first")
 
 
 def pad_batch(rows: Sequence[np.ndarray], pad_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:

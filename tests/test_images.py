@@ -1,0 +1,62 @@
+"""Image loading: odd formats are converted, bad files give one clear InputError."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vispec_jax as vj
+from vispec_jax import processing
+
+
+def _png_header_only(path, width, height):
+  """A PNG whose header claims width x height; the data is cut short (never decoded)."""
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"x"))
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "L", "LA", "P", "RGBA", "F"])
+def test_modes_convert_to_rgb(tmp_path, mode):
+  a = np.random.default_rng(0).integers(0, 255, (20, 30, 4 if mode == "CMYK" else 1), np.uint8)
+  if mode == "CMYK":
+    img = Image.fromarray(a, "CMYK")
+  elif mode == "I;16":
+    img = Image.fromarray(a[..., 0].astype(np.uint16) * 257)
+  elif mode == "F":
+    img = Image.fromarray(a[..., 0].astype(np.float32) / 7.0, "F")
+  else:
+    img = Image.fromarray(a[..., 0], "L").convert(mode)
+  path = tmp_path / ("x.tif" if mode in ("I;16", "F", "CMYK") else "x.png")
+  img.save(path)
+  out = vj.load_image(str(path))
+  assert out.mode == "RGB" and out.size == (30, 20)
+  assert np.asarray(out).std() > 0  # 16-bit and float images are rescaled, not clipped to white
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("missing", "image not found"),
+    ("empty", "empty"),
+    ("text", "cannot read image"),
+    ("truncated", "cannot read image"),
+    ("huge", "too large"),
+    ("directory", "not a file"),
+])
+def test_bad_images(tmp_path, case, msg):
+  path = tmp_path / "x.png"
+  if case == "empty":
+    path.write_bytes(b"")
+  elif case == "text":
+    path.write_text("this is not a picture")
+  elif case == "truncated":
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+  elif case == "huge":
+    _png_header_only(path, 20000, 20000)
+  elif case == "directory":
+    path.mkdir()
+  with pytest.raises(vj.InputError, match=msg):
+    processing.load_image(str(path))
