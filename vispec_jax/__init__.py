@@ -5,21 +5,27 @@ Public surface:
   prepare(target, prompts, images)     prompts and images -> a fixed-shape Batch
   target.forward(params, batch)        full-sequence logits and hidden states
   generate(target, batch, ...)         vanilla decoding, one jitted while_loop
+  load_draft(folder, target) -> Draft  a released ViSpec checkpoint or ours (save_draft)
   speculative_generate(target, drafter, draft_params, batch, tree=TreeConfig(), ...)
                                        tree speculative decoding, one jitted while_loop
+                                       (drafter = draft.drafter or make_drafter(cfg))
 """
 
 from vispec_jax.checkpoints import CheckpointError
 from vispec_jax.configs import ConfigError, GenerationConfig, TargetConfig, TextConfig, QwenVisionConfig
 from vispec_jax.decoding import GenerateOutput, generate, trim
-from vispec_jax.draft import DraftConfig, EagleDrafter
+from vispec_jax.draft import DraftConfig, EagleDrafter, make_drafter
+from vispec_jax.draft_checkpoints import Draft, load_draft, save_draft
+from vispec_jax.medusa import MedusaDrafter
+from vispec_jax.vispec_draft import ViSpecDrafter
 from vispec_jax.processing import Batch, InputError, load_image
 from vispec_jax.speculative import SpecOutput, SpecStats, speculative_generate
 from vispec_jax.target import Target, init_target, load_target, prepare
 from vispec_jax.tree import TreeConfig
 
 __all__ = [
-    "Batch", "CheckpointError", "ConfigError", "DraftConfig", "EagleDrafter", "GenerateOutput",
+    "Batch", "CheckpointError", "ConfigError", "Draft", "DraftConfig", "EagleDrafter",
+    "GenerateOutput", "MedusaDrafter", "ViSpecDrafter", "load_draft", "make_drafter", "save_draft",
     "GenerationConfig", "InputError", "QwenVisionConfig", "SpecOutput", "SpecStats", "Target",
     "TargetConfig", "TextConfig", "TreeConfig", "generate", "init_target", "load_image",
     "load_target", "prepare", "speculative_generate", "trim",

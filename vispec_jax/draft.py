@@ -1,9 +1,16 @@
-"""Draft models: the EAGLE-style feature drafter (one decoder layer over fc([embedding; feature])).
+"""Draft models: the EAGLE-style feature drafter (one decoder layer over fc([embedding; feature]))
+and what every drafter shares (config, parameter declaration, the protocol).
 
 The drafter reuses the target's token embedding and lm_head (frozen, passed in as `head`, never
 copied into the draft's params). Draft position i sees (f_i, e_{i+1}): the target's last-layer
 feature at i and the input embedding of token i+1, and predicts the next feature (EAGLE
-convention, vispec-reference.md section 2.5). Draft RoPE is 1-D even for Qwen targets.
+convention, vispec-reference.md section 2.5). Draft RoPE is 1-D even for Qwen targets, computed
+from the positions on the fly (no table, so no length limit).
+
+Drafters (`make_drafter(cfg)` picks one by `cfg.kind`):
+  EagleDrafter   "eagle"   text-only EAGLE baseline: image tokens are ordinary positions.
+  ViSpecDrafter  "vispec"  vision adaptor + global image feature (`vispec_draft.py`).
+  MedusaDrafter  "medusa"  Medusa heads baseline, no cache (`medusa.py`).
 
 A drafter object is static (hashable: it holds only its config) and implements the protocol the
 speculative loop (`speculative.py`) and tree builder (`tree.py`) use:
@@ -12,6 +19,7 @@ speculative loop (`speculative.py`) and tree builder (`tree.py`) use:
   step(params, head, state, level, offset, tokens, parent_hidden, scratch_mask)
                                                  -> (logp [B, n, V], hidden [B, n, E], state)
   commit(params, head, state, features, next_tokens, n_valid) -> (state, root_logp [B, V])
+`level` and `offset` are Python ints (static).
 
 Draft cache: S slots per row. Slots [0, P) hold the prompt (prompt_valid says which count),
 committed tokens follow from slot P up to `length`; a round's tree nodes are written as scratch
@@ -21,6 +29,7 @@ right after `length` and forgotten (overwritten by the next commit).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -32,10 +41,14 @@ from vispec_jax.models import decoder
 
 Params = layers.Params
 
+KINDS = ("eagle", "vispec", "medusa")
+
 
 @dataclasses.dataclass(frozen=True)
 class DraftConfig:
-  """A one-layer feature drafter. kind: "eagle" (text-only baseline) or "vispec"."""
+  """A draft model. kind: "eagle" (text-only baseline), "vispec" (adaptor + global image
+  feature) or "medusa" (`medusa_heads` ResBlock heads on the target feature; the attention
+  fields are then unused)."""
   kind: str
   hidden_size: int
   intermediate_size: int
@@ -49,6 +62,15 @@ class DraftConfig:
   fc_bias: bool = True
   hidden_act: str = "silu"
   num_q: int = 2  # ViSpec adaptor queries: num_q - 1 compressed tokens + 1 global feature
+  medusa_heads: int = 5
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"unknown draft kind {self.kind!r}; known: {KINDS}")
+    if self.kind == "vispec" and self.num_q < 1:
+      raise ValueError(f"num_q must be >= 1, got {self.num_q}")
+    if self.kind == "medusa" and self.medusa_heads < 1:
+      raise ValueError(f"medusa_heads must be >= 1, got {self.medusa_heads}")
 
   @staticmethod
   def for_target(text: TextConfig, kind: str = "eagle", **overrides) -> "DraftConfig":
@@ -61,10 +83,18 @@ class DraftConfig:
 
 
 def param_shapes(cfg: DraftConfig, dtype=jnp.float32) -> Params:
+  """Every draft parameter (ShapeDtypeStruct leaves), declared once for init, loading, saving.
+
+  eagle:  fc, layer (no input norm: attn, post_norm, mlp)
+  vispec: eagle + adaptor {q [num_q, N, D], k, v, o} + img_fc (2E -> E)
+  medusa: heads, a list of medusa_heads linears E -> E with bias (x + silu(W x + b))
+  """
   lin = decoder._linear_shapes  # pylint: disable=protected-access
   e, f = cfg.hidden_size, cfg.intermediate_size
+  if cfg.kind == "medusa":
+    return {"heads": [lin(e, e, True, dtype) for _ in range(cfg.medusa_heads)]}
   nd, kd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-  return {
+  p = {
       "fc": lin(2 * e, e, cfg.fc_bias, dtype),
       "layer": {
           "attn": {"q": lin(e, nd, cfg.qkv_bias, dtype), "k": lin(e, kd, cfg.qkv_bias, dtype),
@@ -74,10 +104,32 @@ def param_shapes(cfg: DraftConfig, dtype=jnp.float32) -> Params:
                   "down": lin(f, e, False, dtype)},
       },
   }
+  if cfg.kind == "vispec":
+    p["adaptor"] = {"q": jax.ShapeDtypeStruct((cfg.num_q, cfg.num_heads, cfg.head_dim), dtype),
+                    "k": lin(e, nd, cfg.qkv_bias, dtype), "v": lin(e, nd, cfg.qkv_bias, dtype),
+                    "o": lin(nd, e, False, dtype)}
+    p["img_fc"] = lin(2 * e, e, cfg.fc_bias, dtype)
+  return p
 
 
 def init_params(cfg: DraftConfig, key: jax.Array, dtype=jnp.float32) -> Params:
-  return layers.init_params(param_shapes(cfg, dtype), key)
+  """Fresh draft params as the reference initialises them where it matters: linears N(0, 0.02);
+  ViSpec adaptor queries N(0, head_dim^-0.5), img_fc = [I | 0] with zero bias (identity on the
+  feature, so a fresh ViSpec draft without images is its EAGLE draft); Medusa heads zero (each
+  head is the identity, as in the reference's ResBlock init)."""
+  key, sub = jax.random.split(key)
+  params = layers.init_params(param_shapes(cfg, dtype), key)
+  e = cfg.hidden_size
+  if cfg.kind == "vispec":
+    q = params["adaptor"]["q"]
+    params["adaptor"]["q"] = (cfg.head_dim ** -0.5 * jax.random.normal(sub, q.shape)).astype(dtype)
+    params["img_fc"]["kernel"] = jnp.concatenate(
+        [jnp.eye(e, dtype=dtype), jnp.zeros((e, e), dtype)], axis=0)  # [2E, E]: f passes, g not
+    if "bias" in params["img_fc"]:
+      params["img_fc"]["bias"] = jnp.zeros((e,), dtype)
+  if cfg.kind == "medusa":
+    params["heads"] = jax.tree.map(jnp.zeros_like, params["heads"])
+  return params
 
 
 def head_params(target_text_params: Params) -> Params:
@@ -85,9 +137,11 @@ def head_params(target_text_params: Params) -> Params:
   return {k: target_text_params[k] for k in ("embed", "lm_head") if k in target_text_params}
 
 
-def layer_forward(params: Params, cfg: DraftConfig, x, positions, mask, cache, write_index):
+def layer_forward(params: Params, cfg: DraftConfig, x, positions, mask, cache=None,
+                  write_index=None):
   """The single decoder layer: no input norm, attention, post-attention norm, MLP, no final
-  norm. x: [B, T, E] (output of fc); positions int[B, T]."""
+  norm. x: [B, T, E] (output of fc); positions int[B, T]; mask bool[B, T, S] (S = T without a
+  cache)."""
   cos, sin = layers.rope_angles(positions, cfg.head_dim, cfg.rope_theta)
   p = params["layer"]
   a, cache = layers.self_attention(x, p["attn"], num_heads=cfg.num_heads,
@@ -118,18 +172,33 @@ class DraftState:
   length: jax.Array       # int32[B]: next committed slot
   position: jax.Array     # int32[B]: 1-D position id of the next committed slot
   last_hidden: jax.Array  # [B, E]: draft output at the last committed slot (the tree's root)
-  extra: Any = None       # drafter-specific (ViSpec: the global image feature)
+  extra: Any = None       # drafter-specific (ViSpec: the global image feature [B, E])
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["features", "embeds", "attention_mask", "vision_mask", "root"],
+                   meta_fields=["cache_len"])
 @dataclasses.dataclass(frozen=True)
 class PrefillContext:
-  """What the target's prefill hands the drafter. All [B, P, ...] left-padded like the prompt."""
+  """What the target's prefill hands the drafter. All [B, P, ...] left-padded like the prompt.
+  A pytree (cache_len static), so `jax.jit(drafter.start)(params, head, ctx)` works."""
   features: jax.Array        # target last-layer hidden (after final norm)
   embeds: jax.Array          # target input embeddings (vision features at vision tokens)
   attention_mask: jax.Array  # bool[B, P]
   vision_mask: jax.Array     # bool[B, P]: positions holding vision tokens
   root: jax.Array            # int32[B]: first generated token
   cache_len: int             # draft cache slots to allocate
+
+
+def shifted_embeds(head: Params, ctx: PrefillContext) -> jax.Array:
+  """e_{i+1} for every prompt slot i: the next slot's input embedding, embed(root) last."""
+  root_embed = decoder.embed_tokens(head, ctx.root[:, None], ctx.embeds.dtype)
+  return jnp.concatenate([ctx.embeds[:, 1:], root_embed], axis=1)
+
+
+def prompt_positions(attention_mask: jax.Array) -> jax.Array:
+  """1-D draft positions of left-padded prompt slots: index in the unpadded prompt."""
+  return jnp.cumsum(attention_mask, axis=1).astype(jnp.int32) - 1
 
 
 def _committed(state: DraftState, slots: int) -> jax.Array:
@@ -142,7 +211,11 @@ def _committed(state: DraftState, slots: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class EagleDrafter:
-  """Text-only EAGLE drafter: image tokens are ordinary positions with their vision embeddings."""
+  """Text-only EAGLE drafter: image tokens are ordinary positions with their vision embeddings.
+
+  Subclasses change how the prompt becomes draft inputs (`prompt_inputs`) and how a feature is
+  transformed before fc (`features_in`); the cache, tree steps and commits are shared.
+  """
   cfg: DraftConfig
 
   def features_in(self, params, state, features):
@@ -150,24 +223,48 @@ class EagleDrafter:
     del params, state
     return features
 
+  def prompt_inputs(self, params, features, next_embeds, attention_mask, image_slots):
+    """Draft inputs for the prompt slots: (x [B, P, E], keys bool[B, P] (slots that enter the
+    draft sequence), extra state)."""
+    del image_slots
+    return fuse(params, next_embeds, features), attention_mask, None
+
+  def prompt_forward(self, params, features, next_embeds, attention_mask, image_slots,
+                     cache=None):
+    """The draft over a prompt (also the training forward, with `cache=None`).
+
+    Args:
+      features: f_i, target last-layer features [B, P, E].
+      next_embeds: e_{i+1}, the input embedding of the NEXT token [B, P, E].
+      attention_mask: bool[B, P] real (not padding) slots.
+      image_slots: bool[B, P], slot i is an image position iff token i+1 is a vision token.
+      cache: optional (k, v) [B, S, K, D] written at slots [0, P).
+    Returns:
+      (hidden [B, P, E], keys bool[B, P], positions int32[B, P], extra, cache).
+    """
+    p = features.shape[1]
+    x, keys, extra = self.prompt_inputs(params, features, next_embeds, attention_mask,
+                                        image_slots)
+    positions = prompt_positions(attention_mask)
+    slots = p if cache is None else cache[0].shape[1]
+    causal = jnp.arange(slots)[None, :] <= jnp.arange(p)[:, None]
+    mask = causal[None] & jnp.pad(keys, ((0, 0), (0, slots - p)))[:, None, :]
+    h, cache = layer_forward(params, self.cfg, x, positions, mask, cache,
+                             None if cache is None else 0)
+    return h, keys, positions, extra, cache
+
   def root_hidden(self, state: DraftState) -> jax.Array:
     return state.last_hidden
 
   def start(self, params, head, ctx: PrefillContext):
     b, p, e = ctx.embeds.shape
     cfg = self.cfg
-    root_embed = decoder.embed_tokens(head, ctx.root[:, None], ctx.embeds.dtype)
-    next_embeds = jnp.concatenate([ctx.embeds[:, 1:], root_embed], axis=1)  # e_{i+1}
-    positions = jnp.cumsum(ctx.attention_mask, axis=1).astype(jnp.int32) - 1
-    state = DraftState(
-        cache=[(jnp.zeros((b, ctx.cache_len, cfg.num_kv_heads, cfg.head_dim), ctx.embeds.dtype),) * 2],
-        prompt_valid=ctx.attention_mask, length=jnp.full((b,), p, jnp.int32),
-        position=positions[:, -1] + 1, last_hidden=jnp.zeros((b, e), ctx.embeds.dtype))
-    causal = jnp.arange(ctx.cache_len)[None, :] <= jnp.arange(p)[:, None]
-    mask = causal[None] & _committed(state, ctx.cache_len)[:, None, :]
-    x = fuse(params, next_embeds, self.features_in(params, state, ctx.features))
-    h, cache = layer_forward(params, cfg, x, positions, mask, state.cache[0], 0)
-    state = dataclasses.replace(state, cache=[cache], last_hidden=h[:, -1])
+    image_slots = jnp.pad(ctx.vision_mask[:, 1:], ((0, 0), (0, 1))) & ctx.attention_mask
+    cache = (jnp.zeros((b, ctx.cache_len, cfg.num_kv_heads, cfg.head_dim), ctx.embeds.dtype),) * 2
+    h, keys, positions, extra, cache = self.prompt_forward(
+        params, ctx.features, shifted_embeds(head, ctx), ctx.attention_mask, image_slots, cache)
+    state = DraftState(cache=[cache], prompt_valid=keys, length=jnp.full((b,), p, jnp.int32),
+                       position=positions[:, -1] + 1, last_hidden=h[:, -1], extra=extra)
     return state, log_probs(head, h[:, -1])
 
   def step(self, params, head, state: DraftState, level, offset, tokens, parent_hidden,
@@ -205,3 +302,14 @@ class EagleDrafter:
     state = dataclasses.replace(state, cache=[cache], length=state.length + n_valid,
                                 position=state.position + n_valid, last_hidden=last)
     return state, log_probs(head, last)
+
+
+def make_drafter(cfg: DraftConfig):
+  """The drafter object for `cfg.kind` (static, hashable: pass it to speculative_generate)."""
+  if cfg.kind == "eagle":
+    return EagleDrafter(cfg)
+  if cfg.kind == "vispec":
+    from vispec_jax.vispec_draft import ViSpecDrafter  # local: it subclasses EagleDrafter
+    return ViSpecDrafter(cfg)
+  from vispec_jax.medusa import MedusaDrafter
+  return MedusaDrafter(cfg)

@@ -1,0 +1,261 @@
+"""Loading and saving draft checkpoints: the released ViSpec folders and our own format.
+
+Released ViSpec drafts (vispec-reference.md sections 2.1-2.3, 9) are a folder with `config.json`
+(a LLaMA-style config of the one-layer draft) and `model.safetensors` with the PyTorch module
+names: embed_tokens.weight, fc.*, layers.0.self_attn.{q,k,v,o}_proj.*, layers.0.mlp.*,
+layers.0.post_attention_layernorm.weight, imadpt.q, imadpt.{k,v,o}_proj.*, img_fc.*. A folder
+without imadpt.* is a stage-1 EAGLE draft, one with medusa_head.* a Medusa baseline. Missing
+config fields fall back as the reference does: rope_theta 10000, qkv_bias False, fc/img_fc bias
+("bias") True, num_q 2 (here read from the shape of imadpt.q when present).
+
+The checkpoint's copy of the target embedding (embed_tokens.weight) is checked against the
+target's and dropped: drafts always embed through the target's table (`head_params`). A shape
+mismatch is an error; different values only warn by default (`embedding_check`), since drafting
+stays lossless with any draft and bf16/fp16 copies of one table differ by rounding.
+
+Our format: `config.json` {"vispec_jax_draft": {DraftConfig fields}} and `model.safetensors`
+with the params paths as names ("layer.attn.q.kernel", kernels stored [in, out]), written
+atomically; `load_draft(save_draft(...))` round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vispec_jax import checkpoints
+from vispec_jax.checkpoints import TRANSPOSE, CheckpointError, NameMap
+from vispec_jax.draft import DraftConfig, make_drafter, param_shapes
+
+FORMAT_KEY = "vispec_jax_draft"
+WEIGHTS = "model.safetensors"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Draft:
+  """A loaded draft: config, params pytree, and the drafter object the engine takes:
+  `vj.speculative_generate(target, draft.drafter, draft.params, batch)`."""
+  config: DraftConfig
+  params: Any
+  folder: str | None = None
+
+  @property
+  def drafter(self):
+    return make_drafter(self.config)
+
+
+# ------------------------------------------------------------------------- name maps
+
+
+def official_name_map(cfg: DraftConfig) -> NameMap:
+  """Reference (PyTorch) tensor names -> our params paths."""
+  m = NameMap([])
+  m.ignore("embed_tokens.weight")  # checked against the target, not kept
+  if cfg.kind == "medusa":
+    for i in range(cfg.medusa_heads):
+      m.add(f"medusa_head.{i}.0.linear.weight", ("heads", i, "kernel"), TRANSPOSE)
+      m.add(f"medusa_head.{i}.0.linear.bias", ("heads", i, "bias"))
+    return m
+  m.add("fc.weight", ("fc", "kernel"), TRANSPOSE)
+  if cfg.fc_bias:
+    m.add("fc.bias", ("fc", "bias"))
+  hf = "layers.0."
+  for proj in "qkvo":
+    m.add(f"{hf}self_attn.{proj}_proj.weight", ("layer", "attn", proj, "kernel"), TRANSPOSE)
+    if cfg.qkv_bias and proj != "o":
+      m.add(f"{hf}self_attn.{proj}_proj.bias", ("layer", "attn", proj, "bias"))
+  for proj in ("gate", "up", "down"):
+    m.add(f"{hf}mlp.{proj}_proj.weight", ("layer", "mlp", proj, "kernel"), TRANSPOSE)
+  m.add(f"{hf}post_attention_layernorm.weight", ("layer", "post_norm", "scale"))
+  if cfg.kind == "vispec":
+    m.add("imadpt.q", ("adaptor", "q"))
+    for proj in "kvo":
+      m.add(f"imadpt.{proj}_proj.weight", ("adaptor", proj, "kernel"), TRANSPOSE)
+      if cfg.qkv_bias and proj != "o":
+        m.add(f"imadpt.{proj}_proj.bias", ("adaptor", proj, "bias"))
+    m.add("img_fc.weight", ("img_fc", "kernel"), TRANSPOSE)
+    if cfg.fc_bias:
+      m.add("img_fc.bias", ("img_fc", "bias"))
+  return m
+
+
+def _path_name(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def native_name_map(cfg: DraftConfig) -> NameMap:
+  """Our format: every param under its dotted path, stored as is."""
+  m = NameMap([])
+  for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes(cfg))[0]:
+    m.add(_path_name(path), tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path))
+  return m
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _official_config(raw: dict, header: dict[str, dict], folder: str) -> DraftConfig:
+  """DraftConfig from a reference draft config.json; the kind and num_q from the tensors."""
+  def need(key):
+    if key not in raw:
+      raise CheckpointError(f"{folder}/config.json: missing key {key!r}")
+    return raw[key]
+  if raw.get("rope_scaling"):
+    raise CheckpointError(f"{folder}/config.json: rope_scaling {raw['rope_scaling']} is not "
+                          "supported for drafts")
+  layers_n = int(raw.get("num_hidden_layers", 1))
+  if layers_n != 1:
+    raise CheckpointError(f"{folder}/config.json: num_hidden_layers is {layers_n}; ViSpec/EAGLE "
+                          "drafts have exactly 1 layer")
+  hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+  if hidden % heads:
+    raise CheckpointError(f"{folder}/config.json: hidden_size {hidden} is not a multiple of "
+                          f"num_attention_heads {heads}")
+  names = set(header)
+  if "imadpt.q" in names:
+    kind = "vispec"
+  elif any(n.startswith("medusa_head.") for n in names):
+    kind = "medusa"
+  else:
+    kind = "eagle"
+  num_q = int(raw.get("num_q", 2))
+  if kind == "vispec":
+    stored = int(header["imadpt.q"]["shape"][0])
+    if "num_q" in raw and stored != num_q:
+      raise CheckpointError(f"{folder}: config.json says num_q {num_q} but imadpt.q holds "
+                            f"{stored} queries")
+    num_q = stored
+  medusa = 5
+  if kind == "medusa":
+    medusa = 1 + max(int(n.split(".")[1]) for n in names if n.startswith("medusa_head."))
+  return DraftConfig(
+      kind=kind, hidden_size=hidden,
+      intermediate_size=int(raw.get("intermediate_size", 0) if kind == "medusa"
+                            else need("intermediate_size")),
+      num_heads=heads, num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+      head_dim=hidden // heads, vocab_size=int(need("vocab_size")),
+      rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+      rope_theta=float(raw.get("rope_theta", 10000.0)),
+      qkv_bias=bool(raw.get("qkv_bias", False)), fc_bias=bool(raw.get("bias", True)),
+      hidden_act=raw.get("hidden_act", "silu"), num_q=num_q, medusa_heads=medusa)
+
+
+def _native_config(raw: dict, folder: str) -> DraftConfig:
+  fields = {f.name for f in dataclasses.fields(DraftConfig)}
+  d = raw[FORMAT_KEY]
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise CheckpointError(f"{folder}/config.json: unknown draft config fields {unknown}")
+  try:
+    return DraftConfig(**d)
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"{folder}/config.json: bad draft config: {e}") from None
+
+
+def validate(cfg: DraftConfig, text) -> None:
+  """Raises CheckpointError if the draft cannot run on a target with TextConfig `text`."""
+  checks = [("hidden_size", cfg.hidden_size, text.hidden_size),
+            ("vocab_size", cfg.vocab_size, text.vocab_size)]
+  if cfg.kind != "medusa":
+    checks.append(("num_attention_heads", cfg.num_heads, text.num_heads))
+  for name, mine, theirs in checks:
+    if mine != theirs:
+      raise CheckpointError(f"draft {name} is {mine} but the target's {name} is {theirs}: this "
+                            "draft was made for another target")
+  if cfg.kind != "medusa" and cfg.num_heads * cfg.head_dim != cfg.hidden_size:
+    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} x head_dim {cfg.head_dim} "
+                          f"!= hidden_size {cfg.hidden_size}")
+  if cfg.kind != "medusa" and cfg.num_heads % cfg.num_kv_heads:
+    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} is not a multiple of "
+                          f"num_key_value_heads {cfg.num_kv_heads}")
+
+
+def check_embedding(stored: np.ndarray, table, mode: str = "warn", rtol: float = 1e-2) -> None:
+  """Compares a checkpoint's embedding copy [V, E] with the target's table, in row blocks."""
+  if tuple(stored.shape) != tuple(table.shape):
+    raise CheckpointError(f"draft embed_tokens.weight has shape {tuple(stored.shape)} but the "
+                          f"target's embedding is {tuple(table.shape)}")
+  if mode == "skip":
+    return
+  worst, scale = 0.0, 0.0
+  for i in range(0, stored.shape[0], 8192):
+    a = np.asarray(stored[i:i + 8192], np.float32)
+    b = np.asarray(jax.device_get(table[i:i + 8192]), np.float32)
+    worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
+    scale = max(scale, float(np.max(np.abs(b), initial=0.0)))
+  if worst > rtol * max(scale, 1e-12):
+    msg = (f"draft embed_tokens.weight differs from the target's embedding (max abs difference "
+           f"{worst:.3g}, table scale {scale:.3g}); the target's embedding is used")
+    if mode == "error":
+      raise CheckpointError(msg)
+    warnings.warn(msg, stacklevel=3)
+
+
+# ----------------------------------------------------------------------- load / save
+
+
+def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "warn") -> Draft:
+  """Loads a draft folder: a released ViSpec/EAGLE checkpoint or one written by `save_draft`.
+
+  Args:
+    target: the `Target` the draft will run with (validated: hidden size, vocab, heads, and the
+      official checkpoints' embedding copy). None skips these checks.
+    dtype: params dtype; default the target's (float32 without a target).
+    embedding_check: "warn" (default), "error" or "skip" for an embedding copy whose values
+      differ from the target's (a shape mismatch is always an error).
+  Raises CheckpointError naming the file, tensor or config value.
+  """
+  if embedding_check not in ("warn", "error", "skip"):
+    raise ValueError(f"embedding_check must be 'warn', 'error' or 'skip', got {embedding_check!r}")
+  raw = checkpoints.read_config(folder)
+  files = checkpoints.weight_files(folder)
+  header = {}
+  for f in files:
+    header.update(checkpoints.SafetensorsFile(f).header)
+  text = None if target is None else target.config.text
+  if dtype is None:
+    dtype = jnp.float32 if target is None else target.params["text"]["embed"].dtype
+  native = FORMAT_KEY in raw
+  cfg = _native_config(raw, folder) if native else _official_config(raw, header, folder)
+  if text is not None:
+    validate(cfg, text)
+  name_map = native_name_map(cfg) if native else official_name_map(cfg)
+  params = checkpoints.load_params(files, name_map, param_shapes(cfg, dtype), dtype)
+  if not native and target is not None and "embed_tokens.weight" in header:
+    for f in files:
+      sf = checkpoints.SafetensorsFile(f)
+      if "embed_tokens.weight" in sf.header:
+        check_embedding(sf.get("embed_tokens.weight"), target.params["text"]["embed"],
+                        embedding_check)
+  return Draft(cfg, params, folder)
+
+
+def save_draft(folder: str, cfg: DraftConfig, params, dtype=None) -> str:
+  """Writes `params` of `cfg` in our format (config.json + model.safetensors, each written to
+  a temporary name and renamed). Returns the folder."""
+  os.makedirs(folder, exist_ok=True)
+  want = jax.tree.map(lambda s: s.shape, param_shapes(cfg))
+  got = jax.tree.map(lambda a: tuple(a.shape), params)
+  if want != got:
+    raise CheckpointError(f"params do not match the draft config {cfg}")
+  tensors = {}
+  for name, entries in native_name_map(cfg).entries.items():
+    (path, _), = entries
+    a = params
+    for p in path:
+      a = a[p]
+    a = np.asarray(jax.device_get(a))
+    tensors[name] = a if dtype is None else a.astype(dtype)
+  checkpoints.write_safetensors(tensors, os.path.join(folder, WEIGHTS), {"format": FORMAT_KEY})
+  path = os.path.join(folder, "config.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({FORMAT_KEY: dataclasses.asdict(cfg)}, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return folder
