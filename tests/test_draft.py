@@ -281,6 +281,14 @@ def test_save_load_round_trip_exact(tmp_path, kind):
   assert type(vj.make_drafter(cfg)) is type(d.drafter)
 
 
+def test_wrapped_state_dict_names(tmp_path):
+  """A state dict saved through DDP ("module.") loads the same."""
+  sd = official_state_dict()
+  d = vj.load_draft(write_official(tmp_path, {"module." + k: v for k, v in sd.items()},
+                                   official_config()))
+  np.testing.assert_array_equal(np.asarray(d.params["img_fc"]["kernel"]), sd["img_fc.weight"].T)
+
+
 def test_missing_tensor_is_named(tmp_path):
   sd = official_state_dict()
   del sd["imadpt.v_proj.weight"]

@@ -54,9 +54,13 @@ class Draft:
 # ------------------------------------------------------------------------- name maps
 
 
+# Wrappers a state dict may have been saved through (DDP, the SpecModel attribute).
+OFFICIAL_PREFIXES = [("module.", ""), ("spec_layer.", "")]
+
+
 def official_name_map(cfg: DraftConfig) -> NameMap:
   """Reference (PyTorch) tensor names -> our params paths."""
-  m = NameMap([])
+  m = NameMap(OFFICIAL_PREFIXES)
   m.ignore("embed_tokens.weight")  # checked against the target, not kept
   if cfg.kind == "medusa":
     for i in range(cfg.medusa_heads):
@@ -216,9 +220,12 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
     raise ValueError(f"embedding_check must be 'warn', 'error' or 'skip', got {embedding_check!r}")
   raw = checkpoints.read_config(folder)
   files = checkpoints.weight_files(folder)
-  header = {}
+  header, where = {}, {}  # canonical official name -> info / (file, stored name)
+  strip = NameMap(OFFICIAL_PREFIXES)
   for f in files:
-    header.update(checkpoints.SafetensorsFile(f).header)
+    for name, info in checkpoints.SafetensorsFile(f).header.items():
+      header[strip.canonical(name)] = info
+      where[strip.canonical(name)] = (f, name)
   text = None if target is None else target.config.text
   if dtype is None:
     dtype = jnp.float32 if target is None else target.params["text"]["embed"].dtype
@@ -228,12 +235,10 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
     validate(cfg, text)
   name_map = native_name_map(cfg) if native else official_name_map(cfg)
   params = checkpoints.load_params(files, name_map, param_shapes(cfg, dtype), dtype)
-  if not native and target is not None and "embed_tokens.weight" in header:
-    for f in files:
-      sf = checkpoints.SafetensorsFile(f)
-      if "embed_tokens.weight" in sf.header:
-        check_embedding(sf.get("embed_tokens.weight"), target.params["text"]["embed"],
-                        embedding_check)
+  if not native and target is not None and "embed_tokens.weight" in where:
+    f, name = where["embed_tokens.weight"]
+    check_embedding(checkpoints.SafetensorsFile(f).get(name), target.params["text"]["embed"],
+                    embedding_check)
   return Draft(cfg, params, folder)
 
 
