@@ -100,10 +100,10 @@ def test_wrong_acceptance_rule_is_detected(setup, monkeypatch):
   t, *_ = setup
   monkeypatch.setattr(speculative, "accept_sampling",
                       functools.partial(speculative.accept_sampling, residual=False))
-  speculative._speculative.clear_cache()
+  speculative.speculative_loop.clear_cache()
   try:
     tokens, _ = _spec_samples(setup, 1.0, 0)
   finally:
-    speculative._speculative.clear_cache()
+    speculative.speculative_loop.clear_cache()
   pval, _ = chi2_pvalue(tokens, exact_joint(t, 1.0, 0))
   assert pval < 0.01, pval

@@ -134,9 +134,9 @@ def test_no_recompile_same_bucket(target, random_eagle):
   b = vj.prepare(target, ["What is this? Tell me."], images=[[testing.scene_image(112, 84, 9)]])
   assert a.input_ids.shape == b.input_ids.shape
   vj.speculative_generate(target, d, params, a, max_new_tokens=8).tokens.block_until_ready()
-  n = speculative._speculative._cache_size()
+  n = speculative.speculative_loop._cache_size()
   vj.speculative_generate(target, d, params, b, max_new_tokens=8).tokens.block_until_ready()
-  assert speculative._speculative._cache_size() == n
+  assert speculative.speculative_loop._cache_size() == n
 
 
 def test_no_host_transfer_inside_loop(target, random_eagle):
@@ -148,9 +148,9 @@ def test_no_host_transfer_inside_loop(target, random_eagle):
   # Same static arguments as the b2 case above, so this reuses its compiled program.
   kwargs = dict(cfg=target.config.text, drafter=d, tree_cfg=TREES["static"], max_new_tokens=20,
                 greedy=True, top_k=0, use_top_p=False, eos_ids=(), pad_id=0)
-  speculative._speculative(*args, **kwargs).tokens.block_until_ready()  # compile outside the guard
+  speculative.speculative_loop(*args, **kwargs).tokens.block_until_ready()  # compile outside the guard
   with jax.transfer_guard("disallow"):
-    out = speculative._speculative(*args, **kwargs)
+    out = speculative.speculative_loop(*args, **kwargs)
     out.tokens.block_until_ready()
 
 

@@ -19,7 +19,7 @@ from vispec_jax.draft_checkpoints import Draft, load_draft, save_draft
 from vispec_jax.medusa import MedusaDrafter
 from vispec_jax.vispec_draft import ViSpecDrafter
 from vispec_jax.processing import Batch, InputError, load_image
-from vispec_jax.speculative import SpecOutput, SpecStats, speculative_generate
+from vispec_jax.speculative import SpecOutput, SpecStats, speculative_fn, speculative_generate
 from vispec_jax.target import Target, init_target, load_target, prepare
 from vispec_jax.tree import TreeConfig
 
@@ -28,5 +28,5 @@ __all__ = [
     "GenerateOutput", "MedusaDrafter", "ViSpecDrafter", "load_draft", "make_drafter", "save_draft",
     "GenerationConfig", "InputError", "QwenVisionConfig", "SpecOutput", "SpecStats", "Target",
     "TargetConfig", "TextConfig", "TreeConfig", "generate", "init_target", "load_image",
-    "load_target", "prepare", "speculative_generate", "trim",
+    "load_target", "prepare", "speculative_fn", "speculative_generate", "trim",
 ]

@@ -150,9 +150,21 @@ def tree_mask(committed: jax.Array, anc: jax.Array, base: jax.Array) -> jax.Arra
 
 @functools.partial(jax.jit, static_argnames=("cfg", "drafter", "tree_cfg", "max_new_tokens",
                                              "greedy", "top_k", "use_top_p", "eos_ids", "pad_id"))
-def _speculative(tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask,
-                 key, temperature, top_p, *, cfg, drafter, tree_cfg, max_new_tokens, greedy, top_k,
-                 use_top_p, eos_ids, pad_id):
+def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_position,
+                     vision_mask, key, temperature, top_p, *, cfg, drafter, tree_cfg,
+                     max_new_tokens, greedy, top_k, use_top_p, eos_ids, pad_id):
+  """The whole speculative generation as one jittable function of arrays (see module doc).
+
+  Args:
+    tparams: the target's text params (`target.params["text"]`); dparams: the drafter's params.
+    embeds: [B, P, E] prompt input embeddings (`target.embed(params, batch)`).
+    positions: int32[3, B, P] (mRoPE) or [B, P]; attention_mask: bool[B, P] (left padding);
+    next_position: int32[B]; vision_mask: bool[B, P] (vision tokens, for the ViSpec adaptor).
+    key: PRNG key; temperature, top_p: float32 scalars (used when sampling).
+    Static: cfg (TextConfig), drafter, tree_cfg (TreeConfig), max_new_tokens, greedy, top_k,
+    use_top_p, eos_ids (tuple), pad_id.
+  Returns: SpecOutput(tokens [B, max_new_tokens], lengths [B], stats).
+  """
   b, p, _ = embeds.shape
   t, dmax = tree_cfg.num_nodes, tree_cfg.max_depth
   n_emit = dmax + 1  # most tokens one round can emit (accepted drafts + bonus)
@@ -240,26 +252,43 @@ def _levels(tree_cfg: tree_lib.TreeConfig):
   return tree_lib.static_structure(tree_cfg.paths)["fed"]
 
 
+def speculative_fn(config, drafter, tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),
+                   max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
+                   top_p: float = 1.0):
+  """A pure function of arrays with these settings fixed, for use inside the caller's own jit:
+
+      fn(target_text_params, draft_params, embeds, positions, attention_mask, next_position,
+         vision_mask, key) -> SpecOutput
+
+  `config` is the target's TargetConfig; the array arguments are those of `speculative_loop`.
+  """
+  gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
+  def fn(tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask, key):
+    return speculative_loop(
+        tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask, key,
+        jnp.float32(max(gen.temperature, 1e-6)), jnp.float32(gen.top_p), cfg=config.text,
+        drafter=drafter, tree_cfg=tree, max_new_tokens=gen.max_new_tokens,
+        greedy=gen.temperature == 0, top_k=gen.top_k, use_top_p=gen.top_p < 1.0,
+        eos_ids=tuple(config.eos_token_ids), pad_id=config.pad_token_id)
+  return fn
+
+
 def speculative_generate(target, drafter, draft_params, batch: Batch,
                          tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),
                          max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                          top_p: float = 1.0, key: jax.Array | None = None,
                          embeds: jax.Array | None = None) -> SpecOutput:
-  """Speculative generation with `drafter` (e.g. `draft.EagleDrafter(cfg)`) and its params.
+  """Speculative generation with `drafter` (e.g. `vj.make_drafter(cfg)`) and its params.
 
   Greedy output is token-identical to `vj.generate`; with temperature > 0 it is distributed
-  exactly as vanilla sampling with the same temperature/top-k/top-p.
+  exactly as vanilla sampling with the same temperature/top-k/top-p. `embeds` may be passed to
+  skip re-encoding the images.
   """
-  gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)
+  fn = speculative_fn(target.config, drafter, tree, max_new_tokens, temperature, top_k, top_p)
   if embeds is None:
     embeds = target.embed(target.params, batch)
   if key is None:
     key = jax.random.PRNGKey(0)
-  cfg = target.config
-  return _speculative(
-      target.params["text"], draft_params, embeds, jnp.asarray(batch.positions),
-      jnp.asarray(batch.attention_mask), jnp.asarray(batch.next_position),
-      jnp.asarray(batch.vision_index >= 0), key, jnp.float32(max(gen.temperature, 1e-6)),
-      jnp.float32(gen.top_p), cfg=cfg.text, drafter=drafter, tree_cfg=tree,
-      max_new_tokens=gen.max_new_tokens, greedy=gen.temperature == 0, top_k=gen.top_k,
-      use_top_p=gen.top_p < 1.0, eos_ids=tuple(cfg.eos_token_ids), pad_id=cfg.pad_token_id)
+  return fn(target.params["text"], draft_params, embeds, jnp.asarray(batch.positions),
+            jnp.asarray(batch.attention_mask), jnp.asarray(batch.next_position),
+            jnp.asarray(batch.vision_index >= 0), key)
