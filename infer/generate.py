@@ -35,10 +35,18 @@ examples:
   # a video: a folder of frames (natural order) or a quoted glob
   python -m infer.generate --model DIR --video 'clip/frame_*.jpg' --prompt "What happens?"
 
+  # speculative decoding with a ViSpec draft (same answer as without, faster), a dynamic tree
+  python -m infer.generate --model DIR --draft DRAFT_DIR --image cat.png --prompt "Describe." \
+      --tree dynamic --tree-depth 3 --tree-top-k 8 --tree-tokens 30 --json
+
+  # a batch from a JSON-lines file: {"prompt": "...", "images": ["a.png"], "videos": []} per line
+  python -m infer.generate --model DIR --prompts questions.jsonl --json
+
 Without <image> markers, images and videos come before the prompt text.
 --json prints {"answer", "tokens", "num_tokens", "prompt_tokens", "seconds",
-"tokens_per_second"}; seconds is the wall time of generation, including compilation unless
---warmup is given.
+"tokens_per_second"} (one object per line with --prompts; with --draft also "tau",
+"tokens_per_forward" and "target_forwards"); seconds is the wall time of generation of the whole
+batch, including compilation unless --warmup is given.
 """
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -62,7 +70,17 @@ def parse_args(argv):
   p.add_argument("--video", action="append", default=[], metavar="FRAME_DIR_OR_GLOB",
                  help="a video as a folder of frames or a glob of frame files; repeatable")
   p.add_argument("--video-fps", type=float, default=2.0, help="frames per second of --video (default 2)")
-  p.add_argument("--prompt", required=True, help="the question; may contain <image> markers")
+  ask = p.add_mutually_exclusive_group(required=True)
+  ask.add_argument("--prompt", help="the question; may contain <image> markers")
+  ask.add_argument("--prompts", metavar="FILE.jsonl",
+                   help='a batch: one JSON object per line, {"prompt": ..., "images": [...], "videos": [...]}')
+  p.add_argument("--draft", metavar="DIR", help="a ViSpec/EAGLE/Medusa draft folder: speculative decoding")
+  p.add_argument("--tree", choices=("dynamic", "chain"), default="dynamic",
+                 help="draft tree with --draft: EAGLE-2 dynamic tree (default) or a single chain")
+  p.add_argument("--tree-depth", type=int, default=3, metavar="D", help="tree expansion steps (default 3)")
+  p.add_argument("--tree-top-k", type=int, default=8, metavar="K", help="dynamic tree branching (default 8)")
+  p.add_argument("--tree-tokens", type=int, default=30, metavar="T",
+                 help="dynamic tree size including the root (default 30)")
   p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
                  help="most tokens to generate (default 64)")
   p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
@@ -82,8 +100,13 @@ def parse_args(argv):
 
 
 def validate(args):
-  if not args.prompt.strip():
+  if args.prompt is not None and not args.prompt.strip():
     raise UsageError("--prompt is empty")
+  if args.prompts is not None and (args.image or args.video):
+    raise UsageError("--image/--video go inside the --prompts file, one list per line")
+  for name in ("tree_depth", "tree_top_k", "tree_tokens"):
+    if getattr(args, name) < 1:
+      raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   if args.max_new_tokens <= 0:
     raise UsageError(f"--max-new-tokens must be > 0, got {args.max_new_tokens}")
   if not args.temperature >= 0:  # also refuses nan
@@ -97,6 +120,32 @@ def validate(args):
   if args.max_length is not None and args.max_length <= args.max_new_tokens:
     raise UsageError(f"--max-length ({args.max_length}) must be greater than "
                      f"--max-new-tokens ({args.max_new_tokens})")
+
+
+def read_prompts(path: str) -> list[dict]:
+  """The --prompts file: JSON lines of {"prompt", "images", "videos"}; clear errors by line."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise UsageError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+  rows = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+      raise UsageError(f'{path}:{n}: expected {{"prompt": "...", "images": [...]}} with a non-empty prompt')
+    for key in ("images", "videos"):
+      if not isinstance(row.get(key, []), list):
+        raise UsageError(f"{path}:{n}: {key} must be a list of paths")
+    rows.append({"prompt": row["prompt"], "images": row.get("images", []), "videos": row.get("videos", [])})
+  if not rows:
+    raise UsageError(f"{path} has no prompts")
+  return rows
 
 
 def _natural_key(path: str):
@@ -115,36 +164,37 @@ def video_frames(spec: str) -> list[str]:
   return sorted(paths, key=_natural_key)
 
 
-def run(args, stack: contextlib.ExitStack) -> dict:
+def run(args, stack: contextlib.ExitStack) -> list[dict]:
+  """Loads, prepares, generates; returns one result dict per prompt."""
   import jax
   import jax.numpy as jnp
 
   import vispec_jax as vj
-  from vispec_jax import testing
+  from vispec_jax import sharding, testing
 
+  rows = read_prompts(args.prompts) if args.prompts else [
+      {"prompt": args.prompt, "images": args.image, "videos": args.video}]
   if args.tiny:
     print("note: --tiny uses a random model, so the answer is gibberish", file=sys.stderr)
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vispec-tiny-"))
     args.model = testing.make_tiny_qwen(os.path.join(tmp, "model"))
-    if not args.image and not args.video:
-      args.image = [os.path.join(tmp, "scene.png")]
-      testing.scene_image().save(args.image[0])
+    if not args.prompts and not args.image and not args.video:
+      rows[0]["images"] = [os.path.join(tmp, "scene.png")]
+      testing.scene_image().save(rows[0]["images"][0])
 
   # Read every image before loading the checkpoint: a typo should not cost a model load.
-  images = [vj.load_image(p) for p in args.image]
-  videos = [[vj.load_image(f) for f in video_frames(v)] for v in args.video]
+  images = [[vj.load_image(p) for p in r["images"]] for r in rows]
+  videos = [[[vj.load_image(f) for f in video_frames(v)] for v in r["videos"]] for r in rows]
 
-  mesh = None
-  if args.mesh:
-    from vispec_jax import sharding
-    mesh = sharding.make_mesh(args.mesh)
+  mesh = sharding.make_mesh(args.mesh) if args.mesh else None
   target = vj.load_target(args.model, dtype=getattr(jnp, args.dtype), mesh=mesh)
+  draft = vj.load_draft(args.draft, target) if args.draft else None
   max_length = args.max_length or target.config.text.max_position_embeddings
   if max_length <= args.max_new_tokens:
     raise UsageError(f"the model allows {max_length} positions, not enough for "
                      f"--max-new-tokens {args.max_new_tokens}")
   try:
-    batch = vj.prepare(target, [args.prompt], images=[images], videos=[videos],
+    batch = vj.prepare(target, [r["prompt"] for r in rows], images=images, videos=videos,
                        video_fps=args.video_fps, max_length=max_length - args.max_new_tokens)
   except vj.InputError as e:
     if "longer than" not in str(e):
@@ -153,27 +203,40 @@ def run(args, stack: contextlib.ExitStack) -> dict:
                         f"tokens)") from None
   if mesh is not None:
     batch = sharding.shard_batch(batch, mesh)
+  options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                 top_k=args.top_k, top_p=args.top_p, key=jax.random.PRNGKey(args.seed))
+  if args.tree == "chain":
+    tree = vj.TreeConfig(paths=tuple((0,) * d for d in range(1, args.tree_depth + 1)))
+  else:
+    tree = vj.TreeConfig(depth=args.tree_depth, top_k=args.tree_top_k, total_tokens=args.tree_tokens)
 
   def gen():
-    out = vj.generate(target, batch, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      key=jax.random.PRNGKey(args.seed))
-    return jax.block_until_ready(out)
+    if draft is None:
+      return jax.block_until_ready(vj.generate(target, batch, **options))
+    return jax.block_until_ready(vj.speculative_generate(
+        target, draft.drafter, draft.params, batch, tree=tree, **options))
 
   if args.warmup:
     gen()
   start = time.perf_counter()
   out = gen()
   seconds = time.perf_counter() - start
-  tokens = vj.trim(out)[0]
-  return {
-      "answer": target.tokenizer.decode(tokens, skip_special_tokens=True),
-      "tokens": tokens,
-      "num_tokens": len(tokens),
-      "prompt_tokens": int(batch.prompt_lengths[0]),
-      "seconds": round(seconds, 4),
-      "tokens_per_second": round(len(tokens) / seconds, 2) if seconds > 0 else None,
-  }
+  results = []
+  for i, tokens in enumerate(vj.trim(out)):
+    r = {
+        "answer": target.tokenizer.decode(tokens, skip_special_tokens=True),
+        "tokens": tokens,
+        "num_tokens": len(tokens),
+        "prompt_tokens": int(batch.prompt_lengths[i]),
+        "seconds": round(seconds, 4),
+        "tokens_per_second": round(len(tokens) / seconds, 2) if seconds > 0 else None,
+    }
+    if draft is not None:
+      r["tau"] = round(float(out.stats.tau[i]), 4)
+      r["tokens_per_forward"] = round(float(out.stats.tokens_per_forward[i]), 4)
+      r["target_forwards"] = int(out.stats.target_forwards[i])
+    results.append(r)
+  return results
 
 
 def main(argv=None) -> int:
@@ -181,17 +244,15 @@ def main(argv=None) -> int:
   try:
     validate(args)
     with contextlib.ExitStack() as stack:
-      result = run(args, stack)
+      results = run(args, stack)
   except (ValueError, OSError) as e:  # InputError, CheckpointError, ConfigError are ValueErrors
     print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     return 130
-  if args.json:
-    print(json.dumps(result))
-  else:
-    sys.stdout.reconfigure(errors="replace")  # random models decode to stray bytes
-    print(result["answer"])
+  sys.stdout.reconfigure(errors="replace")  # random models decode to stray bytes
+  for r in results:
+    print(json.dumps(r) if args.json else r["answer"])
   return 0
 
 

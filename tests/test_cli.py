@@ -152,3 +152,68 @@ def test_argparse_errors_exit_2(model):
   assert r.returncode == 2 and "Traceback" not in r.stderr and "not allowed with" in r.stderr
   r = cli("--model", model, "--prompt", "x", "--max-new-tokens", "many")
   assert r.returncode == 2 and "Traceback" not in r.stderr and "invalid int" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def draft_dirs(model, tmp_path_factory):
+  """A random ViSpec draft for the tiny model, and one for a model of another width."""
+  import jax
+  import vispec_jax as vj
+  target = vj.load_target(model)
+  base = tmp_path_factory.mktemp("cli_drafts")
+  cfg = vj.DraftConfig.for_target(target.config.text, kind="vispec")
+  good = vj.save_draft(str(base / "good"), cfg, vj.draft.init_params(cfg, jax.random.PRNGKey(0)))
+  import dataclasses
+  other = dataclasses.replace(cfg, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=2)
+  bad = vj.save_draft(str(base / "other"), other, vj.draft.init_params(other, jax.random.PRNGKey(0)))
+  return good, bad
+
+
+def _prompts_file(tmp_path, image):
+  path = tmp_path / "q.jsonl"
+  path.write_text(json.dumps({"prompt": "Describe the image.", "images": [image]}) + "\n\n" +
+                  json.dumps({"prompt": "What colour is the square?"}) + "\n")
+  return path
+
+
+def test_draft_with_prompts_file_matches_vanilla(model, image, draft_dirs, tmp_path):
+  prompts = _prompts_file(tmp_path, image)
+  spec = cli("--model", model, "--prompts", prompts, "--draft", draft_dirs[0], "--tree", "dynamic",
+             "--tree-depth", 2, "--tree-top-k", 3, "--tree-tokens", 6, "--max-new-tokens", 6, "--json")
+  assert spec.returncode == 0, spec.stderr
+  vanilla = cli("--model", model, "--prompts", prompts, "--max-new-tokens", 6, "--json")
+  assert vanilla.returncode == 0, vanilla.stderr
+  s = [json.loads(l) for l in spec.stdout.splitlines()]
+  v = [json.loads(l) for l in vanilla.stdout.splitlines()]
+  assert len(s) == len(v) == 2
+  assert [r["tokens"] for r in s] == [r["tokens"] for r in v]  # lossless
+  assert all(r["target_forwards"] >= 1 and r["tokens_per_forward"] >= 1 for r in s)
+
+
+def _non_utf8(tmp_path):
+  path = tmp_path / "q.jsonl"
+  path.write_bytes(b'{"prompt": "caf\xe9"}\n')
+  return path
+
+
+def _bad_json(tmp_path):
+  path = tmp_path / "q.jsonl"
+  path.write_text('{"prompt": "ok"}\n{"prompt": \n')
+  return path
+
+
+@pytest.mark.parametrize("make_file,fragment", [(_non_utf8, "not UTF-8"), (_bad_json, ":2: not valid JSON")],
+                         ids=["non-utf8-prompts-file", "bad-json-line"])
+def test_bad_prompts_file(model, tmp_path, make_file, fragment):
+  r = cli("--model", model, "--prompts", make_file(tmp_path), "--max-new-tokens", MAX_NEW)
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr
+
+
+def test_draft_for_another_target(model, image, draft_dirs):
+  r = cli("--model", model, "--image", image, "--prompt", "Describe.", "--draft", draft_dirs[1],
+          "--max-new-tokens", MAX_NEW)
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "hidden" in lines[0], r.stderr
