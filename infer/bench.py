@@ -178,7 +178,16 @@ def main(argv=None) -> int:
                       "without intra-op threads), a fairer comparison on a loaded machine; "
                       "0 (default): each library's own default")
   v.add_argument("--json", help="also write the results to this JSON file")
+  from infer import bench_spec
+  bench_spec.add_parser(sub)
   args = parser.parse_args(argv)
+  if args.command == "spec":
+    print(bench_spec.HEADER)
+    rows = bench_spec.run_spec(args)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+    return 0 if all(r["identical"] for r in rows) else 1
   if args.threads not in (0, 1):
     parser.error("--threads must be 0 (library defaults) or 1")
   if args.threads == 1:
