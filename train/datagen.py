@@ -1,0 +1,495 @@
+"""Training data generation: the target answers prompts, the answers become ArrayRecord shards.
+
+    python -m train.datagen --config configs/tiny_qwen.py [--config.datagen.input=prompts.jsonl]
+
+Stage-2 recipe of vispec-reference.md section 6.1: each input is (question, image); the prompt is
+system text + user turn [question, image, "Please answer with at least 1000 words."], the target
+answers greedily (`vj.generate`, `datagen.max_new_tokens`), and the record keeps the prompt and
+the answer as one token sequence with a loss mask on the answer. An input that carries an
+"answer" is stored with that answer instead (stage-1 style: original responses, no generation).
+
+Inputs (`datagen.input`):
+  path/to/file.jsonl      one {"question": str, "image": path (relative to the file) or null,
+                          "answer": optional str} per line
+  tfds:NAME[/CONFIG]:SPLIT a TFDS dataset readable without TensorFlow (array_record), with
+                          fields `datagen.question_key`, `datagen.image_key` (uint8 or PNG bytes)
+  synthetic:N             N generated test pictures with a handful of questions (tests, demos)
+
+Images are resized to `datagen.image_size` (height, width) before the target sees them, so all
+records share one vision layout (training batches have static shapes).
+
+Output: a TFDS dataset (`VispecDraftData`, builder config `data.name`) under `data.dir`, written
+by a `GeneratorBasedBuilder` as ArrayRecord shards. Features per record:
+  index        int64        input index (every input appears exactly once)
+  tokens       int32 [L]    prompt + answer (answer ends with EOS if the target produced it)
+  loss_mask    uint8 [L]    1 on answer tokens
+  prompt_length int32
+  positions    int32 [R, L] the target's position ids (R = 3 for Qwen mRoPE, else 1)
+  image        uint8 [H, W, 3] (zlib), has_image int32, image_grid int32 [3] (t, h, w)
+  features, embeds  float [L, E]  (only with `datagen.store_features`): the target's last-layer
+               features and input embeddings, for training without running the target
+Metadata (metadata.json): lengths of every record, image size, target family.
+
+Resuming: inputs are cut into chunks of `datagen.chunk_size`; each generated chunk is written to
+`<data.dir>/<name>_chunks/chunk-NNNNN.pkl` under a temporary name and renamed when complete.
+A restarted run reuses finished chunks and generates the rest; the TFDS build itself (which
+writes to an `incomplete.*` folder and renames it) runs once every chunk exists. Killed at any
+point and restarted, every input ends up in the dataset exactly once. Independent workers can
+share the chunks: `--config.datagen.worker=i --config.datagen.num_workers=n`.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import pickle
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from PIL import Image
+
+SYNTHETIC_QUESTIONS = [
+    "Describe the image in detail.", "What colour is the square?", "How many circles are there?",
+    "What is in the top left corner?", "Describe the shapes and their colours.",
+]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_inputs(spec: str, cfg) -> Sequence[dict]:
+  """A random-access sequence of {"question", "image" (PIL or None), "answer" (optional)}."""
+  if spec.startswith("synthetic:"):
+    return _Synthetic(int(spec.split(":", 1)[1]))
+  if spec.startswith("tfds:"):
+    return _Tfds(spec[5:], cfg)
+  return _Jsonl(spec)
+
+
+class _Synthetic:
+  def __init__(self, n: int):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    from vispec_jax import testing
+    return {"question": SYNTHETIC_QUESTIONS[i % len(SYNTHETIC_QUESTIONS)],
+            "image": testing.scene_image(seed=i)}
+
+
+class _Jsonl:
+  def __init__(self, path: str):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"datagen input not found: {path}")
+    self.root = os.path.dirname(os.path.abspath(path))
+    with open(path) as f:
+      self.rows = []
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{n}: not JSON: {e}") from None
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+          raise ValueError(f"{path}:{n}: needs a non-empty \"question\" string")
+        self.rows.append(row)
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    from vispec_jax.processing import load_image
+    row = self.rows[i]
+    image = row.get("image")
+    if image is not None:
+      image = load_image(image if os.path.isabs(image) else os.path.join(self.root, image))
+    return {"question": row["question"], "image": image, "answer": row.get("answer")}
+
+
+class _Tfds:
+  def __init__(self, spec: str, cfg):
+    import tensorflow_datasets as tfds
+    name, split = spec.rsplit(":", 1)
+    self.src = tfds.data_source(name, split=split, data_dir=cfg.get("tfds_data_dir"))
+    self.q, self.im = cfg.question_key, cfg.image_key
+
+  def __len__(self):
+    return len(self.src)
+
+  def __getitem__(self, i):
+    import io
+    ex = self.src[i]
+    q = ex[self.q]
+    q = q.decode() if isinstance(q, bytes) else str(q)
+    img = ex.get(self.im)
+    if isinstance(img, bytes):
+      img = Image.open(io.BytesIO(img)).convert("RGB")
+    elif img is not None:
+      img = Image.fromarray(np.asarray(img, np.uint8)).convert("RGB")
+    return {"question": q, "image": img}
+
+
+# ------------------------------------------------------------------------- prompting
+
+
+def render_prompt(target, question: str, has_image: bool, system: str, instruction: str) -> str:
+  """The reference's stage-2 prompt: system, then the user turn [question, image, instruction].
+  The image is left as the library's `<image>` marker for `vj.prepare(chat=False)`."""
+  from vispec_jax.processing import IMAGE_MARKER
+  question = question.replace(IMAGE_MARKER, "").strip()
+  tok = target.tokenizer
+  if getattr(tok, "chat_template", None):
+    content = [{"type": "text", "text": question}]
+    if has_image:
+      content.append({"type": "image"})
+    if instruction:
+      content.append({"type": "text", "text": instruction})
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": content}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if has_image:  # the template wrote the family's placeholder; hand prepare() the marker
+      placeholder = target.family.vision_placeholder(target.config, "image")[0]
+      if placeholder not in text:
+        raise ValueError(f"the chat template did not render the image placeholder {placeholder!r}")
+      text = text.replace(placeholder, IMAGE_MARKER, 1)
+    return text
+  parts = [system, question] + ([IMAGE_MARKER] if has_image else []) + [instruction]
+  return "\n".join(p for p in parts if p)
+
+
+def rows_to_batch(target, rows: list[np.ndarray], row_items: list[list]):
+  """A left-padded `Batch` for token rows that already hold their expanded vision tokens (the
+  tail of `vj.prepare`, for sequences that are not prompts: prompt + answer)."""
+  from vispec_jax import processing
+  cfg, fam = target.config, target.family
+  length = processing.bucket_length(max(len(r) for r in rows))
+  input_ids, mask = processing.pad_batch(rows, cfg.pad_token_id, length)
+  b = len(rows)
+  vision_index = np.full((b, length), -1, np.int32)
+  pos_rows, next_pos, offset, items = [], np.zeros(b, np.int32), 0, []
+  for i, (ids, its) in enumerate(zip(rows, row_items)):
+    pos, next_pos[i] = fam.positions(ids, cfg, its)
+    pos_rows.append(pos)
+    is_vis = np.isin(ids, [t for t in (cfg.image_token_id, cfg.video_token_id) if t is not None])
+    row_index = np.full(len(ids), -1, np.int32)
+    row_index[is_vis] = offset + np.arange(int(is_vis.sum()))
+    vision_index[i, length - len(ids):] = row_index
+    offset += int(is_vis.sum())
+    items.extend(its)
+  positions = np.zeros(((3,) if pos_rows[0].ndim == 2 else ()) + (b, length), np.int32)
+  for i, pos in enumerate(pos_rows):
+    positions[..., i, length - pos.shape[-1]:] = pos
+  return processing.Batch(input_ids, mask, positions, next_pos, items, vision_index,
+                          np.asarray([len(r) for r in rows], np.int32))
+
+
+# ------------------------------------------------------------------------ generation
+
+
+class Generator:
+  """Runs the target over chunks of inputs and returns finished records."""
+
+  def __init__(self, config):
+    from train import targets
+    self.cfg = config.datagen
+    self.target = targets.load_target(config.target.folder, config.target.dtype,
+                                      config.target.get("cache_dir"))
+    self.inputs = load_inputs(self.cfg.input, self.cfg)
+    self.image_hw = tuple(self.cfg.image_size) if self.cfg.image_size else None
+    self.vision = (targets.VisionAdapter.for_target(self.target, self.image_hw) if self.image_hw
+                   else None)
+
+  @property
+  def num_inputs(self) -> int:
+    return len(self.inputs)
+
+  def _image(self, img):
+    if img is None:
+      return None
+    if self.image_hw is None:
+      raise ValueError("an input has an image but datagen.image_size is not set")
+    h, w = self.image_hw
+    return img.convert("RGB").resize((w, h), Image.BICUBIC)
+
+  def chunk(self, start: int, stop: int) -> list[dict]:
+    """Records of inputs [start, stop), in input order."""
+    out = []
+    bs = self.cfg.batch_size
+    for lo in range(start, stop, bs):
+      out.extend(self._batch(list(range(lo, min(lo + bs, stop)))))
+    return out
+
+  def _batch(self, indices: list[int]) -> list[dict]:
+    import vispec_jax as vj
+    t, cfg = self.target, self.cfg
+    inputs = [self.inputs[i] for i in indices]
+    images = [self._image(x.get("image")) for x in inputs]
+    prompts = [render_prompt(t, x["question"], im is not None, cfg.system_prompt, cfg.instruction)
+               for x, im in zip(inputs, images)]
+    batch = vj.prepare(t, prompts, images=[[im] if im is not None else [] for im in images],
+                       chat=False)
+    p = batch.input_ids.shape[1]
+    prompt_rows = [batch.input_ids[i, p - n:] for i, n in enumerate(batch.prompt_lengths)]
+    answers = [None] * len(inputs)
+    todo = [i for i, x in enumerate(inputs) if not x.get("answer")]
+    if todo:
+      out = vj.generate(t, batch, max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+      gen = vj.trim(out)
+      vision_ids = [v for v in (t.config.image_token_id, t.config.video_token_id) if v is not None]
+      for i in todo:
+        a = np.asarray(gen[i], np.int32)
+        bad = np.flatnonzero(np.isin(a, vision_ids))
+        if len(bad):  # only untrained models do this; a vision token needs an image
+          logging.warning("input %d: answer cut before a generated vision token", indices[i])
+          a = a[:bad[0]]
+        answers[i] = a
+    eos = list(t.config.eos_token_ids[:1])
+    for i, x in enumerate(inputs):
+      if answers[i] is None:
+        ids = t.tokenizer(x["answer"], add_special_tokens=False)["input_ids"]
+        answers[i] = np.asarray(list(ids)[:cfg.max_new_tokens] + eos, np.int32)
+    # Items per row, in prompt order (one image at most per input).
+    items, k = [], 0
+    for im in images:
+      items.append(batch.vision[k:k + 1] if im is not None else [])
+      k += im is not None
+    rows = [np.concatenate([pr, a]).astype(np.int32) for pr, a in zip(prompt_rows, answers)]
+    full = rows_to_batch(t, rows, items)
+    feats = embeds = None
+    if cfg.store_features:
+      embeds_all = t.embed(t.params, full)
+      _, hidden = t.forward(t.params, full)
+      feats, embeds = np.asarray(hidden), np.asarray(embeds_all)
+    records = []
+    length = full.input_ids.shape[1]
+    for i, idx in enumerate(indices):
+      n = len(rows[i])
+      pos = full.positions[..., i, length - n:]
+      rec = {"index": np.int64(idx), "tokens": rows[i],
+             "loss_mask": (np.arange(n) >= len(prompt_rows[i])).astype(np.uint8),
+             "prompt_length": np.int32(len(prompt_rows[i])),
+             "positions": (pos if pos.ndim == 2 else pos[None]).astype(np.int32)}
+      if self.image_hw is not None:
+        im = images[i]
+        rec["has_image"] = np.int32(im is not None)
+        rec["image"] = (np.asarray(im, np.uint8) if im is not None
+                        else np.zeros(self.image_hw + (3,), np.uint8))
+        rec["image_grid"] = np.asarray(items[i][0].grid_thw if items[i] else (0, 0, 0), np.int32)
+      if feats is not None:
+        dt = np.dtype(cfg.feature_dtype)
+        rec["features"] = feats[i, length - n:].astype(dt)
+        rec["embeds"] = embeds[i, length - n:].astype(dt)
+      records.append(rec)
+    return records
+
+
+# ------------------------------------------------------------------------ chunk files
+
+
+def chunk_dir(config) -> str:
+  return os.path.join(config.data.dir, f"{config.data.name}_chunks")
+
+
+def chunk_path(config, k: int) -> str:
+  return os.path.join(chunk_dir(config), f"chunk-{k:05d}.pkl")
+
+
+SIGNATURE_KEYS = ("input", "image_size", "system_prompt", "instruction", "max_new_tokens",
+                  "chunk_size", "store_features", "feature_dtype")
+
+
+def check_signature(config) -> None:
+  """Finished chunks are reused only by a run with the same inputs and generation settings."""
+  os.makedirs(chunk_dir(config), exist_ok=True)
+  sig = {k: config.datagen[k] for k in SIGNATURE_KEYS}
+  sig["image_size"] = list(sig["image_size"]) if sig["image_size"] else None
+  sig["target"] = config.target.folder
+  path = os.path.join(chunk_dir(config), "signature.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != sig:
+      diff = sorted(k for k in set(old) | set(sig) if old.get(k) != sig.get(k))
+      raise ValueError(f"{chunk_dir(config)} holds chunks generated with other settings "
+                       f"({', '.join(diff)}); delete it or choose another data.name")
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(sig, f, indent=1)
+  os.replace(tmp, path)
+
+
+def write_chunk(path: str, records: list[dict]) -> None:
+  """Atomically: a temporary name in the same folder, then a rename."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_chunk(path: str) -> list[dict]:
+  with open(path, "rb") as f:
+    return pickle.load(f)
+
+
+def generate_chunks(config, generator: Generator | None = None) -> int:
+  """Generates every missing chunk of this worker; returns how many inputs were generated."""
+  from tqdm import tqdm
+  cfg = config.datagen
+  gen = generator or Generator(config)
+  n = gen.num_inputs
+  size = cfg.chunk_size
+  num_chunks = -(-n // size)
+  check_signature(config)
+  mine = [k for k in range(num_chunks) if k % cfg.num_workers == cfg.worker]
+  for k in mine:
+    for stale in glob.glob(glob.escape(chunk_path(config, k)) + ".tmp*"):
+      os.remove(stale)  # a previous run of this worker died while writing it
+  todo = [k for k in mine if not os.path.exists(chunk_path(config, k))]
+  done = sum(min(size, n - k * size) for k in mine if k not in todo)
+  total = sum(min(size, n - k * size) for k in mine)
+  bar = tqdm(total=total, initial=done, unit="sample", desc="datagen", dynamic_ncols=True,
+             disable=not cfg.progress)
+  generated = 0
+  for n_done, k in enumerate(todo, 1):
+    lo, hi = k * size, min((k + 1) * size, n)
+    t0 = time.time()
+    records = gen.chunk(lo, hi)
+    write_chunk(chunk_path(config, k), records)
+    generated += hi - lo
+    bar.update(hi - lo)
+    logging.info("chunk %d: inputs [%d, %d) in %.1fs", k, lo, hi, time.time() - t0)
+    if n_done == cfg.crash_after_chunks:  # tests: die mid-run
+      os.kill(os.getpid(), signal.SIGKILL)
+  bar.close()
+  return generated
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_class():
+  """The TFDS builder (made on first use: importing TFDS is slow)."""
+  import tensorflow_datasets as tfds
+
+  class VispecDraftData(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Target-generated draft training data (see train/datagen.py)."""
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None  # no checksums file next to the code (and no importlib_resources lookup)
+
+    def __init__(self, *, spec: dict | None = None, chunks: list[str] | None = None, **kwargs):
+      self._spec = spec
+      self._chunks = chunks
+      super().__init__(**kwargs)
+
+    def _info(self):
+      s = self._spec
+      T = tfds.features.Tensor
+      feats = {"index": np.int64, "tokens": T(shape=(None,), dtype=np.int32),
+               "loss_mask": T(shape=(None,), dtype=np.uint8), "prompt_length": np.int32,
+               "positions": T(shape=(s["position_rows"], None), dtype=np.int32)}
+      if s["image_hw"]:
+        feats["image"] = T(shape=tuple(s["image_hw"]) + (3,), dtype=np.uint8, encoding="zlib")
+        feats["has_image"] = np.int32
+        feats["image_grid"] = T(shape=(3,), dtype=np.int32)
+      if s["feature_dim"]:
+        dt = np.dtype(s["feature_dtype"])
+        feats["features"] = T(shape=(None, s["feature_dim"]), dtype=dt)
+        feats["embeds"] = T(shape=(None, s["feature_dim"]), dtype=dt)
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(feats),
+                                   metadata=tfds.core.MetadataDict(), disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      lengths = []
+      for path in self._chunks:
+        for rec in read_chunk(path):
+          lengths.append(len(rec["tokens"]))
+          yield int(rec["index"]), rec
+      md = self.info.metadata
+      md["lengths"] = lengths
+      md.update({k: v for k, v in self._spec.items()})
+
+  return VispecDraftData
+
+
+def dataset_dir(config) -> str:
+  """The folder of the built TFDS dataset (what `tfds.builder_from_directory` opens)."""
+  return os.path.join(config.data.dir, "vispec_draft_data", config.data.name, "1.0.0")
+
+
+def build(config, generator: Generator) -> str:
+  """Writes the TFDS dataset from the finished chunks; returns its folder."""
+  import tensorflow_datasets as tfds
+  n = generator.num_inputs
+  num_chunks = -(-n // config.datagen.chunk_size)
+  chunks = [chunk_path(config, k) for k in range(num_chunks)]
+  missing = [c for c in chunks if not os.path.exists(c)]
+  if missing:
+    raise RuntimeError(f"{len(missing)} chunks are not generated yet (first: {missing[0]}); run "
+                       "the other workers first")
+  t = generator.target
+  spec = {"image_hw": list(generator.image_hw) if generator.image_hw else None,
+          "position_rows": 3 if t.config.family == "qwen2_5_vl" else 1,
+          "feature_dim": t.config.text.hidden_size if config.datagen.store_features else 0,
+          "feature_dtype": config.datagen.feature_dtype, "family": t.config.family,
+          "num_inputs": n,
+          "num_vision_tokens": generator.vision.num_tokens if generator.vision else 0}
+  base = os.path.join(config.data.dir, "vispec_draft_data", config.data.name)
+  for stale in glob.glob(os.path.join(base, "incomplete.*")):
+    shutil.rmtree(stale, ignore_errors=True)  # a build that died before its rename
+  cls = _builder_class()
+  builder = cls(spec=spec, chunks=chunks, data_dir=config.data.dir, file_format="array_record",
+                config=tfds.core.BuilderConfig(name=config.data.name))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(verify_ssl=False, try_download_gcs=False))
+  return builder.data_dir
+
+
+def run(config) -> str | None:
+  """Generates the missing chunks, then (when all exist) builds the dataset. Returns its folder,
+  or None when other workers still have chunks to write."""
+  if os.path.isfile(os.path.join(dataset_dir(config), "dataset_info.json")):
+    logging.info("dataset already built: %s", dataset_dir(config))
+    return dataset_dir(config)
+  gen = Generator(config)
+  generate_chunks(config, gen)
+  n = gen.num_inputs
+  num_chunks = -(-n // config.datagen.chunk_size)
+  if not all(os.path.exists(chunk_path(config, k)) for k in range(num_chunks)):
+    logging.info("this worker is done; other workers' chunks are still missing")
+    return None
+  out = build(config, gen)
+  logging.info("wrote %d records to %s", n, out)
+  return out
+
+
+def main(argv):
+  del argv
+  from train import cli
+  cli.setup()
+  out = run(flags.FLAGS.config)
+  if out:
+    print(out)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Training config file (with .datagen).")
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

@@ -1,0 +1,117 @@
+"""The frozen target in training: loading it, and its vision tower on fixed-shape batches.
+
+The library encodes images one request at a time with host-side layouts (`encode_vision`). A
+training batch instead holds B images of ONE size (datagen resizes every image to
+`datagen.image_size`), so the layout (Qwen window order, LLaVA anyres index) is a constant and
+the tower runs vmapped over the batch inside the jitted, sharded train step:
+
+  host (grain worker):  uint8 image -> `VisionAdapter.pixels(image)`    fixed-shape float32
+  device (train step):  `VisionAdapter.encode(vision_params, pixels)`   [B, n_tokens, E]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+import vispec_jax as vj
+from vispec_jax import testing
+
+TINY = {"tiny:qwen": lambda d: testing.make_tiny_qwen(d),
+        "tiny:llava": lambda d: testing.make_tiny_llava(d),
+        "tiny:llava_next": lambda d: testing.make_tiny_llava(d, next=True)}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def resolve_folder(spec: str, cache_dir: str | None = None) -> str:
+  """A checkpoint folder, or "tiny:qwen" / "tiny:llava" / "tiny:llava_next": a random tiny
+  target written (once) under `cache_dir` (default ~/.cache/vispec_jax)."""
+  if spec in TINY:
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "vispec_jax")
+    folder = os.path.join(cache_dir, spec.replace(":", "-"))
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+      tmp = f"{folder}.tmp{os.getpid()}"
+      TINY[spec](tmp)
+      try:
+        os.replace(tmp, folder)
+      except OSError:  # another process made it first
+        pass
+    return folder
+  if not os.path.isdir(spec):
+    raise FileNotFoundError(f"target folder not found: {spec!r} (a checkpoint folder, or one of "
+                            f"{sorted(TINY)})")
+  return spec
+
+
+def load_target(spec: str, dtype: str = "float32", cache_dir: str | None = None) -> vj.Target:
+  if dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
+  return vj.load_target(resolve_folder(spec, cache_dir), dtype=DTYPES[dtype])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VisionAdapter:
+  """The target's vision tower for images of one size (height, width). Holds no weights (grain
+  worker processes pickle it): `encode` takes the vision params."""
+  config: Any                 # TargetConfig
+  image_processor: Any
+  image_hw: tuple[int, int]
+  item: Any = dataclasses.field(init=False)  # the VisionInput of a blank image of that size
+
+  @staticmethod
+  def for_target(target, image_hw) -> "VisionAdapter":
+    return VisionAdapter(target.config, target.image_processor, tuple(int(x) for x in image_hw))
+
+  def __post_init__(self):
+    blank = Image.new("RGB", (self.image_hw[1], self.image_hw[0]))
+    object.__setattr__(self, "item", self.family.preprocess_image(self.image_processor,
+                                                                  self.config, blank))
+
+  @property
+  def family(self):
+    from vispec_jax.target import family_module
+    return family_module(self.config)
+
+  @property
+  def num_tokens(self) -> int:
+    return self.item.num_tokens
+
+  @property
+  def grid(self) -> tuple[int, int, int]:
+    return tuple(self.item.grid_thw)
+
+  def pixels(self, image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> the tower's fixed-shape float32 input for one image."""
+    if tuple(image.shape[:2]) != tuple(self.image_hw):
+      raise ValueError(f"image is {image.shape[:2]}, the dataset's size is {self.image_hw}")
+    it = self.family.preprocess_image(self.image_processor, self.config, Image.fromarray(image))
+    if self.config.family == "qwen2_5_vl":
+      lay = it.layout
+      out = np.zeros((lay.padded_patches, it.patches.shape[-1]), np.float32)
+      out[:lay.n_patches] = it.patches[lay.order]
+      return out
+    return np.asarray(it.patches, np.float32)  # LLaVA: tiles [n_tiles, C, S, S]
+
+  def encode(self, vision_params, pixels: jax.Array) -> jax.Array:
+    """[B, ...pixels] -> vision tokens [B, n_tokens, E] (traceable; vmapped over B)."""
+    cfg = self.config.vision
+    fam = self.family
+    if self.config.family == "qwen2_5_vl":
+      lay = self.item.layout
+      def one(px):
+        merged = fam.vision_forward(vision_params, cfg, px, jnp.asarray(lay.rot_pos),
+                                    jnp.asarray(lay.full_seg), jnp.asarray(lay.window_seg))
+        return merged[jnp.asarray(lay.unmerge)]
+    else:
+      index = jnp.asarray(self.item.layout.index, jnp.int32)
+      def one(px):
+        return fam._encode(vision_params, cfg, px, index)  # pylint: disable=protected-access
+    dtype = jax.tree.leaves(vision_params)[0].dtype
+    return jax.vmap(one)(pixels.astype(dtype))
