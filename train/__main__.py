@@ -1,0 +1,35 @@
+"""python -m train --config configs/<name>.py[:arg] --workdir DIR [--config.key=value ...]
+
+Multi-host: every host runs the same command with --coordinator HOST:PORT --num_processes N
+--process_id I (or nothing on a TPU pod, where jax.distributed finds its peers itself when
+--distributed is given).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and the draft.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from train import cli
+  cli.setup()
+  import jax
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  from train import trainer
+  out = trainer.train(_CONFIG.value, _WORKDIR.value)
+  logging.info("finished at step %d; draft: %s", out["step"], out["draft"])
+
+
+if __name__ == "__main__":
+  app.run(main)

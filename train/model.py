@@ -1,0 +1,211 @@
+"""The math of one training step: target features, draft passes, losses, per-depth accuracy.
+
+Shapes: B batch, L padded length (right padding), E hidden, V vocab. Alignment (EAGLE, see
+vispec-reference.md 2.5 and 6.6): draft position i sees (f_i, e_{i+1}) and predicts f_{i+1},
+whose lm_head distribution p_{i+1} is the target's prediction of token i + 2.
+
+  f      target last-layer features (after the final norm)     [B, L, E]  no gradient
+  e      target input embeddings (vision features at vision tokens)
+  x_i    (f_i + noise, e_{i+1})  ->  draft  ->  h_i  ->  z_i = lm_head(h_i)
+  loss   terms of train/losses.py between (h_i, z_i) and (f_{i+1}, p_{i+1}), on positions i with
+         token i + mask_offset an answer token
+
+Passes (`passes`): EAGLE / ViSpec: pass 0 on the noisy target features, then `mtp_steps` passes
+that feed the draft its own previous outputs shifted by one (the reference's anti-shortcut
+scheme, section 6.4; gradients flow through the fed-back predictions), all against the same
+targets. Medusa: head k on f_i predicts f_{i+k+1} (token i + k + 2). The loss averages the passes.
+
+Evaluation (`depth_accuracy`): top-1 accuracy of draft step k = 1..D given the previous k - 1
+tokens right -- the draft runs on its own features for k - 1 steps from real features, with the
+data's (the target's greedy) tokens. For the one-layer draft this is exact in one call per step:
+step-k queries attend the real keys up to the chain's start plus the chain's own k - 1 keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from train import losses
+from vispec_jax import draft as draft_lib
+from vispec_jax.medusa import head_forward
+from vispec_jax.models import decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Everything static about a training step (hashable: a jit static argument)."""
+  drafter: Any                       # EagleDrafter / ViSpecDrafter / MedusaDrafter
+  text: Any                          # target TextConfig
+  weights: tuple[tuple[str, float], ...]
+  mtp_steps: int = 0
+  mask_offset: int = 2
+  noise_scale: float = 0.0
+  noise_ref_len: int = 512
+  noise_per_length: bool = True
+  vision: Any = None                 # train.targets.VisionAdapter (online mode with images)
+  precomputed: bool = False
+  mrope: bool = False
+
+  @property
+  def kind(self) -> str:
+    return self.drafter.cfg.kind
+
+
+def shift_left(x: jax.Array, n: int = 1) -> jax.Array:
+  """x[:, i] <- x[:, i + n], zeros at the end."""
+  if n == 0:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (0, n)
+  return jnp.pad(x[:, n:], pad)
+
+
+def head_params(target_params) -> dict:
+  return draft_lib.head_params(target_params["text"])
+
+
+def target_features(spec: Spec, target_params, batch) -> tuple[jax.Array, jax.Array]:
+  """(features f, input embeddings e) [B, L, E] of the frozen target (no gradient)."""
+  if spec.precomputed:
+    return batch["features"], batch["embeds"]
+  text = target_params["text"]
+  ids, attn = batch["ids"], batch["attention_mask"]
+  dtype = text["embed"].dtype
+  embeds = decoder.embed_tokens(text, ids, dtype)
+  if spec.vision is not None and "pixels" in batch:
+    vis = spec.vision.encode(target_params["vision"], batch["pixels"]).astype(dtype)  # [B, NV, E]
+    index = batch["vision_index"]
+    picked = jnp.take_along_axis(vis, jnp.maximum(index, 0)[..., None], axis=1)
+    embeds = jnp.where((index >= 0)[..., None], picked, embeds)
+  pos = batch["positions"]                                       # [B, R, L]
+  pos = jnp.transpose(pos, (1, 0, 2)) if spec.mrope else pos[:, 0]
+  t = ids.shape[1]
+  mask = jnp.tril(jnp.ones((t, t), bool))[None] & attn[:, None, :]
+  hidden, _ = decoder.forward(text, spec.text, embeds, pos, mask)
+  return jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(embeds)
+
+
+def draft_inputs(batch, embeds: jax.Array):
+  """(next embeddings e_{i+1} (zero past the end), image_slots: token i + 1 is a vision token)."""
+  attn = batch["attention_mask"]
+  nxt = shift_left(attn)
+  next_embeds = jnp.where(nxt[..., None], shift_left(embeds), 0).astype(embeds.dtype)
+  image_slots = shift_left(batch["vision_index"] >= 0) & attn
+  return next_embeds, image_slots
+
+
+def position_mask(batch, shift: int, offset: int) -> jax.Array:
+  """bool[B, L]: draft position i (predicting f_{i+shift}) is supervised iff token
+  i + shift - 1 + offset is an answer token and f_{i+shift} exists."""
+  answer = shift_left(batch["answer"], shift - 1 + offset)
+  i = jnp.arange(answer.shape[1])[None, :]
+  return answer & (i + shift < batch["lengths"][:, None])
+
+
+def add_noise(spec: Spec, key: jax.Array, f: jax.Array, lengths: jax.Array) -> jax.Array:
+  """Uniform feature noise: f + (U[0,1) - 0.5) * scale * (ref_len / S), S = sequence length."""
+  if not spec.noise_scale:
+    return f
+  scale = jnp.full(lengths.shape, spec.noise_scale, jnp.float32)
+  if spec.noise_per_length:
+    scale = scale * spec.noise_ref_len / jnp.maximum(lengths, 1).astype(jnp.float32)
+  u = jax.random.uniform(key, f.shape, jnp.float32)
+  return (f.astype(jnp.float32) + (u - 0.5) * scale[:, None, None]).astype(f.dtype)
+
+
+def passes(spec: Spec, params, f_in: jax.Array, next_embeds, batch, image_slots):
+  """(draft outputs h [P, B, L, E], shifts: P ints): pass k's h_i is compared with f_{i+s_k}.
+
+  EAGLE / ViSpec: 1 + mtp_steps passes, each fed the previous pass's outputs shifted by one (a
+  `lax.scan`, so the draft compiles once), all with shift 1. Medusa: head k, shift k + 1."""
+  if spec.kind == "medusa":
+    n = spec.drafter.cfg.medusa_heads
+    return jnp.stack([head_forward(params, k, f_in) for k in range(n)]), tuple(range(1, n + 1))
+  attn = batch["attention_mask"]
+
+  def one_pass(feats, _):
+    h = spec.drafter.prompt_forward(params, feats, next_embeds, attn, image_slots)[0]
+    fed = jnp.concatenate([f_in[:, :1], h[:, :-1].astype(f_in.dtype)], axis=1)  # shifted by 1
+    return fed, h
+
+  _, hs = jax.lax.scan(one_pass, f_in, None, length=1 + spec.mtp_steps)
+  return hs, (1,) * (1 + spec.mtp_steps)
+
+
+def _per_pass(fn, shifts):
+  """Stacks fn(shift) over the passes (a broadcast when every pass has the same shift)."""
+  if len(set(shifts)) == 1:
+    a = fn(shifts[0])
+    return jnp.broadcast_to(a, (len(shifts),) + a.shape)
+  return jnp.stack([fn(s) for s in shifts])
+
+
+def loss_fn(spec: Spec, params, head, f, embeds, batch, key):
+  """(total loss, metrics) of one batch. The terms pool the supervised positions of all passes
+  (the reference's loss over the concatenated passes); metrics hold each term (unweighted),
+  the top-1 accuracy of every pass and the number of supervised positions."""
+  f_in = add_noise(spec, key, f, batch["lengths"])
+  next_embeds, image_slots = draft_inputs(batch, embeds)
+  p_all = losses.target_probs(decoder.logits(head, f))      # p_j for every position j
+  hs, shifts = passes(spec, params, f_in, next_embeds, batch, image_slots)
+  p = _per_pass(lambda s: shift_left(p_all, s), shifts)
+  target = _per_pass(lambda s: shift_left(f, s), shifts)
+  mask = _per_pass(lambda s: position_mask(batch, s, spec.mask_offset), shifts)
+  z = decoder.logits(head, hs)
+  weights = dict(spec.weights)
+  values = losses.terms(hs, target, z, p, mask, weights)
+  total = losses.total_loss(values, weights)
+  metrics = {f"loss/{k}": v for k, v in values.items()}
+  hit = (jnp.argmax(z, -1) == jnp.argmax(p, -1)).astype(jnp.float32)
+  for k in range(len(shifts)):
+    metrics[f"acc_{k + 1}"] = losses.masked_mean(hit[k], mask[k])
+  metrics["positions"] = jnp.sum(mask[0])
+  metrics["loss"] = total
+  return total, metrics
+
+
+def depth_accuracy(spec: Spec, params, head, f, embeds, batch, depth: int) -> dict:
+  """Top-1 accuracy of draft steps 1..depth (see the module docstring); Medusa: of each head."""
+  next_embeds, image_slots = draft_inputs(batch, embeds)
+  p_all = decoder.logits(head, f)
+  out = {}
+  if spec.kind == "medusa":
+    for k in range(min(depth, spec.drafter.cfg.medusa_heads)):
+      z = decoder.logits(head, head_forward(params, k, f))
+      mask = position_mask(batch, k + 1, spec.mask_offset)
+      hit = jnp.argmax(z, -1) == jnp.argmax(shift_left(p_all, k + 1), -1)
+      out[f"acc_{k + 1}"] = losses.masked_mean(hit.astype(jnp.float32), mask)
+    return out
+  drafter, cfg = spec.drafter, spec.drafter.cfg
+  attn = batch["attention_mask"]
+  b, L, _ = f.shape
+  x0, keys, extra = drafter.prompt_inputs(params, f, next_embeds, attn, image_slots)
+  pos = draft_lib.prompt_positions(attn)
+  slots = depth * L
+  cache = (jnp.zeros((b, slots, cfg.num_kv_heads, cfg.head_dim), x0.dtype),) * 2
+  key_block = jnp.arange(slots) // L            # block of every cache slot
+  key_pos = jnp.arange(slots) % L
+  key_ok = jnp.where(key_block[None] == 0, jnp.tile(keys, (1, depth)), jnp.tile(attn, (1, depth)))
+  t = jnp.arange(L)[:, None]
+  state = types.SimpleNamespace(extra=extra)
+  target_tok = jnp.argmax(shift_left(p_all, 1), -1)
+  mask = position_mask(batch, 1, spec.mask_offset)
+  x, h = x0, None
+  for k in range(depth):
+    if k:
+      prev = jnp.pad(h[:, :-1], ((0, 0), (1, 0), (0, 0)))   # h_{k-1} at t - 1: the fed feature
+      x = draft_lib.fuse(params, next_embeds, drafter.features_in(params, state, prev))
+    start = t - k                                          # the chain's last real position
+    sees = (((key_block[None] == 0) & (key_pos[None] <= start))
+            | ((key_block[None] >= 1) & (key_block[None] <= k)
+               & (key_pos[None] == start + key_block[None])))  # [L, slots]
+    h, cache = draft_lib.layer_forward(params, cfg, x, pos, sees[None] & key_ok[:, None, :],
+                                       cache, k * L)
+    hit = jnp.argmax(decoder.logits(head, h), -1) == target_tok
+    out[f"acc_{k + 1}"] = losses.masked_mean(hit.astype(jnp.float32), mask & (t[:, 0] >= k)[None])
+  return out
