@@ -55,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
       input="synthetic:16", image_size=(224, 224), system_prompt=REFERENCE_SYSTEM,
       instruction=REFERENCE_INSTRUCTION, max_new_tokens=1024, batch_size=8, chunk_size=64,
       store_features=False, feature_dtype="float32", worker=0, num_workers=1, progress=True,
-      question_key="question", image_key="image", crash_after_chunks=-1,  # tests: SIGKILL
+      question_key="question", image_key="image", answer_key=placeholder(str),
+      crash_after_chunks=-1,  # tests: SIGKILL after that many chunks
       tfds_data_dir=placeholder(str)))
 
   # Training data: the TFDS dataset datagen wrote (data.dir / vispec_draft_data / data.name).

@@ -125,3 +125,23 @@ def test_bad_inputs_are_named(tiny_qwen_dir, tmp_path):
   config.datagen.max_new_tokens = 7
   with pytest.raises(ValueError, match="max_new_tokens"):
     datagen.check_signature(config)
+
+
+def test_tfds_input_with_kept_answers(tiny_qwen_dir, tmp_path):
+  """A TFDS dataset as input (the scenes dataset), keeping its answers (no generation)."""
+  from vispec_jax import scenes_tfds
+  tfds_dir = str(tmp_path / "tfds")
+  scenes_tfds.build(tfds_dir, train=3, validation=0)
+  config = make_config(tiny_qwen_dir, tmp_path / "out", input="tfds:scenes_dataset:train",
+                       tfds_data_dir=tfds_dir, answer_key="answer", max_new_tokens=40)
+  datagen.run(config)
+  records, _ = read_all(config)
+  target = vj.load_target(tiny_qwen_dir)
+  src = datagen.load_inputs("tfds:scenes_dataset:train", config.datagen)
+  for i, rec in enumerate(records):
+    ex = src[i]
+    want = target.tokenizer(ex["answer"], add_special_tokens=False)["input_ids"][:40]
+    answer = rec["tokens"][int(rec["prompt_length"]):]
+    np.testing.assert_array_equal(answer, want + [target.config.eos_token_ids[0]])
+    assert ex["question"] in target.tokenizer.decode(rec["tokens"])
+    np.testing.assert_array_equal(rec["image"], np.asarray(ex["image"].resize((56, 56))))

@@ -11,8 +11,10 @@ the answer as one token sequence with a loss mask on the answer. An input that c
 Inputs (`datagen.input`):
   path/to/file.jsonl      one {"question": str, "image": path (relative to the file) or null,
                           "answer": optional str} per line
-  tfds:NAME[/CONFIG]:SPLIT a TFDS dataset readable without TensorFlow (array_record), with
-                          fields `datagen.question_key`, `datagen.image_key` (uint8 or PNG bytes)
+  tfds:NAME[/CONFIG]:SPLIT a TFDS dataset readable without TensorFlow (array_record) under
+                          `datagen.tfds_data_dir`, with fields `datagen.question_key`,
+                          `datagen.image_key` (uint8 or PNG bytes) and, if
+                          `datagen.answer_key` is set, answers to keep instead of generating
   synthetic:N             N generated test pictures with a handful of questions (tests, demos)
 
 Images are resized to `datagen.image_size` (height, width) before the target sees them, so all
@@ -121,7 +123,7 @@ class _Tfds:
     import tensorflow_datasets as tfds
     name, split = spec.rsplit(":", 1)
     self.src = tfds.data_source(name, split=split, data_dir=cfg.get("tfds_data_dir"))
-    self.q, self.im = cfg.question_key, cfg.image_key
+    self.q, self.im, self.a = cfg.question_key, cfg.image_key, cfg.get("answer_key")
 
   def __len__(self):
     return len(self.src)
@@ -136,7 +138,11 @@ class _Tfds:
       img = Image.open(io.BytesIO(img)).convert("RGB")
     elif img is not None:
       img = Image.fromarray(np.asarray(img, np.uint8)).convert("RGB")
-    return {"question": q, "image": img}
+    out = {"question": q, "image": img}
+    if self.a:  # keep the dataset's answers instead of generating (stage-1 style)
+      a = ex[self.a]
+      out["answer"] = a.decode() if isinstance(a, bytes) else str(a)
+    return out
 
 
 # ------------------------------------------------------------------------- prompting
@@ -305,7 +311,7 @@ def chunk_path(config, k: int) -> str:
 
 
 SIGNATURE_KEYS = ("input", "image_size", "system_prompt", "instruction", "max_new_tokens",
-                  "chunk_size", "store_features", "feature_dtype")
+                  "chunk_size", "store_features", "feature_dtype", "answer_key")
 
 
 def check_signature(config) -> None:

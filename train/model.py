@@ -169,6 +169,37 @@ def loss_fn(spec: Spec, params, head, f, embeds, batch, key):
   return total, metrics
 
 
+def chain_hidden(spec: Spec, params, f, next_embeds, attn, image_slots, depth: int):
+  """[h_0, ..., h_{depth-1}], each [B, L, E]: h_k at position t is the draft's output after k
+  steps on its own features, starting from the real features up to position t - k (so h_k_t
+  predicts f_{t+1}, like h_0). One layer-call per step: the step-k queries attend the real keys
+  up to the chain's start plus the chain's own k keys, through a cache of depth x L slots."""
+  drafter, cfg = spec.drafter, spec.drafter.cfg
+  b, L, _ = f.shape
+  x, keys, extra = drafter.prompt_inputs(params, f, next_embeds, attn, image_slots)
+  pos = draft_lib.prompt_positions(attn)
+  slots = depth * L
+  cache = (jnp.zeros((b, slots, cfg.num_kv_heads, cfg.head_dim), x.dtype),) * 2
+  key_block = jnp.arange(slots) // L            # pass that wrote each cache slot
+  key_pos = jnp.arange(slots) % L
+  key_ok = jnp.where(key_block[None] == 0, jnp.tile(keys, (1, depth)), jnp.tile(attn, (1, depth)))
+  t = jnp.arange(L)[:, None]
+  state = types.SimpleNamespace(extra=extra)    # what features_in reads (ViSpec: g)
+  hs = []
+  for k in range(depth):
+    if k:
+      prev = jnp.pad(hs[-1][:, :-1], ((0, 0), (1, 0), (0, 0)))  # h_{k-1} at t - 1: fed feature
+      x = draft_lib.fuse(params, next_embeds, drafter.features_in(params, state, prev))
+    start = t - k                                                # the chain's last real position
+    sees = (((key_block[None] == 0) & (key_pos[None] <= start))
+            | ((key_block[None] >= 1) & (key_block[None] <= k)
+               & (key_pos[None] == start + key_block[None])))   # [L, slots]
+    h, cache = draft_lib.layer_forward(params, cfg, x, pos, sees[None] & key_ok[:, None, :],
+                                       cache, k * L)
+    hs.append(h)
+  return hs
+
+
 def depth_accuracy(spec: Spec, params, head, f, embeds, batch, depth: int) -> dict:
   """Top-1 accuracy of draft steps 1..depth (see the module docstring); Medusa: of each head."""
   next_embeds, image_slots = draft_inputs(batch, embeds)
@@ -181,31 +212,11 @@ def depth_accuracy(spec: Spec, params, head, f, embeds, batch, depth: int) -> di
       hit = jnp.argmax(z, -1) == jnp.argmax(shift_left(p_all, k + 1), -1)
       out[f"acc_{k + 1}"] = losses.masked_mean(hit.astype(jnp.float32), mask)
     return out
-  drafter, cfg = spec.drafter, spec.drafter.cfg
-  attn = batch["attention_mask"]
-  b, L, _ = f.shape
-  x0, keys, extra = drafter.prompt_inputs(params, f, next_embeds, attn, image_slots)
-  pos = draft_lib.prompt_positions(attn)
-  slots = depth * L
-  cache = (jnp.zeros((b, slots, cfg.num_kv_heads, cfg.head_dim), x0.dtype),) * 2
-  key_block = jnp.arange(slots) // L            # block of every cache slot
-  key_pos = jnp.arange(slots) % L
-  key_ok = jnp.where(key_block[None] == 0, jnp.tile(keys, (1, depth)), jnp.tile(attn, (1, depth)))
-  t = jnp.arange(L)[:, None]
-  state = types.SimpleNamespace(extra=extra)
+  hs = chain_hidden(spec, params, f, next_embeds, batch["attention_mask"], image_slots, depth)
   target_tok = jnp.argmax(shift_left(p_all, 1), -1)
   mask = position_mask(batch, 1, spec.mask_offset)
-  x, h = x0, None
-  for k in range(depth):
-    if k:
-      prev = jnp.pad(h[:, :-1], ((0, 0), (1, 0), (0, 0)))   # h_{k-1} at t - 1: the fed feature
-      x = draft_lib.fuse(params, next_embeds, drafter.features_in(params, state, prev))
-    start = t - k                                          # the chain's last real position
-    sees = (((key_block[None] == 0) & (key_pos[None] <= start))
-            | ((key_block[None] >= 1) & (key_block[None] <= k)
-               & (key_pos[None] == start + key_block[None])))  # [L, slots]
-    h, cache = draft_lib.layer_forward(params, cfg, x, pos, sees[None] & key_ok[:, None, :],
-                                       cache, k * L)
-    hit = jnp.argmax(decoder.logits(head, h), -1) == target_tok
-    out[f"acc_{k + 1}"] = losses.masked_mean(hit.astype(jnp.float32), mask & (t[:, 0] >= k)[None])
+  t = jnp.arange(f.shape[1])[None, :]
+  for k, h in enumerate(hs):
+    hit = (jnp.argmax(decoder.logits(head, h), -1) == target_tok).astype(jnp.float32)
+    out[f"acc_{k + 1}"] = losses.masked_mean(hit, mask & (t >= k))
   return out
