@@ -101,6 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 500          # 0: no eval
   c.eval_batches = 8
   c.eval_depth = 4            # top-1 accuracy of draft steps 1..eval_depth
+  # tau (accepted draft tokens per target forward) of speculative decoding with the draft on
+  # the first `prompts` held-out prompts (0: off; single-process runs), greedy, EAGLE-2 tree.
+  c.eval_tau = ml_collections.ConfigDict(dict(prompts=0, max_new_tokens=64, depth=3, top_k=8,
+                                              total_tokens=30))
 
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, use_async=True))
   c.export_draft = True       # workdir/draft: a draft folder `vj.load_draft` reads

@@ -147,9 +147,9 @@ def runs(tiny_qwen_dir, tmp_path_factory):
   r.smoke_targets = {"llava": testing.make_tiny_llava(os.path.join(root, "llava")),
                      "next": testing.make_tiny_llava(os.path.join(root, "llava_next"), next=True),
                      "pre": tiny_qwen_dir}
-  cases = [("stage=1", r.smoke_targets["llava"], "llava", False),
-           ("draft=medusa", r.smoke_targets["next"], "next", True),
-           ("features=precomputed", tiny_qwen_dir, "pre", False)]
+  cases = [("stage=1", r.smoke_targets["llava"], "llava", False, 0),
+           ("draft=medusa", r.smoke_targets["next"], "next", True, 0),
+           ("features=precomputed", tiny_qwen_dir, "pre", True, 2)]
   script = SMOKE.format(cases=cases, root=root)
   r.start("smoke", lambda: r.run(["-c", script], module=None))
   yield r
@@ -238,7 +238,7 @@ SMOKE = """
 from train import cli; cli.setup()
 from configs import tiny_qwen
 from train import datagen, trainer
-for arg, folder, name, evals in {cases!r}:
+for arg, folder, name, evals, tau in {cases!r}:
   c = tiny_qwen.get_config(arg)
   c.target.folder = folder
   c.data.dir, c.data.name = {root!r} + "/smoke_data", name
@@ -246,24 +246,29 @@ for arg, folder, name, evals in {cases!r}:
   c.datagen.update(dict(input="synthetic:6", max_new_tokens=8, progress=False))
   c.update(dict(total_steps=3, eval_every=3 if evals else 0, eval_batches=1, eval_depth=2,
                 progress=False, batch_size=2))
+  c.eval_tau.update(dict(prompts=tau, max_new_tokens=8))
   datagen.run(c)
   out = trainer.train(c, {root!r} + "/smoke_" + name)
   print("RESULT", name, out["step"], out["metrics"]["loss"],
-        out["eval"].get("eval/acc_1", -1), out["draft"], flush=True)
+        out["eval"].get("eval/acc_1", -1), out["eval"].get("eval/tau", -1), out["draft"],
+        flush=True)
 """
 
 
 def test_every_draft_kind_and_target(runs):
   """Stage 1 (EAGLE draft, stage-1 losses) on LLaVA-1.5, Medusa on LLaVA-NeXT, ViSpec trained
-  from stored (precomputed) features on Qwen2.5-VL: datagen, 3 steps, eval, export, load."""
+  from stored (precomputed) features on Qwen2.5-VL: datagen, 3 steps, eval (per-depth accuracy;
+  tau of speculative decoding with the trained draft), export, load."""
   rc, out = runs.result("smoke")
   assert rc == 0, out[-4000:]
   results = [line.split() for line in out.splitlines() if line.startswith("RESULT")]
   assert [r[1] for r in results] == ["llava", "next", "pre"]
   kinds = {"llava": "eagle", "next": "medusa", "pre": "vispec"}
-  for _, name, step, loss, acc, folder in results:
+  for _, name, step, loss, acc, tau, folder in results:
     assert int(step) == 3 and np.isfinite(float(loss))
-    assert 0 <= float(acc) <= 1 if name == "next" else float(acc) == -1
+    assert 0 <= float(acc) <= 1 if name != "llava" else float(acc) == -1
+    # tau of speculative decoding with the trained draft on 2 held-out prompts (tree depth 3).
+    assert 0 <= float(tau) <= 3 if name == "pre" else float(tau) == -1
     draft = vj.load_draft(folder, vj.load_target(runs.smoke_targets[name]))
     assert draft.config.kind == kinds[name]
 

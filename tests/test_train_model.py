@@ -145,36 +145,29 @@ def test_loss_fn_is_the_weighted_terms(batch):
   assert dataclasses.replace(spec).kind == "medusa"
 
 
-def test_logical_axis_rules_on_7b_shapes():
-  """The sharding of every draft and target parameter kind, on the shapes of Qwen2.5-VL-7B
-  (jax.eval_shape: nothing is allocated), for a (data, fsdp, tensor) = (2, 8, 4) mesh."""
-  import types
+def test_training_shardings_on_7b_shapes():
+  """Draft and target shardings from the library's logical-axis table on the shapes of
+  Qwen2.5-VL-7B (nothing allocated), for a (data, fsdp, tensor) = (2, 8, 4) mesh; the batch is
+  split over data x fsdp."""
   from jax.sharding import PartitionSpec as P
   from train import sharding
-  mesh = types.SimpleNamespace(shape={"data": 2, "fsdp": 8, "tensor": 4})
+  from vispec_jax import sharding as vs
+  from vispec_jax.models import decoder
+  mesh = vs.MeshShape(data=2, fsdp=8, tensor=4)
   text = TextConfig(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
                     num_heads=28, num_kv_heads=4, head_dim=128, qkv_bias=True)
-  shapes = draft_lib.param_shapes(vj.DraftConfig.for_target(text, kind="vispec"))
-  specs = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
-           sharding.spec(sharding.param_axes(path, x.shape), x.shape, mesh)
-           for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
-  assert specs["layer/attn/q/kernel"] == P("fsdp", "tensor")
-  assert specs["layer/attn/o/kernel"] == P("tensor", "fsdp")
-  assert specs["layer/mlp/down/kernel"] == P("tensor", "fsdp")
-  assert specs["fc/kernel"] == P("fsdp", "tensor")
-  assert specs["adaptor/q"] == P(None, "tensor", None)
-  assert specs["layer/attn/q/bias"] == P(None) and specs["layer/post_norm/scale"] == P(None)
-  from vispec_jax.models import decoder
-  head = decoder.param_shapes(text)
-  for name, want in (("embed", P("tensor", "fsdp")), ("lm_head", P("fsdp", "tensor"))):
-    leaf = head[name] if name == "embed" else head[name]["kernel"]
-    path = (jax.tree_util.DictKey(name),) + (() if name == "embed" else
-                                            (jax.tree_util.DictKey("kernel"),))
-    assert sharding.spec(sharding.param_axes(path, leaf.shape), leaf.shape, mesh) == want
-  # A dimension the mesh axes do not divide stays whole; a batch over data x fsdp.
-  odd = (jax.tree_util.DictKey("q"), jax.tree_util.DictKey("kernel"))
-  assert sharding.spec(sharding.param_axes(odd, (60, 6)), (60, 6), mesh) == P(None, None)
+  dcfg = vj.DraftConfig.for_target(text, kind="vispec")
+  specs = vs.param_specs(draft_lib.param_shapes(dcfg), mesh, dcfg.head_dim, sharding.rules())
+  assert specs["layer"]["attn"]["q"]["kernel"] == P("fsdp", "tensor")
+  assert specs["layer"]["attn"]["o"]["kernel"] == P("tensor", "fsdp")
+  assert specs["layer"]["mlp"]["down"]["kernel"] == P("tensor", "fsdp")
+  assert specs["layer"]["post_norm"]["scale"] == P(None)
+  head = vs.param_specs(decoder.param_shapes(text), mesh, 128, sharding.rules())
+  assert head["embed"] == P("tensor", "fsdp") and head["lm_head"]["kernel"] == P("fsdp", "tensor")
   assert sharding.batch_divisor(mesh) == 16
+  assert sharding.rules({"embed": None})["embed"] is None
+  with pytest.raises(ValueError, match="unknown logical axis"):
+    sharding.rules({"nope": "data"})
 
 
 @pytest.mark.parametrize("name,arg,kind", [("tiny_qwen", None, "vispec"),

@@ -104,6 +104,15 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def target_head_dims(cfg) -> dict[str, int]:
+  """Head size per params subtree (a head is never split across devices)."""
+  dims = {"text": cfg.text.head_dim}
+  vision = cfg.vision
+  if vision is not None:
+    dims["vision"] = getattr(vision, "clip", vision).head_dim
+  return dims
+
+
 def make_spec(config, target, dcfg, meta) -> model.Spec:
   precomputed = config.data.features == "precomputed"
   if config.data.features not in ("online", "precomputed"):
@@ -152,6 +161,30 @@ def eval_step(spec, depth, params, batch, target_params):
   out = {"loss": metrics["loss"], **{k: v for k, v in metrics.items() if k.startswith("loss/")}}
   out.update(model.depth_accuracy(spec, params, head, f, embeds, batch, depth))
   return out
+
+
+def speculative_tau(config, target, dcfg, params, records, image_hw) -> dict:
+  """tau of greedy speculative decoding (`vj.speculative_generate`) with the draft on held-out
+  prompts: each record's prompt (and image) without its answer, one batch."""
+  from PIL import Image
+  rows, items = [], []
+  for rec in records:
+    rows.append(np.asarray(rec["tokens"][:int(rec["prompt_length"])], np.int32))
+    its = []
+    if image_hw and int(rec.get("has_image", 0)):
+      its.append(target.family.preprocess_image(target.image_processor, target.config,
+                                                Image.fromarray(np.asarray(rec["image"]))))
+    items.append(its)
+  batch = datagen.rows_to_batch(target, rows, items)
+  t = config.eval_tau
+  tree = vj.TreeConfig(depth=t.depth, top_k=t.top_k, total_tokens=t.total_tokens)
+  out = vj.speculative_generate(target, vj.make_drafter(dcfg), params, batch, tree=tree,
+                                max_new_tokens=t.max_new_tokens)
+  stats = jax.device_get(out.stats)
+  return {"eval/tau": float(np.sum(stats.accepted) / max(np.sum(stats.target_forwards), 1)),
+          "eval/tokens_per_forward": float(
+              (np.sum(stats.accepted) + np.sum(stats.target_forwards))
+              / max(np.sum(stats.target_forwards), 1))}
 
 
 # ---------------------------------------------------------------------------- logging
@@ -211,10 +244,10 @@ def train(config, workdir: str) -> dict:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
   pid, nproc = jax.process_index(), jax.process_count()
   mesh = sharding.make_mesh(config.mesh)
-  rules = tuple(tuple(r) for r in config.sharding.rules) if config.sharding.rules else sharding.RULES
-  if config.batch_size % sharding.batch_divisor(mesh, rules):
+  rules = sharding.rules(config.sharding.rules)
+  if config.batch_size % sharding.batch_divisor(mesh):
     raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
-                     f"{sharding.batch_divisor(mesh, rules)} devices the batch is split over")
+                     f"{sharding.batch_divisor(mesh)} devices the batch is split over")
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, nproc)
 
   target = targets.load_target(config.target.folder, config.target.dtype,
@@ -247,7 +280,7 @@ def train(config, workdir: str) -> dict:
   sched = schedule(config, total, warmup)
   tx = make_optimizer(config, sched)
   host_params = init_draft_params(config, dcfg, target, jax.random.PRNGKey(config.seed))
-  param_sh = sharding.param_shardings(host_params, mesh, rules)
+  param_sh = sharding.param_shardings(host_params, mesh, dcfg.head_dim, rules)
   params = put_global(host_params, param_sh)
   repl = sharding.replicated(mesh)
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, host_params),
@@ -259,7 +292,8 @@ def train(config, workdir: str) -> dict:
   target_params = target.params
   if spec.precomputed:  # only the embedding and lm_head are needed
     target_params = {"text": model.head_params(target_params)}
-  target_params = put_global(target_params, sharding.param_shardings(target_params, mesh, rules))
+  target_params = put_global(target_params, sharding.param_shardings(
+      target_params, mesh, target_head_dims(target.config), rules))
 
   # Checkpoints: resume from the newest one.
   mngr = ocp.CheckpointManager(
@@ -285,7 +319,7 @@ def train(config, workdir: str) -> dict:
 
   def device_batch(batch):
     batch = {k: v for k, v in batch.items() if k not in data.HOST_KEYS}
-    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim, rules), v)
+    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
             for k, v in batch.items()}
 
   def evaluate():
@@ -297,7 +331,13 @@ def train(config, workdir: str) -> dict:
       for k, v in out.items():
         sums[k] = sums.get(k, 0.0) + float(v)
       n += 1
-    return {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+    out = {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+    if config.eval_tau.prompts and nproc == 1:
+      held = eval_idx if len(eval_idx) else train_idx
+      records = [source[int(i)] for i in held[:config.eval_tau.prompts]]
+      out.update(speculative_tau(config, target, dcfg, jax.device_get(state["params"]), records,
+                                 meta.get("image_hw")))
+    return out
 
   def save_now():
     mngr.wait_until_finished()
@@ -316,7 +356,18 @@ def train(config, workdir: str) -> dict:
       batch = next(train_iter)
       ids = batch["global_index"].tolist()
       tokens += int(batch["global_tokens"])
-      state, metrics = step_fn(state, device_batch(batch), target_params)
+      dbatch = device_batch(batch)
+      if step == start:  # compile up front: report the compile time and memory per device
+        t0 = time.time()
+        mem = step_fn.lower(state, dbatch, target_params).compile().memory_analysis()
+        info = {"compile_s": time.time() - t0}
+        if mem is not None:
+          info["memory_per_device_mb"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**20
+        logging.info("train step: %s", info)
+        logger.write(step, info)
+        t_log = time.time()
+      state, metrics = step_fn(state, dbatch, target_params)
       step += 1
       pending.append((step, metrics, ids))
       if step % config.log_every == 0 or step == total:
