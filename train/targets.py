@@ -50,10 +50,13 @@ def resolve_folder(spec: str, cache_dir: str | None = None) -> str:
   return spec
 
 
-def load_target(spec: str, dtype: str = "float32", cache_dir: str | None = None) -> vj.Target:
+def load_target(spec: str, dtype: str = "float32", cache_dir: str | None = None,
+                mesh=None) -> vj.Target:
+  """With a `mesh`, every weight goes straight into its sharded layout (no full copy on one
+  device)."""
   if dtype not in DTYPES:
     raise ValueError(f"unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
-  return vj.load_target(resolve_folder(spec, cache_dir), dtype=DTYPES[dtype])
+  return vj.load_target(resolve_folder(spec, cache_dir), dtype=DTYPES[dtype], mesh=mesh)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

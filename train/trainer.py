@@ -250,8 +250,11 @@ def train(config, workdir: str) -> dict:
                      f"{sharding.batch_divisor(mesh)} devices the batch is split over")
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, nproc)
 
+  # The frozen target, loaded straight into the library's sharded layout (or resharded below
+  # when this experiment overrides the rules).
   target = targets.load_target(config.target.folder, config.target.dtype,
-                               config.target.get("cache_dir"))
+                               config.target.get("cache_dir"),
+                               mesh=None if config.sharding.rules else mesh)
   source, meta = data.open_dataset(datagen.dataset_dir(config))
   if config.data.limit:  # e.g. overfitting checks
     source = data.Subset(source, config.data.limit)
@@ -292,8 +295,9 @@ def train(config, workdir: str) -> dict:
   target_params = target.params
   if spec.precomputed:  # only the embedding and lm_head are needed
     target_params = {"text": model.head_params(target_params)}
-  target_params = put_global(target_params, sharding.param_shardings(
-      target_params, mesh, target_head_dims(target.config), rules))
+  if config.sharding.rules:
+    target_params = put_global(target_params, sharding.param_shardings(
+        target_params, mesh, target_head_dims(target.config), rules))
 
   # Checkpoints: resume from the newest one.
   mngr = ocp.CheckpointManager(
@@ -346,7 +350,9 @@ def train(config, workdir: str) -> dict:
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())))
 
   stop = {"sigterm": False}
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+  import threading  # pylint: disable=import-outside-toplevel
+  in_main = threading.current_thread() is threading.main_thread()  # signals need the main thread
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) if in_main else None
   logger = Logger(workdir, total, start, config.progress and pid == 0)
   step, last, last_eval = start, {}, {}
   pending, t_log, tokens = [], time.time(), 0
@@ -403,7 +409,8 @@ def train(config, workdir: str) -> dict:
       save_now()
     mngr.wait_until_finished()
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    if in_main:
+      signal.signal(signal.SIGTERM, previous)
     logger.close()
   if pending:  # stopped between two log steps
     for s, m, i in jax.device_get(pending):
