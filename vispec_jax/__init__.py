@@ -9,6 +9,7 @@ Public surface:
   speculative_generate(target, drafter, draft_params, batch, tree=TreeConfig(), ...)
                                        tree speculative decoding, one jitted while_loop
                                        (drafter = draft.drafter or make_drafter(cfg))
+  TextStreamer(tokenizer)              on_tokens= for either loop: prints text as rounds land
 """
 
 from vispec_jax.checkpoints import CheckpointError
@@ -20,6 +21,7 @@ from vispec_jax.medusa import MedusaDrafter
 from vispec_jax.vispec_draft import ViSpecDrafter
 from vispec_jax.processing import Batch, InputError, load_image
 from vispec_jax.speculative import SpecOutput, SpecStats, speculative_fn, speculative_generate
+from vispec_jax.streaming import TextStreamer
 from vispec_jax.target import Target, init_target, load_target, prepare
 from vispec_jax.tree import TreeConfig
 
@@ -27,6 +29,6 @@ __all__ = [
     "Batch", "CheckpointError", "ConfigError", "Draft", "DraftConfig", "EagleDrafter",
     "GenerateOutput", "MedusaDrafter", "ViSpecDrafter", "load_draft", "make_drafter", "save_draft",
     "GenerationConfig", "InputError", "QwenVisionConfig", "SpecOutput", "SpecStats", "Target",
-    "TargetConfig", "TextConfig", "TreeConfig", "generate", "init_target", "load_image",
-    "load_target", "prepare", "speculative_fn", "speculative_generate", "trim",
+    "TargetConfig", "TextConfig", "TextStreamer", "TreeConfig", "generate", "init_target",
+    "load_image", "load_target", "prepare", "speculative_fn", "speculative_generate", "trim",
 ]

@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 
 from vispec_jax import sampling
 from vispec_jax.configs import GenerationConfig, TextConfig
@@ -50,10 +51,18 @@ def prefill(params, cfg: TextConfig, embeds, positions, attention_mask, cache_le
   return hidden, cache, key_valid
 
 
+def emit(on_tokens, tokens: jax.Array, counts: jax.Array) -> None:
+  """Streaming: hands one step's new tokens (row b's are tokens[b, :counts[b]]) to the host
+  function `on_tokens`, in order. `on_tokens` is static: when it is None (the default) the
+  compiled program has no callback and no host transfer."""
+  if on_tokens is not None:
+    io_callback(on_tokens, None, tokens, counts, ordered=True)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
-                                             "use_top_p", "eos_ids", "pad_id"))
+                                             "use_top_p", "eos_ids", "pad_id", "on_tokens"))
 def _generate(params, embeds, positions, attention_mask, next_position, key, temperature, top_p,
-              *, cfg, max_new_tokens, greedy, top_k, use_top_p, eos_ids, pad_id):
+              *, cfg, max_new_tokens, greedy, top_k, use_top_p, eos_ids, pad_id, on_tokens=None):
   b, p, _ = embeds.shape
   mrope = positions.ndim == 3
   select = functools.partial(sampling.select_tokens, greedy=greedy, temperature=temperature,
@@ -66,6 +75,7 @@ def _generate(params, embeds, positions, attention_mask, next_position, key, tem
   tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
   done = jnp.isin(first, eos)
   lengths = jnp.ones((b,), jnp.int32)
+  emit(on_tokens, first[:, None], lengths)
 
   def cond(state):
     step, _, done, *_ = state
@@ -82,6 +92,7 @@ def _generate(params, embeds, positions, attention_mask, next_position, key, tem
     key, sub = jax.random.split(key)
     nxt = select(decoder.logits(params, h[:, 0]), sub)
     nxt = jnp.where(done, pad_id, nxt)
+    emit(on_tokens, nxt[:, None], (~done).astype(jnp.int32))
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, step))
     lengths = lengths + (~done).astype(jnp.int32)
     done = done | jnp.isin(nxt, eos)
@@ -94,11 +105,13 @@ def _generate(params, embeds, positions, attention_mask, next_position, key, tem
 
 def generate(target, batch: Batch, max_new_tokens: int = 128, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, key: jax.Array | None = None,
-             embeds: jax.Array | None = None) -> GenerateOutput:
+             embeds: jax.Array | None = None, on_tokens=None) -> GenerateOutput:
   """Generates up to `max_new_tokens` per row; greedy when temperature == 0.
 
   One compiled program per (batch shape, max_new_tokens, sampling mode); prompts of the same
-  length bucket reuse it. `embeds` may be passed to skip re-encoding the images.
+  length bucket reuse it. `embeds` may be passed to skip re-encoding the images. `on_tokens`
+  streams: a host function `f(tokens int32[B, n], counts int32[B])` called with each step's new
+  tokens (e.g. `vj.TextStreamer`); it is part of the compiled program, so reuse one object.
   """
   gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
   if embeds is None:
@@ -112,7 +125,7 @@ def generate(target, batch: Batch, max_new_tokens: int = 128, temperature: float
       jnp.float32(max(gen.temperature, 1e-6)), jnp.float32(gen.top_p),
       cfg=cfg.text, max_new_tokens=gen.max_new_tokens, greedy=gen.temperature == 0,
       top_k=gen.top_k, use_top_p=gen.top_p < 1.0, eos_ids=tuple(cfg.eos_token_ids),
-      pad_id=cfg.pad_token_id)
+      pad_id=cfg.pad_token_id, on_tokens=on_tokens)
 
 
 def trim(output: GenerateOutput) -> list[list[int]]:

@@ -149,10 +149,11 @@ def tree_mask(committed: jax.Array, anc: jax.Array, base: jax.Array) -> jax.Arra
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "drafter", "tree_cfg", "max_new_tokens",
-                                             "greedy", "top_k", "use_top_p", "eos_ids", "pad_id"))
+                                             "greedy", "top_k", "use_top_p", "eos_ids", "pad_id",
+                                             "on_tokens"))
 def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_position,
                      vision_mask, key, temperature, top_p, *, cfg, drafter, tree_cfg,
-                     max_new_tokens, greedy, top_k, use_top_p, eos_ids, pad_id):
+                     max_new_tokens, greedy, top_k, use_top_p, eos_ids, pad_id, on_tokens=None):
   """The whole speculative generation as one jittable function of arrays (see module doc).
 
   Args:
@@ -162,7 +163,8 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
     next_position: int32[B]; vision_mask: bool[B, P] (vision tokens, for the ViSpec adaptor).
     key: PRNG key; temperature, top_p: float32 scalars (used when sampling).
     Static: cfg (TextConfig), drafter, tree_cfg (TreeConfig), max_new_tokens, greedy, top_k,
-    use_top_p, eos_ids (tuple), pad_id.
+    use_top_p, eos_ids (tuple), pad_id, on_tokens (None, or a host function streaming each
+    round's emitted tokens, see `decoding.emit`).
   Returns: SpecOutput(tokens [B, max_new_tokens], lengths [B], stats).
   """
   b, p, _ = embeds.shape
@@ -183,6 +185,7 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
 
   out = jnp.full((b, max_new_tokens + n_emit), pad_id, jnp.int32).at[:, 0].set(root)
   count = jnp.ones((b,), jnp.int32)
+  decoding.emit(on_tokens, root[:, None], count)
   done = jnp.isin(root, eos) | (count >= max_new_tokens)
   stats = SpecStats(jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32),
                     jnp.zeros((b, dmax + 1), jnp.int32), jnp.ones((b,), jnp.int32))
@@ -223,6 +226,7 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
     n_new = jnp.minimum(jnp.minimum(a + 1, first_eos + 1), max_new_tokens - count)
     n_new = jnp.where(done, 0, n_new)
     new = jnp.where(j < n_new[:, None], new, pad_id)
+    decoding.emit(on_tokens, new, n_new)
     out = jax.vmap(lambda o, v, i: jax.lax.dynamic_update_slice(o, v, (i,)))(out, new, count)
     # Commit the accepted path: KV compaction in the target, catch-up in the draft.
     advance = jnp.where(done, 0, a + 1)
@@ -254,13 +258,14 @@ def _levels(tree_cfg: tree_lib.TreeConfig):
 
 def speculative_fn(config, drafter, tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),
                    max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
-                   top_p: float = 1.0):
+                   top_p: float = 1.0, on_tokens=None):
   """A pure function of arrays with these settings fixed, for use inside the caller's own jit:
 
       fn(target_text_params, draft_params, embeds, positions, attention_mask, next_position,
          vision_mask, key) -> SpecOutput
 
-  `config` is the target's TargetConfig; the array arguments are those of `speculative_loop`.
+  `config` is the target's TargetConfig; the array arguments are those of `speculative_loop`;
+  `on_tokens` streams each round's tokens to a host function (see `generate`).
   """
   gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
   def fn(tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask, key):
@@ -269,7 +274,7 @@ def speculative_fn(config, drafter, tree: tree_lib.TreeConfig = tree_lib.TreeCon
         jnp.float32(max(gen.temperature, 1e-6)), jnp.float32(gen.top_p), cfg=config.text,
         drafter=drafter, tree_cfg=tree, max_new_tokens=gen.max_new_tokens,
         greedy=gen.temperature == 0, top_k=gen.top_k, use_top_p=gen.top_p < 1.0,
-        eos_ids=tuple(config.eos_token_ids), pad_id=config.pad_token_id)
+        eos_ids=tuple(config.eos_token_ids), pad_id=config.pad_token_id, on_tokens=on_tokens)
   return fn
 
 
@@ -277,14 +282,16 @@ def speculative_generate(target, drafter, draft_params, batch: Batch,
                          tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),
                          max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                          top_p: float = 1.0, key: jax.Array | None = None,
-                         embeds: jax.Array | None = None) -> SpecOutput:
+                         embeds: jax.Array | None = None, on_tokens=None) -> SpecOutput:
   """Speculative generation with `drafter` (e.g. `vj.make_drafter(cfg)`) and its params.
 
   Greedy output is token-identical to `vj.generate`; with temperature > 0 it is distributed
   exactly as vanilla sampling with the same temperature/top-k/top-p. `embeds` may be passed to
-  skip re-encoding the images.
+  skip re-encoding the images. `on_tokens` streams each round's accepted tokens, as in
+  `vj.generate`.
   """
-  fn = speculative_fn(target.config, drafter, tree, max_new_tokens, temperature, top_k, top_p)
+  fn = speculative_fn(target.config, drafter, tree, max_new_tokens, temperature, top_k, top_p,
+                      on_tokens)
   if embeds is None:
     embeds = target.embed(target.params, batch)
   if key is None:
