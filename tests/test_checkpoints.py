@@ -81,6 +81,21 @@ def test_unknown_architecture(tiny_qwen_dir, tmp_path):
     vj.load_target(folder)
 
 
+def test_unknown_config_keys_are_ignored(tiny_qwen_dir, tmp_path):
+  """Keys we do not read (top level, text_config, vision_config) change nothing, as in
+  transformers."""
+  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  path = os.path.join(folder, "config.json")
+  with open(path) as f:
+    raw = json.load(f)
+  raw.update(some_future_option=True, quantization_hint={"bits": 4})
+  raw["text_config"]["layer_types"] = ["full_attention"] * 2
+  raw["vision_config"]["unused_flag"] = 1
+  with open(path, "w") as f:
+    json.dump(raw, f)
+  assert vj.load_target(folder).config == vj.load_target(tiny_qwen_dir).config
+
+
 def test_missing_tensor_is_named(tiny_qwen_dir, tmp_path):
   folder = _copy(tiny_qwen_dir, tmp_path / "m")
   _rewrite(folder, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))

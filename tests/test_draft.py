@@ -317,6 +317,17 @@ def test_bad_configs(tmp_path):
   with pytest.raises(vj.CheckpointError, match="no config.json"):
     os.makedirs(tmp_path / "d")
     vj.load_draft(str(tmp_path / "d"))
+  with pytest.raises(vj.CheckpointError, match="model_type 'qwen2_5_vl' is not a draft"):
+    vj.load_draft(write_official(tmp_path / "e", sd, official_config(model_type="qwen2_5_vl")))
+
+
+def test_official_config_extra_keys_are_ignored(tmp_path):
+  """Reference configs carry keys a draft does not use (forks add their own): ignored."""
+  sd = official_state_dict()
+  plain = vj.load_draft(write_official(tmp_path / "a", sd, official_config(model_type="llama")))
+  extra = official_config(model_type="llama", num_hidden_levels=3, vis_select_tokens=64,
+                          use_cache=True, transformers_version="4.49.0")
+  assert vj.load_draft(write_official(tmp_path / "b", sd, extra)).config == plain.config
 
 
 # ----------------------------------------------------------- forward vs NumPy reference

@@ -1,22 +1,11 @@
 """Image loading: odd formats are converted, bad files give one clear InputError."""
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
 import vispec_jax as vj
-from vispec_jax import processing
-
-
-def _png_header_only(path, width, height):
-  """A PNG whose header claims width x height; the data is cut short (never decoded)."""
-  def chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"x"))
+from vispec_jax import processing, testing
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "I;16", "L", "LA", "P", "RGBA", "F"])
@@ -43,6 +32,7 @@ def test_modes_convert_to_rgb(tmp_path, mode):
     ("text", "cannot read image"),
     ("truncated", "cannot read image"),
     ("huge", "too large"),
+    ("zero-width", "cannot read image"),
     ("directory", "not a file"),
 ])
 def test_bad_images(tmp_path, case, msg):
@@ -55,8 +45,15 @@ def test_bad_images(tmp_path, case, msg):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(path)
     path.write_bytes(path.read_bytes()[:60])
   elif case == "huge":
-    _png_header_only(path, 20000, 20000)
+    testing.png_header_only(path, 20000, 20000)
+  elif case == "zero-width":
+    testing.png_header_only(path, 0, 10)
   elif case == "directory":
     path.mkdir()
   with pytest.raises(vj.InputError, match=msg):
     processing.load_image(str(path))
+
+
+def test_zero_size_pil_image():
+  with pytest.raises(vj.InputError, match="zero size: 0x5"):
+    vj.load_image(Image.new("RGB", (0, 5)))

@@ -121,7 +121,12 @@ class TargetConfig:
 
   @staticmethod
   def from_hf(raw: dict[str, Any]) -> "TargetConfig":
-    """Builds a config from the dict of a Hugging Face `config.json`."""
+    """Builds a config from the dict of a Hugging Face `config.json`.
+
+    Keys we do not read are ignored, as transformers ignores them (real configs carry many:
+    use_cache, initializer_range, torch_dtype, ...); an unknown architecture, or a key we need
+    that is missing or has an unsupported value, is a ConfigError.
+    """
     archs = raw.get("architectures") or []
     model_type = raw.get("model_type")
     if model_type == "qwen2_5_vl" or "Qwen2_5_VLForConditionalGeneration" in archs:

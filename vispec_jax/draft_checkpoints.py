@@ -106,11 +106,20 @@ def native_name_map(cfg: DraftConfig) -> NameMap:
 
 
 def _official_config(raw: dict, header: dict[str, dict], folder: str) -> DraftConfig:
-  """DraftConfig from a reference draft config.json; the kind and num_q from the tensors."""
+  """DraftConfig from a reference draft config.json; the kind and num_q from the tensors.
+
+  The reference configs are LLaMA configs (model_type "llama") that carry many keys a draft
+  does not use (torch_dtype, use_cache, a fork's own options): those are ignored, as
+  transformers ignores them. Another model_type means the folder is not a draft.
+  """
   def need(key):
     if key not in raw:
       raise CheckpointError(f"{folder}/config.json: missing key {key!r}")
     return raw[key]
+  if raw.get("model_type", "llama") != "llama":
+    raise CheckpointError(f"{folder}/config.json: model_type {raw['model_type']!r} is not a "
+                          "draft (ViSpec/EAGLE/Medusa drafts have model_type 'llama'); is this "
+                          "the target's folder?")
   if raw.get("rope_scaling"):
     raise CheckpointError(f"{folder}/config.json: rope_scaling {raw['rope_scaling']} is not "
                           "supported for drafts")

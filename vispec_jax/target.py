@@ -244,7 +244,8 @@ def _expand_placeholders(ids: np.ndarray, items, cfg: TargetConfig, fam) -> np.n
       out.append(t)
       continue
     if not queue[kind]:
-      raise InputError(f"prompt has more {kind} placeholders than {kind}s given")
+      raise InputError(f"prompt has more {kind} placeholders than {kind}s given; mark where "
+                       f"{kind}s go with {processing.IMAGE_MARKER}, not the model's {kind} token")
     it = queue[kind].pop(0)
     out.extend([t] * it.num_tokens)
   left = [k for k, q in queue.items() if q]

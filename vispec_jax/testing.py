@@ -257,6 +257,18 @@ def scene_image(width: int = 112, height: int = 84, seed: int = 0):
   return Image.fromarray(a)
 
 
+def png_header_only(path, width: int, height: int) -> None:
+  """Writes a PNG whose header claims width x height but whose data is cut short: a huge or
+  zero-size image for tests, without the memory a real one would take."""
+  import struct
+  import zlib
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"x"))
+
+
 if __name__ == "__main__":
   out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/vispec-tiny-qwen"
   print(make_tiny_qwen(out))
