@@ -42,6 +42,10 @@ examples:
   # a batch from a JSON-lines file: {"prompt": "...", "images": ["a.png"], "videos": []} per line
   python -m infer.generate --model DIR --prompts questions.jsonl --json
 
+  # print the answer while it is generated (each accepted round at once, also with --draft)
+  python -m infer.generate --model DIR --draft DRAFT_DIR --image cat.png --prompt "Describe." \\
+      --stream
+
 Without <image> markers, images and videos come before the prompt text.
 --json prints {"answer", "tokens", "num_tokens", "prompt_tokens", "seconds",
 "tokens_per_second"} (one object per line with --prompts; with --draft also "tau",
@@ -96,12 +100,17 @@ def parse_args(argv):
   p.add_argument("--warmup", action="store_true",
                  help="generate once before the timed run, so seconds excludes compilation")
   p.add_argument("--json", action="store_true", help="print one JSON object instead of the answer")
+  p.add_argument("--stream", action="store_true",
+                 help="print the answer as it is generated (one --prompt; not with --json)")
   return p.parse_args(argv)
 
 
 def validate(args):
   if args.prompt is not None and not args.prompt.strip():
     raise UsageError("--prompt is empty")
+  if args.stream and (args.prompts or args.json or args.warmup):
+    raise UsageError("--stream prints one answer as plain text: use it with --prompt, "
+                     "without --prompts, --json or --warmup")
   if args.prompts is not None and (args.image or args.video):
     raise UsageError("--image/--video go inside the --prompts file, one list per line")
   for name in ("tree_depth", "tree_top_k", "tree_tokens"):
@@ -203,8 +212,10 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
                         f"tokens)") from None
   if mesh is not None:
     batch = sharding.shard_batch(batch, mesh)
+  streamer = vj.TextStreamer(target.tokenizer) if args.stream else None
   options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                 top_k=args.top_k, top_p=args.top_p, key=jax.random.PRNGKey(args.seed))
+                 top_k=args.top_k, top_p=args.top_p, key=jax.random.PRNGKey(args.seed),
+                 on_tokens=streamer)
   if args.tree == "chain":
     tree = vj.TreeConfig(paths=tuple((0,) * d for d in range(1, args.tree_depth + 1)))
   else:
@@ -221,6 +232,8 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
   start = time.perf_counter()
   out = gen()
   seconds = time.perf_counter() - start
+  if streamer is not None:
+    streamer.finish()
   results = []
   for i, tokens in enumerate(vj.trim(out)):
     r = {
@@ -241,6 +254,8 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
 
 def main(argv=None) -> int:
   args = parse_args(argv)  # usage errors exit 2 here
+  if hasattr(sys.stdout, "reconfigure"):  # not in a notebook
+    sys.stdout.reconfigure(errors="replace")  # random models decode to stray bytes
   try:
     validate(args)
     with contextlib.ExitStack() as stack:
@@ -250,7 +265,9 @@ def main(argv=None) -> int:
     return 2
   except KeyboardInterrupt:
     return 130
-  sys.stdout.reconfigure(errors="replace")  # random models decode to stray bytes
+  if args.stream:
+    print()  # the answer itself was printed while it was generated
+    return 0
   for r in results:
     print(json.dumps(r) if args.json else r["answer"])
   return 0

@@ -107,6 +107,20 @@ def _zero_bytes(tmp_path):
   return path
 
 
+def _truncated_png(tmp_path):
+  path = tmp_path / "cut.png"
+  testing.scene_image().save(path)
+  path.write_bytes(path.read_bytes()[:200])
+  return path
+
+
+def _huge_png(tmp_path):
+  """A 20000x20000 PNG header (the data is never decoded: refused from the header)."""
+  path = tmp_path / "huge.png"
+  testing.png_header_only(path, 20000, 20000)
+  return path
+
+
 # (id, model folder maker or None for the good model, image maker or None for the good image,
 #  extra args, a fragment the error line must contain)
 BAD = [
@@ -128,6 +142,15 @@ BAD = [
     ("empty-prompt", None, None, ["--prompt", ""], "prompt"),
     ("blank-prompt", None, None, ["--prompt", "   "], "prompt"),
     ("video-without-frames", None, None, ["--video", "/no/such/frames_*.png"], "frames"),
+    ("truncated-image", None, _truncated_png, [], "cannot read image"),
+    ("huge-image", None, _huge_png, [], "too large"),
+    ("more-markers-than-images", None, None, ["--prompt", "Compare <image> with <image>."],
+     "2 <image> markers but 1"),
+    ("more-images-than-markers", None, None, ["--image", "{image}", "--prompt", "Is <image> red?"],
+     "1 <image> markers but 2"),
+    ("image-token-in-prompt-text", None, None, ["--prompt", "Describe <|image_pad|>."],
+     "more image placeholders than images"),
+    ("stream-with-json", None, None, ["--stream", "--json"], "--stream"),
 ]
 
 
@@ -136,6 +159,7 @@ BAD = [
 def test_bad_input(model, image, tmp_path, make_model, make_image, extra, fragment):
   folder = make_model(model, tmp_path) if make_model else model
   img = make_image(tmp_path) if make_image else image
+  extra = [str(a).replace("{image}", image) for a in extra]
   # The last --prompt / --max-new-tokens wins, so `extra` may override these defaults.
   r = cli("--model", folder, "--image", img, "--prompt", "Describe.",
           "--max-new-tokens", MAX_NEW, *extra)
@@ -156,17 +180,29 @@ def test_argparse_errors_exit_2(model):
 
 @pytest.fixture(scope="module")
 def draft_dirs(model, tmp_path_factory):
-  """A random ViSpec draft for the tiny model, and one for a model of another width."""
+  """A random ViSpec draft for the tiny model, and bad ones: made for a model of another width
+  or vocabulary, and one whose config has a field we do not know."""
+  import dataclasses
   import jax
   import vispec_jax as vj
   target = vj.load_target(model)
   base = tmp_path_factory.mktemp("cli_drafts")
   cfg = vj.DraftConfig.for_target(target.config.text, kind="vispec")
-  good = vj.save_draft(str(base / "good"), cfg, vj.draft.init_params(cfg, jax.random.PRNGKey(0)))
-  import dataclasses
-  other = dataclasses.replace(cfg, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=2)
-  bad = vj.save_draft(str(base / "other"), other, vj.draft.init_params(other, jax.random.PRNGKey(0)))
-  return good, bad
+  def save(name, c):
+    return vj.save_draft(str(base / name), c, vj.draft.init_params(c, jax.random.PRNGKey(0)))
+  dirs = {
+      "good": save("good", cfg),
+      "other-hidden": save("other-hidden", dataclasses.replace(
+          cfg, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=2)),
+      "other-vocab": save("other-vocab", dataclasses.replace(cfg, vocab_size=cfg.vocab_size + 8)),
+      "unknown-field": save("unknown-field", cfg),
+      "target-as-draft": model,
+  }
+  config = base / "unknown-field" / "config.json"
+  raw = json.loads(config.read_text())
+  raw["vispec_jax_draft"]["num_experts"] = 4
+  config.write_text(json.dumps(raw))
+  return dirs
 
 
 def _prompts_file(tmp_path, image):
@@ -178,8 +214,9 @@ def _prompts_file(tmp_path, image):
 
 def test_draft_with_prompts_file_matches_vanilla(model, image, draft_dirs, tmp_path):
   prompts = _prompts_file(tmp_path, image)
-  spec = cli("--model", model, "--prompts", prompts, "--draft", draft_dirs[0], "--tree", "dynamic",
-             "--tree-depth", 2, "--tree-top-k", 3, "--tree-tokens", 6, "--max-new-tokens", 6, "--json")
+  spec = cli("--model", model, "--prompts", prompts, "--draft", draft_dirs["good"],
+             "--tree", "dynamic", "--tree-depth", 2, "--tree-top-k", 3, "--tree-tokens", 6,
+             "--max-new-tokens", 6, "--json")
   assert spec.returncode == 0, spec.stderr
   vanilla = cli("--model", model, "--prompts", prompts, "--max-new-tokens", 6, "--json")
   assert vanilla.returncode == 0, vanilla.stderr
@@ -211,9 +248,26 @@ def test_bad_prompts_file(model, tmp_path, make_file, fragment):
   assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr
 
 
-def test_draft_for_another_target(model, image, draft_dirs):
-  r = cli("--model", model, "--image", image, "--prompt", "Describe.", "--draft", draft_dirs[1],
+@pytest.mark.parametrize("name,fragment", [
+    ("other-hidden", "draft hidden_size is 32"), ("other-vocab", "draft vocab_size"),
+    ("unknown-field", "unknown draft config fields ['num_experts']"),
+    ("target-as-draft", "model_type 'qwen2_5_vl' is not a draft")])
+def test_bad_draft(model, image, draft_dirs, name, fragment):
+  r = cli("--model", model, "--image", image, "--prompt", "Describe.", "--draft", draft_dirs[name],
           "--max-new-tokens", MAX_NEW)
   assert r.returncode == 2 and "Traceback" not in r.stderr
   lines = [l for l in r.stderr.splitlines() if l.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error: ") and "hidden" in lines[0], r.stderr
+  assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr
+  assert r.stdout == ""
+
+
+def test_stream_prints_the_answer(model, image, draft_dirs):
+  """--stream with a draft prints, piece by piece, the answer vanilla decoding gives."""
+  ask = ("--model", model, "--image", image, "--prompt", "Describe the image.",
+         "--max-new-tokens", 8)
+  streamed = cli(*ask, "--draft", draft_dirs["good"], "--tree", "chain", "--tree-depth", 2,
+                 "--stream")
+  assert streamed.returncode == 0, streamed.stderr
+  vanilla = cli(*ask, "--json")
+  assert vanilla.returncode == 0, vanilla.stderr
+  assert streamed.stdout == json.loads(vanilla.stdout)["answer"] + "\n"
