@@ -1,6 +1,8 @@
 """Benchmarks of vispec-jax against references, measured in one process.
 
     python -m infer.bench vanilla [--new-tokens 128] [--repeats 5] [--json out.json]
+    python -m infer.bench spec [--batch 1 4] [--trees ...] [--mesh data=2,tensor=4]
+    python -m infer.bench pieces [--batch 1]
 
 `vanilla`: tokens/s of `vj.generate` (greedy) against transformers' PyTorch
 `Qwen2_5_VLForConditionalGeneration.generate` on the same random checkpoint folder (a
@@ -8,7 +10,8 @@
 prompt, same number of new tokens (EOS disabled on both sides). Both are warmed up, then timed
 alternately; the table shows the median over repeats, and the token ids of both are compared.
 
-Subcommands are argparse subparsers so that later benchmarks (`table`, `length`, ...) slot in.
+`spec` (infer/bench_spec.py) times speculative against vanilla decoding with oracle and random
+drafts; `pieces` (infer/bench_pieces.py) times the parts of a speculative round.
 Timings move from run to run on shared machines: compare the ratio, not absolute numbers.
 """
 
@@ -178,16 +181,18 @@ def main(argv=None) -> int:
                       "without intra-op threads), a fairer comparison on a loaded machine; "
                       "0 (default): each library's own default")
   v.add_argument("--json", help="also write the results to this JSON file")
-  from infer import bench_spec
+  from infer import bench_pieces, bench_spec
   bench_spec.add_parser(sub)
+  bench_pieces.add_parser(sub)
   args = parser.parse_args(argv)
-  if args.command == "spec":
-    print(bench_spec.HEADER)
-    rows = bench_spec.run_spec(args)
+  if args.command in ("spec", "pieces"):
+    if args.command == "spec":
+      print(bench_spec.HEADER)
+    rows = (bench_spec.run_spec if args.command == "spec" else bench_pieces.run_pieces)(args)
     if args.json:
       with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
-    return 0 if all(r["identical"] for r in rows) else 1
+    return 0 if all(r.get("identical", True) for r in rows) else 1
   if args.threads not in (0, 1):
     parser.error("--threads must be 0 (library defaults) or 1")
   if args.threads == 1:

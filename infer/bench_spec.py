@@ -6,6 +6,7 @@ trained draft can do:
   oracle  already knows the target's greedy answer: every round accepts the deepest path
           (the upper bound: the speedup of a perfect draft with this tree);
   random  an EAGLE drafter with random weights: accepts ~nothing (pure overhead).
+With --mesh the target loads straight into its sharded layout and the batch is split over `data`.
 Reported per case: tau (accepted draft tokens per target forward), tokens/s of both, the speedup
 and efficiency = speedup / (tau + 1). Outputs are checked token-identical to vanilla.
 """
@@ -31,19 +32,24 @@ def run_spec(args) -> list[dict]:
   import jax.numpy as jnp
 
   import vispec_jax as vj
-  from vispec_jax import draft, testing
+  from vispec_jax import draft, sharding, testing
   from infer.bench import BENCH_PROMPT, write_bench_checkpoint
 
-  target = vj.load_target(write_bench_checkpoint(args.folder))
+  mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+  target = vj.load_target(write_bench_checkpoint(args.folder), mesh=mesh)
   target = dataclasses.replace(target, config=dataclasses.replace(target.config, eos_token_ids=()))
   n = args.new_tokens
   dcfg = draft.DraftConfig.for_target(target.config.text)
   random_params = draft.init_params(dcfg, jax.random.PRNGKey(7))
+  if mesh is not None:
+    random_params = sharding.shard_params(random_params, mesh, dcfg.head_dim)
   rows = []
   for b in args.batch:
     prompts = [BENCH_PROMPT] * b
     images = [[testing.scene_image(224, 224, seed=i)] for i in range(b)]
     batch = vj.prepare(target, prompts, images=images)
+    if mesh is not None:
+      batch = sharding.shard_batch(batch, mesh)
 
     def vanilla():
       return np.asarray(jax.block_until_ready(vj.generate(target, batch, n).tokens))
@@ -99,6 +105,9 @@ def add_parser(sub):
   p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
   p.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
   p.add_argument("--drafters", nargs="+", default=["oracle", "random"], choices=["oracle", "random"])
-  p.add_argument("--folder", default="/tmp/vispec-bench-model")
+  p.add_argument("--folder", default="/tmp/vispec-bench-model",
+                 help="checkpoint folder (the benchmark model is written there if absent)")
+  p.add_argument("--mesh", default=None, metavar="SPEC",
+                 help="shard target, draft and batch over a device mesh, e.g. 'data=2,tensor=4'")
   p.add_argument("--json", default=None, help="also write the rows to this JSON file")
   return p
