@@ -36,6 +36,8 @@ def run_spec(args) -> list[dict]:
   from infer.bench import BENCH_PROMPT, write_bench_checkpoint
 
   mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+  if mesh is not None:
+    jax.set_mesh(mesh)  # this process only: the KV caches made inside the programs follow RULES
   target = vj.load_target(write_bench_checkpoint(args.folder), mesh=mesh)
   target = dataclasses.replace(target, config=dataclasses.replace(target.config, eos_token_ids=()))
   n = args.new_tokens

@@ -5,6 +5,7 @@ greedy tokens of vanilla and speculative decoding (random EAGLE draft) and per-d
 shapes of some parameters. MESH "none" runs unsharded on one device.
 """
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 
 import vispec_jax as vj
 from vispec_jax import draft, sharding, testing
+from vispec_jax.models import decoder
 
 def run(folder, mesh_spec):
   mesh = None if mesh_spec == "none" else sharding.make_mesh(mesh_spec)
@@ -29,13 +31,18 @@ def run(folder, mesh_spec):
   dparams = draft.init_params(dcfg, jax.random.PRNGKey(1))
   if mesh is not None:
     dparams = sharding.shard_params(dparams, mesh, dcfg.head_dim)
-  vanilla = vj.generate(target, batch, 16)
-  spec = vj.speculative_generate(target, draft.EagleDrafter(dcfg), dparams, batch, max_new_tokens=16)
+  # Under the mesh, the KV caches created inside the programs follow the rules (sharding.constrain).
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    vanilla = vj.generate(target, batch, 16)
+    spec = vj.speculative_generate(target, draft.EagleDrafter(dcfg), dparams, batch,
+                                   max_new_tokens=16)
+    cache = jax.jit(lambda: decoder.init_cache(target.config.text, 8, 32))()
   text = target.params["text"]
   shards = {
       "q_kernel": text["layers"][0]["attn"]["q"]["kernel"],
       "mlp_up": text["layers"][0]["mlp"]["up"]["kernel"],
       "embed": text["embed"],
+      "kv_cache": cache[0][0],
   }
   return {
       "vanilla": np.asarray(vanilla.tokens).tolist(),

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vispec_jax import layers
+from vispec_jax import layers, sharding
 from vispec_jax.configs import TextConfig
 from vispec_jax.models import decoder
 
@@ -260,7 +260,8 @@ class EagleDrafter:
     b, p, e = ctx.embeds.shape
     cfg = self.cfg
     image_slots = jnp.pad(ctx.vision_mask[:, 1:], ((0, 0), (0, 1))) & ctx.attention_mask
-    cache = (jnp.zeros((b, ctx.cache_len, cfg.num_kv_heads, cfg.head_dim), ctx.embeds.dtype),) * 2
+    cache = (sharding.constrain(jnp.zeros((b, ctx.cache_len, cfg.num_kv_heads, cfg.head_dim),
+                                          ctx.embeds.dtype), sharding.CACHE_AXES),) * 2
     h, keys, positions, extra, cache = self.prompt_forward(
         params, ctx.features, shifted_embeds(head, ctx), ctx.attention_mask, image_slots, cache)
     state = DraftState(cache=[cache], prompt_valid=keys, length=jnp.full((b,), p, jnp.int32),

@@ -105,6 +105,19 @@ def spec_for(axes: tuple, shape: tuple[int, ...], mesh: Mesh, rules=RULES,
   return P(*out)
 
 
+def constrain(x: jax.Array, axes: tuple[str | None, ...], rules=RULES) -> jax.Array:
+  """Pins `x` (inside jit) to the layout the rules give its logical `axes`, on the mesh set with
+  `jax.set_mesh(mesh)`; a no-op without one. Used for arrays created inside the program (KV
+  caches), whose layout would otherwise be left to XLA's propagation."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
+
+
+CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")  # every KV cache: [B, S, K, D]
+
+
 def heads_granule(head_dim: int) -> dict[str, int]:
   return {"heads": head_dim, "kv_heads": head_dim}
 

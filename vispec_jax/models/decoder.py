@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vispec_jax import layers
+from vispec_jax import layers, sharding
 from vispec_jax.configs import TextConfig
 
 Params = layers.Params
@@ -22,7 +22,8 @@ KVCache = list  # [(k [B, S, K, D], v [B, S, K, D]) per layer]
 
 def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
   shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+  zeros = lambda: sharding.constrain(jnp.zeros(shape, dtype), sharding.CACHE_AXES)
+  return [(zeros(), zeros()) for _ in range(cfg.num_layers)]
 
 
 def embed_tokens(params: Params, tokens: jax.Array, dtype=None) -> jax.Array:
