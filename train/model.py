@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from train import losses
+from train import lm, losses
 from vispec_jax import draft as draft_lib
 from vispec_jax.medusa import head_forward
 from vispec_jax.models import decoder
@@ -73,20 +73,7 @@ def target_features(spec: Spec, target_params, batch) -> tuple[jax.Array, jax.Ar
   """(features f, input embeddings e) [B, L, E] of the frozen target (no gradient)."""
   if spec.precomputed:
     return batch["features"], batch["embeds"]
-  text = target_params["text"]
-  ids, attn = batch["ids"], batch["attention_mask"]
-  dtype = text["embed"].dtype
-  embeds = decoder.embed_tokens(text, ids, dtype)
-  if spec.vision is not None and "pixels" in batch:
-    vis = spec.vision.encode(target_params["vision"], batch["pixels"]).astype(dtype)  # [B, NV, E]
-    index = batch["vision_index"]
-    picked = jnp.take_along_axis(vis, jnp.maximum(index, 0)[..., None], axis=1)
-    embeds = jnp.where((index >= 0)[..., None], picked, embeds)
-  pos = batch["positions"]                                       # [B, R, L]
-  pos = jnp.transpose(pos, (1, 0, 2)) if spec.mrope else pos[:, 0]
-  t = ids.shape[1]
-  mask = jnp.tril(jnp.ones((t, t), bool))[None] & attn[:, None, :]
-  hidden, _ = decoder.forward(text, spec.text, embeds, pos, mask)
+  hidden, embeds = lm.forward(spec.text, spec.vision, target_params, batch)
   return jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(embeds)
 
 

@@ -58,3 +58,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_divisor(mesh) -> int:
   """The global batch must be a multiple of this (the devices the batch is split over)."""
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def head_dims(cfg) -> dict[str, int]:
+  """Head size per subtree of a target's params (a head is never split across devices)."""
+  dims = {"text": cfg.text.head_dim}
+  vision = cfg.vision
+  if vision is not None:
+    dims["vision"] = getattr(vision, "clip", vision).head_dim
+  return dims

@@ -14,29 +14,23 @@
                                                 data iterator's position (async, keep N)
   at the end                                    workdir/draft: a folder `vj.load_draft` reads
 
-A restarted run continues from the newest checkpoint exactly: same params, optimizer state, noise
-(keyed by step) and next batch.
+The optimizer, state placement, checkpoints, logging and the loop itself are shared with the
+target trainer (`train/loop.py`). A restarted run continues from the newest checkpoint exactly:
+same params, optimizer state, noise (keyed by step) and next batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import signal
-import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
-from jax.experimental import multihost_utils
 
-from train import data, datagen, model, sharding, targets
+from train import data, datagen, loop, model, sharding, targets
 import vispec_jax as vj
 from vispec_jax import draft as draft_lib
 
@@ -66,51 +60,6 @@ def init_draft_params(config, dcfg, target, key):
     raise ValueError(f"cannot start a {dcfg.kind} draft from a {loaded.config.kind} draft "
                      f"({config.draft.init_from})")
   return params
-
-
-def schedule(config, total_steps: int, warmup: int):
-  """Linear warmup to optim.lr, then linear decay to 0 at the last step."""
-  lr = config.optim.lr
-  warmup = max(0, min(warmup, total_steps))
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, max(warmup, 1)),
-       optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))], [warmup])
-
-
-def make_optimizer(config, sched) -> optax.GradientTransformation:
-  """Gradient clipping (by value, the reference's 0.5; and/or by global norm), then AdamW."""
-  o = config.optim
-  parts = []
-  if o.clip_value:
-    parts.append(optax.clip(o.clip_value))
-  if o.clip_norm:
-    parts.append(optax.clip_by_global_norm(o.clip_norm))
-  parts.append(optax.adamw(sched, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
-  return optax.chain(*parts)
-
-
-def put_global(tree, shardings):
-  """Host values (the same on every process) -> global arrays with the given shardings."""
-  def one(x, s):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
-  return jax.tree.map(one, tree, shardings)
-
-
-def to_host(tree):
-  """Global arrays -> NumPy on every process (gathers shards other processes hold)."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def target_head_dims(cfg) -> dict[str, int]:
-  """Head size per params subtree (a head is never split across devices)."""
-  dims = {"text": cfg.text.head_dim}
-  vision = cfg.vision
-  if vision is not None:
-    dims["vision"] = getattr(vision, "clip", vision).head_dim
-  return dims
 
 
 def make_spec(config, target, dcfg, meta) -> model.Spec:
@@ -146,11 +95,8 @@ def train_step(spec, tx, seed, state, batch, target_params):
     return model.loss_fn(spec, params, head, f, embeds, batch, key)
 
   (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
   metrics["grad_norm"] = optax.global_norm(grads)
-  new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-  return new, metrics
+  return loop.apply_gradients(tx, state, grads), metrics
 
 
 def eval_step(spec, depth, params, batch, target_params):
@@ -185,53 +131,6 @@ def speculative_tau(config, target, dcfg, params, records, image_hw) -> dict:
           "eval/tokens_per_forward": float(
               (np.sum(stats.accepted) + np.sum(stats.target_forwards))
               / max(np.sum(stats.target_forwards), 1))}
-
-
-# ---------------------------------------------------------------------------- logging
-
-
-class Logger:
-  """Metrics to stdout and workdir/metrics.jsonl (process 0), plus a progress bar."""
-
-  def __init__(self, workdir: str, total: int, start: int, progress: bool):
-    self.main = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.bar = None
-    if self.main and progress:
-      from tqdm import tqdm
-      self.bar = tqdm(total=total, initial=start, unit="step", desc="train", dynamic_ncols=True)
-
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
-    if not self.main:
-      return
-    row = {"step": step, **{k: _scalar(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in row.items() if k not in ("ids",))
-    if self.bar is not None:
-      self.bar.write(shown)
-    else:
-      print(shown, flush=True)
-
-  def advance(self, n: int, postfix: dict | None = None) -> None:
-    if self.bar is not None:
-      if postfix:
-        self.bar.set_postfix(postfix, refresh=False)
-      self.bar.update(n)
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
-
-
-def _scalar(v):
-  if isinstance(v, (list, tuple)):
-    return list(v)
-  a = np.asarray(v)
-  if a.ndim:
-    return a.tolist()
-  return a.item() if a.dtype.kind in "iub" else float(a)
 
 
 # ------------------------------------------------------------------------------ train
@@ -280,58 +179,35 @@ def train(config, workdir: str) -> dict:
   train_iter = data.to_iterator(train_ds, config.data.worker_count, config.data.prefetch)
 
   # Params and optimizer state, sharded by the logical axis rules.
-  sched = schedule(config, total, warmup)
-  tx = make_optimizer(config, sched)
+  sched = loop.schedule(config, total, warmup)
+  tx = loop.make_optimizer(config, sched)
   host_params = init_draft_params(config, dcfg, target, jax.random.PRNGKey(config.seed))
   param_sh = sharding.param_shardings(host_params, mesh, dcfg.head_dim, rules)
-  params = put_global(host_params, param_sh)
+  state, state_sh = loop.init_state(tx, host_params, param_sh, mesh)
   repl = sharding.replicated(mesh)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, host_params),
-                                 param_sh, transform_non_params=lambda _: repl)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-  state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
-  state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
-  state = jax.device_put(state, state_sh)
   target_params = target.params
   if spec.precomputed:  # only the embedding and lm_head are needed
     target_params = {"text": model.head_params(target_params)}
   if config.sharding.rules:
-    target_params = put_global(target_params, sharding.param_shardings(
-        target_params, mesh, target_head_dims(target.config), rules))
+    target_params = loop.put_global(target_params, sharding.param_shardings(
+        target_params, mesh, sharding.head_dims(target.config), rules))
 
   # Checkpoints: resume from the newest one.
-  mngr = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.checkpoint.keep, save_interval_steps=config.checkpoint.every,
-          enable_async_checkpointing=config.checkpoint.use_async, create=True),
-      item_names=("state", "data"))
-  start = 0
-  if mngr.latest_step() is not None:
-    start = int(mngr.latest_step())
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            state)
-    restored = mngr.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    state = restored["state"]
-    train_iter.set_state(restored["data"])
-    logging.info("resumed from step %d", start)
+  mngr = loop.checkpoint_manager(workdir, config)
+  state, start = loop.restore_latest(mngr, state, train_iter)
 
   step_fn = jax.jit(functools.partial(train_step, spec, tx, config.seed),
                     out_shardings=(state_sh, repl), donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_step, spec, config.eval_depth), out_shardings=repl)
 
-  def device_batch(batch):
-    batch = {k: v for k, v in batch.items() if k not in data.HOST_KEYS}
-    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
-            for k, v in batch.items()}
-
-  def evaluate():
+  def evaluate(state, step):
+    del step
     ds = data.make_dataset(source, meta["lengths"], eval_idx if len(eval_idx) else train_idx,
                            collate, seed=None, num_epochs=None, **common)
     sums, n = {}, 0
     for i in range(config.eval_batches):
-      out = jax.device_get(eval_fn(state["params"], device_batch(ds[i]), target_params))
+      out = jax.device_get(eval_fn(state["params"], loop.device_batch(mesh, ds[i]),
+                                    target_params))
       for k, v in out.items():
         sums[k] = sums.get(k, 0.0) + float(v)
       n += 1
@@ -343,81 +219,13 @@ def train(config, workdir: str) -> dict:
                                  meta.get("image_hw")))
     return out
 
-  def save_now():
-    mngr.wait_until_finished()
-    if mngr.latest_step() != step:
-      mngr.save(step, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())))
-
-  stop = {"sigterm": False}
-  import threading  # pylint: disable=import-outside-toplevel
-  in_main = threading.current_thread() is threading.main_thread()  # signals need the main thread
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) if in_main else None
-  logger = Logger(workdir, total, start, config.progress and pid == 0)
-  step, last, last_eval = start, {}, {}
-  pending, t_log, tokens = [], time.time(), 0
-  end = min(total, config.stop_at_step or total)
-  try:
-    while step < end:
-      batch = next(train_iter)
-      ids = batch["global_index"].tolist()
-      tokens += int(batch["global_tokens"])
-      dbatch = device_batch(batch)
-      if step == start:  # compile up front: report the compile time and memory per device
-        t0 = time.time()
-        mem = step_fn.lower(state, dbatch, target_params).compile().memory_analysis()
-        info = {"compile_s": time.time() - t0}
-        if mem is not None:
-          info["memory_per_device_mb"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**20
-        logging.info("train step: %s", info)
-        logger.write(step, info)
-        t_log = time.time()
-      state, metrics = step_fn(state, dbatch, target_params)
-      step += 1
-      pending.append((step, metrics, ids))
-      if step % config.log_every == 0 or step == total:
-        rate = tokens / max(time.time() - t_log, 1e-9)  # includes waiting for the results
-        for s, m, i in jax.device_get(pending):
-          row = dict(m, lr=float(sched(s - 1)))
-          if config.log_sample_ids:
-            row["ids"] = i
-          if s == step:
-            row["tokens_per_s"] = rate
-          logger.write(s, row)
-          last = row
-        logger.advance(len(pending), {"loss": f"{last['loss']:.4g}", "tok/s": f"{rate:.0f}"})
-        pending, t_log, tokens = [], time.time(), 0
-      if config.eval_every and (step % config.eval_every == 0 or step == total):
-        last_eval = evaluate()
-        logger.write(step, last_eval)
-      mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                              data=ocp.args.JsonSave(train_iter.get_state())))
-      if step == config.debug.crash_after_step:  # tests: die like a lost machine
-        mngr.wait_until_finished()
-        os.kill(os.getpid(), signal.SIGKILL)
-      if step == config.debug.sigterm_after_step:  # tests: a preemption notice
-        os.kill(os.getpid(), signal.SIGTERM)
-      sigterm = stop["sigterm"]
-      if nproc > 1:
-        sigterm = bool(np.any(multihost_utils.process_allgather(np.asarray(sigterm))))
-      if sigterm:
-        logging.warning("SIGTERM: saving step %d and stopping", step)
-        save_now()
-        break
-    if step == end and end < total:  # time-boxed run: leave a checkpoint to resume from
-      save_now()
-    mngr.wait_until_finished()
-  finally:
-    if in_main:
-      signal.signal(signal.SIGTERM, previous)
-    logger.close()
-  if pending:  # stopped between two log steps
-    for s, m, i in jax.device_get(pending):
-      logger.write(s, dict(m))
+  state, step, last, last_eval = loop.fit(
+      config, workdir, state=state, step_fn=step_fn, step_args=(target_params,), mesh=mesh,
+      train_iter=train_iter, mngr=mngr, sched=sched, total=total, start=start,
+      evaluate=evaluate)
   out = {"step": step, "metrics": last, "eval": last_eval, "draft": None}
   if step == total and config.export_draft:
-    host = to_host(state["params"])
+    host = loop.to_host(state["params"])
     folder = os.path.join(workdir, "draft")
     if pid == 0:
       vj.save_draft(folder, dcfg, host)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -237,3 +239,26 @@ def save_hf(params, name_map: NameMap, path: str, dtype=None):
     t = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     tensors[name] = t if dtype is None else t.astype(dtype)
   write_safetensors(tensors, path, {"format": "pt"})
+
+
+def write_folder(out: str, write: Callable[[str], Any]) -> str:
+  """Calls `write(tmp)` on a fresh temporary folder next to `out`, then renames it onto `out`
+  (an existing `out` is replaced): readers see the old folder or the complete new one."""
+  out = os.path.abspath(out)
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
+  try:
+    write(tmp)
+    old = None
+    if os.path.exists(out):
+      old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
+      os.rmdir(old)
+      os.rename(out, old)
+    os.rename(tmp, out)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out

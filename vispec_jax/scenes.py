@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -533,24 +531,8 @@ def train_tokenizer(samples: int = 2000, vocab_size: int = 2048, start: int = 0)
 def save_tokenizer(tokenizer, out: str) -> str:
   """Saves atomically: into a temporary sibling folder, then renamed onto `out` (an existing
   `out` is replaced)."""
-  out = os.path.abspath(out)
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
-  try:
-    tokenizer.save_pretrained(tmp)
-    old = None
-    if os.path.exists(out):
-      old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
-      os.rmdir(old)
-      os.rename(out, old)
-    os.rename(tmp, out)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  from vispec_jax.checkpoints import write_folder
+  return write_folder(out, tokenizer.save_pretrained)
 
 
 def answer_lengths(tokenizer, seeds, kinds=None) -> dict[str, list[int]]:

@@ -1,0 +1,267 @@
+"""What every training loop here shares (the draft trainer `train/trainer.py` and the target
+trainer `train/target.py`): the optimizer and its schedule, sharded state, batches on devices,
+the orbax CheckpointManager that resumes, metrics logging, and the loop itself (`fit`: steps,
+logging, evaluation, checkpoints, SIGTERM, time-boxed stops).
+
+State is a dict {"params", "opt_state", "step"}; a checkpoint holds it and the data iterator's
+position, so a restarted run continues exactly (same params, optimizer state and next batch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from train import data, sharding
+
+# ----------------------------------------------------------------------- optimizer
+
+
+def schedule(config, total_steps: int, warmup: int):
+  """Linear warmup to optim.lr, then linear decay to 0 at the last step."""
+  lr = config.optim.lr
+  warmup = max(0, min(warmup, total_steps))
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, max(warmup, 1)),
+       optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))], [warmup])
+
+
+def make_optimizer(config, sched) -> optax.GradientTransformation:
+  """Gradient clipping (by value, the reference's 0.5; and/or by global norm), then AdamW."""
+  o = config.optim
+  parts = []
+  if o.clip_value:
+    parts.append(optax.clip(o.clip_value))
+  if o.clip_norm:
+    parts.append(optax.clip_by_global_norm(o.clip_norm))
+  parts.append(optax.adamw(sched, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+  return optax.chain(*parts)
+
+
+# --------------------------------------------------------------------------- state
+
+
+def put_global(tree, shardings):
+  """Host values (the same on every process) -> global arrays with the given shardings."""
+  def one(x, s):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+  return jax.tree.map(one, tree, shardings)
+
+
+def to_host(tree):
+  """Global arrays -> NumPy on every process (gathers shards other processes hold)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def init_state(tx, host_params, param_sh, mesh) -> tuple[dict, dict]:
+  """(state, its shardings): params placed by `param_sh`, AdamW moments sharded like them."""
+  params = put_global(host_params, param_sh)
+  repl = sharding.replicated(mesh)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, host_params),
+                                 param_sh, transform_non_params=lambda _: repl)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+  state_sh = {"params": param_sh, "opt_state": opt_sh, "step": repl}
+  return jax.device_put(state, state_sh), state_sh
+
+
+def apply_gradients(tx, state: dict, grads) -> dict:
+  """One optimizer update of `state` with `grads` (traceable)."""
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
+          "step": state["step"] + 1}
+
+
+def device_batch(mesh, batch: dict) -> dict:
+  """This process's rows of a host batch -> global arrays split over the batch axes."""
+  batch = {k: v for k, v in batch.items() if k not in data.HOST_KEYS}
+  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
+          for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """workdir/checkpoints: async saves every `checkpoint.every` steps, `checkpoint.keep` kept."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.checkpoint.keep, save_interval_steps=config.checkpoint.every,
+          enable_async_checkpointing=config.checkpoint.use_async, create=True),
+      item_names=("state", "data"))
+
+
+def restore_latest(mngr, state, train_iter) -> tuple[dict, int]:
+  """(state, step) of the newest checkpoint (restored into `state`'s shardings, and the data
+  iterator moved to its position), or (state, 0) when there is none."""
+  if mngr.latest_step() is None:
+    return state, 0
+  start = int(mngr.latest_step())
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  restored = mngr.restore(start, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+  train_iter.set_state(restored["data"])
+  logging.info("resumed from step %d", start)
+  return restored["state"], start
+
+
+def save(mngr, step: int, state, train_iter, force: bool = False) -> None:
+  mngr.save(step, force=force, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())))
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class Logger:
+  """Metrics to stdout and workdir/metrics.jsonl (process 0), plus a progress bar."""
+
+  def __init__(self, workdir: str, total: int, start: int, progress: bool):
+    self.main = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.bar = None
+    if self.main and progress:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit="step", desc="train", dynamic_ncols=True)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.main:
+      return
+    row = {"step": step, **{k: _scalar(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in row.items() if k not in ("ids",))
+    if self.bar is not None:
+      self.bar.write(shown)
+    else:
+      print(shown, flush=True)
+
+  def advance(self, n: int, postfix: dict | None = None) -> None:
+    if self.bar is not None:
+      if postfix:
+        self.bar.set_postfix(postfix, refresh=False)
+      self.bar.update(n)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _scalar(v):
+  if isinstance(v, (list, tuple)):
+    return list(v)
+  a = np.asarray(v)
+  if a.ndim:
+    return a.tolist()
+  return a.item() if a.dtype.kind in "iub" else float(a)
+
+
+def compile_info(step_fn, *args) -> dict:
+  """Compiles `step_fn` for these arguments: the compile time and XLA's memory estimate per
+  device (arguments + outputs + temporaries)."""
+  t0 = time.time()
+  mem = step_fn.lower(*args).compile().memory_analysis()
+  info = {"compile_s": time.time() - t0}
+  if mem is not None:
+    info["memory_per_device_mb"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                    + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**20
+  return info
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def fit(config, workdir: str, *, state, step_fn: Callable, step_args: tuple, mesh, train_iter,
+        mngr, sched, total: int, start: int,
+        evaluate: Callable[[dict, int], dict] | None = None):
+  """Runs steps start..min(total, stop_at_step): `state, metrics = step_fn(state, batch,
+  *step_args)`. Every `log_every` steps the metrics (with lr and tokens/s) go to the Logger;
+  every `eval_every` steps (and at the last) `evaluate(state, step)`'s dict too; a checkpoint
+  every `checkpoint.every` steps, on SIGTERM (then it stops; with several processes all save
+  the same step) and at a time-boxed stop. Returns (state, step, last metrics, last eval)."""
+  pid, nproc = jax.process_index(), jax.process_count()
+  stop = {"sigterm": False}
+  in_main = threading.current_thread() is threading.main_thread()  # signals need the main thread
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) if in_main else None
+  logger = Logger(workdir, total, start, config.progress and pid == 0)
+  step, last, last_eval = start, {}, {}
+  pending, t_log, tokens = [], time.time(), 0
+  end = min(total, config.stop_at_step or total)
+
+  def save_now():
+    mngr.wait_until_finished()
+    if mngr.latest_step() != step:
+      save(mngr, step, state, train_iter, force=True)
+
+  try:
+    while step < end:
+      batch = next(train_iter)
+      ids = batch["global_index"].tolist()
+      tokens += int(batch["global_tokens"])
+      dbatch = device_batch(mesh, batch)
+      if step == start:  # compile up front: report the compile time and memory per device
+        info = compile_info(step_fn, state, dbatch, *step_args)
+        logging.info("train step: %s", info)
+        logger.write(step, info)
+        t_log = time.time()
+      state, metrics = step_fn(state, dbatch, *step_args)
+      step += 1
+      pending.append((step, metrics, ids))
+      if step % config.log_every == 0 or step == total:
+        rate = tokens / max(time.time() - t_log, 1e-9)  # includes waiting for the results
+        for s, m, i in jax.device_get(pending):
+          row = dict(m, lr=float(sched(s - 1)))
+          if config.log_sample_ids:
+            row["ids"] = i
+          if s == step:
+            row["tokens_per_s"] = rate
+          logger.write(s, row)
+          last = row
+        logger.advance(len(pending), {"loss": f"{last['loss']:.4g}", "tok/s": f"{rate:.0f}"})
+        pending, t_log, tokens = [], time.time(), 0
+      if evaluate is not None and config.eval_every and (step % config.eval_every == 0
+                                                          or step == total):
+        last_eval = evaluate(state, step)
+        logger.write(step, last_eval)
+      save(mngr, step, state, train_iter)
+      if step == config.debug.crash_after_step:  # tests: die like a lost machine
+        mngr.wait_until_finished()
+        os.kill(os.getpid(), signal.SIGKILL)
+      if step == config.debug.sigterm_after_step:  # tests: a preemption notice
+        os.kill(os.getpid(), signal.SIGTERM)
+      sigterm = stop["sigterm"]
+      if nproc > 1:
+        sigterm = bool(np.any(multihost_utils.process_allgather(np.asarray(sigterm))))
+      if sigterm:
+        logging.warning("SIGTERM: saving step %d and stopping", step)
+        save_now()
+        break
+    if step == end and end < total:  # time-boxed run: leave a checkpoint to resume from
+      save_now()
+    mngr.wait_until_finished()
+  finally:
+    if in_main:
+      signal.signal(signal.SIGTERM, previous)
+    logger.close()
+  if pending:  # stopped between two log steps
+    for s, m, i in jax.device_get(pending):
+      logger.write(s, dict(m))
+  return state, step, last, last_eval
