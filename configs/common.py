@@ -50,10 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
       kind="vispec", init_from=placeholder(str), dtype="float32",
       overrides=ml_collections.ConfigDict(dict(num_q=2))))
 
-  # Data generation (python -m train.datagen).
+  # Data generation (python -m train.datagen). image_position: the image "after" the question
+  # (the reference), "before" it (as vj.prepare places it) or "mixed" (alternating by input).
   c.datagen = ml_collections.ConfigDict(dict(
       input="synthetic:16", image_size=(224, 224), system_prompt=REFERENCE_SYSTEM,
-      instruction=REFERENCE_INSTRUCTION, max_new_tokens=1024, batch_size=8, chunk_size=64,
+      instruction=REFERENCE_INSTRUCTION, image_position="after", max_new_tokens=1024,
+      batch_size=8, chunk_size=64,
       store_features=False, feature_dtype="float32", worker=0, num_workers=1, progress=True,
       question_key="question", image_key="image", answer_key=placeholder(str),
       crash_after_chunks=-1,  # tests: SIGKILL after that many chunks

@@ -148,16 +148,19 @@ class _Tfds:
 # ------------------------------------------------------------------------- prompting
 
 
-def render_prompt(target, question: str, has_image: bool, system: str, instruction: str) -> str:
-  """The reference's stage-2 prompt: system, then the user turn [question, image, instruction].
-  The image is left as the library's `<image>` marker for `vj.prepare(chat=False)`."""
+def render_prompt(target, question: str, has_image: bool, system: str, instruction: str,
+                  image_first: bool = False) -> str:
+  """The reference's stage-2 prompt: system, then the user turn [question, image, instruction]
+  ([image, question, instruction] with `image_first`, the order `vj.prepare` uses for a prompt
+  without markers). The image is left as the library's `<image>` marker for
+  `vj.prepare(chat=False)`."""
   from vispec_jax.processing import IMAGE_MARKER
   question = question.replace(IMAGE_MARKER, "").strip()
   tok = target.tokenizer
   if getattr(tok, "chat_template", None):
     content = [{"type": "text", "text": question}]
     if has_image:
-      content.append({"type": "image"})
+      content.insert(0 if image_first else 1, {"type": "image"})
     if instruction:
       content.append({"type": "text", "text": instruction})
     messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -169,8 +172,21 @@ def render_prompt(target, question: str, has_image: bool, system: str, instructi
         raise ValueError(f"the chat template did not render the image placeholder {placeholder!r}")
       text = text.replace(placeholder, IMAGE_MARKER, 1)
     return text
-  parts = [system, question] + ([IMAGE_MARKER] if has_image else []) + [instruction]
+  image = [IMAGE_MARKER] if has_image else []
+  parts = [system] + (image + [question] if image_first else [question] + image) + [instruction]
   return "\n".join(p for p in parts if p)
+
+
+IMAGE_POSITIONS = ("after", "before", "mixed")
+
+
+def image_first(position: str, index: int) -> bool:
+  """Whether input `index` puts its image before the question: "after" (the reference), "before"
+  (as `vj.prepare` does), or "mixed" (even inputs before, odd after: a model trained on it
+  answers either layout)."""
+  if position not in IMAGE_POSITIONS:
+    raise ValueError(f"datagen.image_position must be one of {IMAGE_POSITIONS}, got {position!r}")
+  return position == "before" or (position == "mixed" and index % 2 == 0)
 
 
 def rows_to_batch(target, rows: list[np.ndarray], row_items: list[list]):
@@ -240,8 +256,9 @@ class Generator:
     t, cfg = self.target, self.cfg
     inputs = [self.inputs[i] for i in indices]
     images = [self._image(x.get("image")) for x in inputs]
-    prompts = [render_prompt(t, x["question"], im is not None, cfg.system_prompt, cfg.instruction)
-               for x, im in zip(inputs, images)]
+    prompts = [render_prompt(t, x["question"], im is not None, cfg.system_prompt, cfg.instruction,
+                             image_first(cfg.image_position, i))
+               for i, x, im in zip(indices, inputs, images)]
     batch = vj.prepare(t, prompts, images=[[im] if im is not None else [] for im in images],
                        chat=False)
     p = batch.input_ids.shape[1]
@@ -310,8 +327,8 @@ def chunk_path(config, k: int) -> str:
   return os.path.join(chunk_dir(config), f"chunk-{k:05d}.pkl")
 
 
-SIGNATURE_KEYS = ("input", "image_size", "system_prompt", "instruction", "max_new_tokens",
-                  "chunk_size", "store_features", "feature_dtype", "answer_key")
+SIGNATURE_KEYS = ("input", "image_size", "system_prompt", "instruction", "image_position",
+                  "max_new_tokens", "chunk_size", "store_features", "feature_dtype", "answer_key")
 
 
 def check_signature(config) -> None:
