@@ -2,28 +2,13 @@
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 import vispec_jax as vj
+from tests.folders import copy_folder, rewrite_tensors
 from vispec_jax import checkpoints
-
-
-def _copy(src, dst):
-  shutil.copytree(src, dst)
-  return str(dst)
-
-
-def _rewrite(folder, edit):
-  """Applies edit(dict of tensors) to the folder's model.safetensors."""
-  path = os.path.join(folder, "model.safetensors")
-  f = checkpoints.SafetensorsFile(path)
-  tensors = {k: np.array(f.get(k)) for k in f.keys()}
-  del f
-  edit(tensors)
-  checkpoints.write_safetensors(tensors, path)
 
 
 def test_round_trip_is_exact(tiny_qwen_dir, tmp_path):
@@ -38,14 +23,14 @@ def test_round_trip_is_exact(tiny_qwen_dir, tmp_path):
 
 def test_old_key_spelling_loads(tiny_qwen_dir, tmp_path):
   """transformers-5 module names (model.language_model.*, model.visual.*) load the same."""
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   def rename(t):
     for k in list(t):
       if k.startswith("model."):
         t["model.language_model." + k[len("model."):]] = t.pop(k)
       elif k.startswith("visual."):
         t["model." + k] = t.pop(k)
-  _rewrite(folder, rename)
+  rewrite_tensors(folder, rename)
   a, b = vj.load_target(tiny_qwen_dir), vj.load_target(folder)
   for x, y in zip(*(jax_leaves(t.params) for t in (a, b))):
     np.testing.assert_array_equal(x, y)
@@ -67,14 +52,14 @@ def test_no_config(tmp_path):
 
 
 def test_no_weights(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   os.remove(os.path.join(folder, "model.safetensors"))
   with pytest.raises(vj.CheckpointError, match="no weights"):
     vj.load_target(folder)
 
 
 def test_unknown_architecture(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}, f)
   with pytest.raises(vj.ConfigError, match="unknown architecture.*mamba"):
@@ -84,7 +69,7 @@ def test_unknown_architecture(tiny_qwen_dir, tmp_path):
 def test_unknown_config_keys_are_ignored(tiny_qwen_dir, tmp_path):
   """Keys we do not read (top level, text_config, vision_config) change nothing, as in
   transformers."""
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   path = os.path.join(folder, "config.json")
   with open(path) as f:
     raw = json.load(f)
@@ -97,30 +82,30 @@ def test_unknown_config_keys_are_ignored(tiny_qwen_dir, tmp_path):
 
 
 def test_missing_tensor_is_named(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
-  _rewrite(folder, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
+  rewrite_tensors(folder, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
   with pytest.raises(vj.CheckpointError, match=r"missing tensors: \['model.layers.1.mlp.up_proj.weight'\]"):
     vj.load_target(folder)
 
 
 def test_unexpected_tensor_is_named(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
-  _rewrite(folder, lambda t: t.update({"model.layers.9.extra.weight": np.zeros(3, np.float32)}))
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
+  rewrite_tensors(folder, lambda t: t.update({"model.layers.9.extra.weight": np.zeros(3, np.float32)}))
   with pytest.raises(vj.CheckpointError, match=r"unexpected tensors: \['model.layers.9.extra.weight'\]"):
     vj.load_target(folder)
 
 
 def test_shape_mismatch_names_tensor_and_shapes(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   def shrink(t):
     t["model.norm.weight"] = t["model.norm.weight"][:10]
-  _rewrite(folder, shrink)
+  rewrite_tensors(folder, shrink)
   with pytest.raises(vj.CheckpointError, match=r"model.norm.weight.*\(10,\).*\(64,\)"):
     vj.load_target(folder)
 
 
 def test_truncated_file(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   path = os.path.join(folder, "model.safetensors")
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) // 2)
@@ -129,7 +114,7 @@ def test_truncated_file(tiny_qwen_dir, tmp_path):
 
 
 def test_missing_shard(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
     json.dump({"weight_map": {"a": "model-00001-of-00002.safetensors"}}, f)
   with pytest.raises(vj.CheckpointError, match="missing"):
@@ -137,7 +122,7 @@ def test_missing_shard(tiny_qwen_dir, tmp_path):
 
 
 def test_bad_config_json(tiny_qwen_dir, tmp_path):
-  folder = _copy(tiny_qwen_dir, tmp_path / "m")
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
   with open(os.path.join(folder, "config.json"), "w") as f:
     f.write("{not json")
   with pytest.raises(vj.CheckpointError, match="not valid JSON"):

@@ -3,13 +3,13 @@ against transformers' processors, and one clear error per bad input or checkpoin
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
 import vispec_jax as vj
+from tests.folders import copy_folder, edit_config, rewrite_tensors
 from vispec_jax import checkpoints, testing
 from vispec_jax.models import llava
 
@@ -25,29 +25,6 @@ def tiny_dir(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def target(tiny_dir):
   return vj.load_target(tiny_dir)
-
-
-def _copy(src, dst):
-  shutil.copytree(src, dst)
-  return str(dst)
-
-
-def _rewrite(folder, edit):
-  path = os.path.join(folder, "model.safetensors")
-  f = checkpoints.SafetensorsFile(path)
-  tensors = {k: np.array(f.get(k)) for k in f.keys()}
-  del f
-  edit(tensors)
-  checkpoints.write_safetensors(tensors, path)
-
-
-def _edit_config(folder, edit):
-  path = os.path.join(folder, "config.json")
-  with open(path) as f:
-    raw = json.load(f)
-  edit(raw)
-  with open(path, "w") as f:
-    json.dump(raw, f)
 
 
 def test_loads_and_generates(target):
@@ -89,14 +66,14 @@ SPELLINGS = {
 
 @pytest.mark.parametrize("spelling", list(SPELLINGS))
 def test_other_key_spellings_load(tiny_dir, target, tmp_path, spelling):
-  folder = _copy(tiny_dir, tmp_path / "m")
+  folder = copy_folder(tiny_dir, tmp_path / "m")
   def rename(t):
     for k in list(t):
       for old, new in SPELLINGS[spelling]:
         if k.startswith(old):
           t[new + k[len(old):]] = t.pop(k)
           break
-  _rewrite(folder, rename)
+  rewrite_tensors(folder, rename)
   other = vj.load_target(folder)
   for x, y in zip(jax.tree.leaves(target.params), jax.tree.leaves(other.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -180,7 +157,7 @@ def test_videos_are_refused(target):
 @pytest.mark.parametrize("pinpoints", [[[28, 42]], [[30, 60], [56, 56]], [[0, 28]]])
 def test_pinpoints_must_be_multiples_of_image_size(tmp_path, pinpoints):
   folder = testing.make_tiny_llava(str(tmp_path / "m"), next=True)
-  _edit_config(folder, lambda raw: raw.update(image_grid_pinpoints=pinpoints))
+  edit_config(folder, lambda raw: raw.update(image_grid_pinpoints=pinpoints))
   with pytest.raises(vj.ConfigError, match="not positive multiples of the vision image_size 28"):
     vj.load_target(folder)
 
@@ -195,8 +172,8 @@ def test_pinpoints_must_be_multiples_of_image_size(tmp_path, pinpoints):
      "rope_type 'llama3'"),
 ], ids=["text_type", "vision_type", "feature_layer", "strategy", "act", "rope"])
 def test_bad_config(tiny_dir, tmp_path, edit, fragment):
-  folder = _copy(tiny_dir, tmp_path / "m")
-  _edit_config(folder, edit)
+  folder = copy_folder(tiny_dir, tmp_path / "m")
+  edit_config(folder, edit)
   with pytest.raises(vj.ConfigError, match=fragment):
     vj.load_target(folder)
 
@@ -208,11 +185,11 @@ def test_next_needs_default_strategy():
 
 
 def test_missing_tensor_is_named(tiny_dir, tmp_path):
-  folder = _copy(tiny_dir, tmp_path / "m")
+  folder = copy_folder(tiny_dir, tmp_path / "m")
   names = ["multi_modal_projector.linear_2.weight", "vision_tower.pre_layrnorm.bias"]
   if "llava_next" in tiny_dir:
     names.append("image_newline")
-  _rewrite(folder, lambda t: [t.pop(n) for n in names])
+  rewrite_tensors(folder, lambda t: [t.pop(n) for n in names])
   with pytest.raises(vj.CheckpointError) as e:
     vj.load_target(folder)
   for n in names:
@@ -220,7 +197,7 @@ def test_missing_tensor_is_named(tiny_dir, tmp_path):
 
 
 def test_processor_tile_size_must_match_tower(tiny_dir, tmp_path):
-  folder = _copy(tiny_dir, tmp_path / "m")
+  folder = copy_folder(tiny_dir, tmp_path / "m")
   path = os.path.join(folder, "preprocessor_config.json")
   with open(path) as f:
     raw = json.load(f)

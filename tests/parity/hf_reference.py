@@ -55,3 +55,16 @@ def hf_inputs(batch, cfg, rows):
     kw["video_grid_thw"] = torch.tensor([it.grid_thw for it in vids])
     kw["second_per_grid_ts"] = torch.tensor([it.seconds_per_grid for it in vids])
   return kw
+
+
+def assert_same_greedy(ours: list[list[int]], ref, prompt_len: int, eos_ids) -> None:
+  """Our trimmed greedy rows equal transformers' `generate` output (prompt cut off, each row
+  ending at its first EOS as ours do)."""
+  eos = set(eos_ids)
+  for i, tokens in enumerate(ours):
+    expected = []
+    for t in ref[i, prompt_len:].tolist():
+      expected.append(t)
+      if t in eos:
+        break
+    assert tokens == expected, f"row {i}"

@@ -11,6 +11,8 @@ import vispec_jax as vj
 from vispec_jax import testing
 from vispec_jax.models import llava
 
+from .hf_reference import assert_same_greedy
+
 TOL = 1e-4
 FAMILIES = ["llava", "llava_next"]
 
@@ -126,15 +128,7 @@ def test_greedy_tokens_match_transformers(loaded, rows):
   with torch.no_grad():  # transformers derives positions from the attention mask when generating
     ref = model.generate(**hf_inputs(batch, target.config, list(range(len(rows))), positions=False),
                          max_new_tokens=32, do_sample=False)
-  ref = ref[:, batch.input_ids.shape[1]:].numpy()
-  eos = set(target.config.eos_token_ids)
-  for i, tokens in enumerate(out):
-    expected = []
-    for t in ref[i].tolist():
-      expected.append(t)
-      if t in eos:
-        break
-    assert tokens == expected, f"row {i}"
+  assert_same_greedy(out, ref.numpy(), batch.input_ids.shape[1], target.config.eos_token_ids)
 
 
 SIZES = [(84, 112), (140, 56), (40, 150), (150, 40), (28, 28), (301, 300), (90, 17), (1, 200),

@@ -7,7 +7,7 @@ import torch
 import vispec_jax as vj
 from vispec_jax import testing
 
-from .hf_reference import build_hf_qwen, hf_inputs
+from .hf_reference import assert_same_greedy, build_hf_qwen, hf_inputs
 
 TOL = 1e-4
 
@@ -68,15 +68,7 @@ def test_greedy_tokens_match_transformers(loaded, rows):
   kw = hf_inputs(batch, target.config, list(range(len(rows))))
   with torch.no_grad():
     ref = model.generate(**kw, max_new_tokens=32, do_sample=False)
-  ref = ref[:, batch.input_ids.shape[1]:].numpy()
-  eos = set(target.config.eos_token_ids)
-  for i, tokens in enumerate(out):
-    expected = []
-    for t in ref[i].tolist():
-      expected.append(t)
-      if t in eos:
-        break
-    assert tokens == expected, f"row {i}"
+  assert_same_greedy(out, ref.numpy(), batch.input_ids.shape[1], target.config.eos_token_ids)
 
 
 @pytest.mark.parity
