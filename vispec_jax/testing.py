@@ -39,18 +39,24 @@ _CORPUS = [
 ]
 
 
-def tiny_tokenizer(vocab_size: int = 320):
-  """A byte-level BPE tokenizer (any text encodes) with Qwen's special tokens, as a
-  transformers PreTrainedTokenizerFast."""
+def _byte_level_bpe(vocab_size: int, special_tokens: list[str]):
+  """A `tokenizers` byte-level BPE (any text encodes) trained on the tiny corpus."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from transformers import PreTrainedTokenizerFast
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
   tok.train_from_iterator(_CORPUS * 4, trainer)
+  return tok
+
+
+def tiny_tokenizer(vocab_size: int = 320):
+  """A byte-level BPE tokenizer (any text encodes) with Qwen's special tokens, as a
+  transformers PreTrainedTokenizerFast."""
+  from transformers import PreTrainedTokenizerFast
+  tok = _byte_level_bpe(vocab_size, SPECIAL_TOKENS)
   fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                  pad_token="<|endoftext|>", unk_token=None)
   fast.chat_template = CHAT_TEMPLATE
@@ -134,15 +140,9 @@ LLAVA_CHAT_TEMPLATE = (
 def tiny_llava_tokenizer(vocab_size: int = 320):
   """A byte-level BPE tokenizer with LLaMA's special tokens and `<image>`; like LLaMA's it adds
   `<s>` when asked for special tokens."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+  from tokenizers import processors
   from transformers import PreTrainedTokenizerFast
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=LLAVA_SPECIAL_TOKENS,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                show_progress=False)
-  tok.train_from_iterator(_CORPUS * 4, trainer)
+  tok = _byte_level_bpe(vocab_size, LLAVA_SPECIAL_TOKENS)
   bos = tok.token_to_id("<s>")
   tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                      special_tokens=[("<s>", bos)])
