@@ -3,6 +3,7 @@
     python -m infer.bench vanilla [--new-tokens 128] [--repeats 5] [--json out.json]
     python -m infer.bench spec [--batch 1 4] [--trees ...] [--mesh data=2,tensor=4]
     python -m infer.bench pieces [--batch 1]
+    python -m infer.bench cost [--tau 1 2 3 4]
 
 `vanilla`: tokens/s of `vj.generate` (greedy) against transformers' PyTorch
 `Qwen2_5_VLForConditionalGeneration.generate` on the same random checkpoint folder (a
@@ -11,7 +12,8 @@ prompt, same number of new tokens (EOS disabled on both sides). Both are warmed 
 alternately; the table shows the median over repeats, and the token ids of both are compared.
 
 `spec` (infer/bench_spec.py) times speculative against vanilla decoding with oracle and random
-drafts; `pieces` (infer/bench_pieces.py) times the parts of a speculative round.
+drafts; `pieces` (infer/bench_pieces.py) times the parts of a speculative round; `cost`
+(infer/bench_cost.py) predicts speedups on accelerators from a roofline model.
 Timings move from run to run on shared machines: compare the ratio, not absolute numbers.
 """
 
@@ -181,14 +183,16 @@ def main(argv=None) -> int:
                       "without intra-op threads), a fairer comparison on a loaded machine; "
                       "0 (default): each library's own default")
   v.add_argument("--json", help="also write the results to this JSON file")
-  from infer import bench_pieces, bench_spec
-  bench_spec.add_parser(sub)
-  bench_pieces.add_parser(sub)
+  from infer import bench_cost, bench_pieces, bench_spec
+  runners = {"spec": bench_spec.run_spec, "pieces": bench_pieces.run_pieces,
+             "cost": bench_cost.run_cost}
+  for module in (bench_spec, bench_pieces, bench_cost):
+    module.add_parser(sub)
   args = parser.parse_args(argv)
-  if args.command in ("spec", "pieces"):
+  if args.command in runners:
     if args.command == "spec":
       print(bench_spec.HEADER)
-    rows = (bench_spec.run_spec if args.command == "spec" else bench_pieces.run_pieces)(args)
+    rows = runners[args.command](args)
     if args.json:
       with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)

@@ -48,3 +48,15 @@ def test_pieces(model, tmp_path):
   assert rows["target t=1"]["x_step"] == 1.0
   assert {"target t=30", "lm_head t=5", "draft t=1", "compact"} <= set(rows)
   assert all(row["ms"] > 0 for row in rows.values())
+
+
+def test_cost(tmp_path):
+  out = tmp_path / "cost.json"
+  r = bench("cost", "--devices", "h100", "--tau", 1, 3, "--json", out)
+  assert r.returncode == 0, r.stdout + r.stderr
+  rows = json.loads(out.read_text())
+  assert len(rows) == 2 * 2 * 2  # targets x trees x tau
+  for target in ("bench-61M", "qwen2.5-vl-7b"):
+    by_tau = {row["tau"]: row["speedup"] for row in rows
+              if row["target"] == target and row["tree"] == "chain4"}
+    assert by_tau[3.0] > by_tau[1.0] > 0
