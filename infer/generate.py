@@ -32,8 +32,10 @@ examples:
   python -m infer.generate --model DIR --image a.png --image b.png \\
       --prompt "Compare <image> with <image>." --temperature 0.7 --top-p 0.9 --seed 1 --json
 
-  # a video: a folder of frames (natural order) or a quoted glob
+  # a video: a folder of frames (natural order), a quoted glob, or an animated GIF/WebP/PNG or
+  # multi-page TIFF (other video files: extract frames first, e.g. with ffmpeg)
   python -m infer.generate --model DIR --video 'clip/frame_*.jpg' --prompt "What happens?"
+  python -m infer.generate --model DIR --video clip.gif --video-fps 10 --prompt "What happens?"
 
   # speculative decoding with a ViSpec draft (same answer as without, faster), a dynamic tree
   python -m infer.generate --model DIR --draft DRAFT_DIR --image cat.png --prompt "Describe." \
@@ -71,8 +73,9 @@ def parse_args(argv):
                    help="build a tiny random Qwen2.5-VL in a temporary folder (no download)")
   p.add_argument("--image", action="append", default=[], metavar="PATH",
                  help="an image file; repeat for several")
-  p.add_argument("--video", action="append", default=[], metavar="FRAME_DIR_OR_GLOB",
-                 help="a video as a folder of frames or a glob of frame files; repeatable")
+  p.add_argument("--video", action="append", default=[], metavar="FRAMES",
+                 help="a video: a folder of frames, a glob of frame files, or a multi-frame image "
+                      "file (animated GIF/WebP/PNG, TIFF); repeatable")
   p.add_argument("--video-fps", type=float, default=2.0, help="frames per second of --video (default 2)")
   ask = p.add_mutually_exclusive_group(required=True)
   ask.add_argument("--prompt", help="the question; may contain <image> markers")
@@ -161,8 +164,12 @@ def _natural_key(path: str):
   return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path)]
 
 
-def video_frames(spec: str) -> list[str]:
-  """A folder of frames (image files in natural order) or a glob of frame files."""
+def video_frames(spec: str) -> list:
+  """A folder of frames (image files in natural order), a glob of frame files, or the frames of
+  one multi-frame image file (PIL images)."""
+  if os.path.isfile(spec):
+    from vispec_jax import processing
+    return processing.load_frames(spec)
   if os.path.isdir(spec):
     paths = [os.path.join(spec, f) for f in os.listdir(spec)
              if f.lower().endswith(FRAME_EXTENSIONS)]

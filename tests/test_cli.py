@@ -50,7 +50,10 @@ def test_video_plain_output(model, tmp_path):
   frames.mkdir()
   for i in range(3):
     testing.scene_image(seed=i).save(frames / f"frame_{i}.png")
-  r = cli("--model", model, "--video", frames, "--prompt", "What happens?",
+  gif = tmp_path / "clip.gif"  # a second video: the frames of an animated GIF
+  pictures = [testing.scene_image(seed=i) for i in range(4)]
+  pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=100)
+  r = cli("--model", model, "--video", frames, "--video", gif, "--prompt", "What happens?",
           "--max-new-tokens", MAX_NEW, "--temperature", 0.7, "--top-k", 20, "--top-p", 0.9)
   assert r.returncode == 0, r.stderr
   assert r.stdout.endswith("\n") and "Traceback" not in r.stderr

@@ -57,3 +57,27 @@ def test_bad_images(tmp_path, case, msg):
 def test_zero_size_pil_image():
   with pytest.raises(vj.InputError, match="zero size: 0x5"):
     vj.load_image(Image.new("RGB", (0, 5)))
+
+
+def _animated(path, n, size=(40, 30)):
+  frames = [Image.fromarray(np.full(size[::-1] + (3,), 40 * i, np.uint8)) for i in range(n)]
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+  return path
+
+
+@pytest.mark.parametrize("name", ["clip.gif", "clip.webp", "clip.tif"])
+def test_multi_frame_file_is_a_video(tmp_path, name):
+  frames = processing.load_frames(str(_animated(tmp_path / name, 3)))
+  assert [(f.mode, f.size) for f in frames] == [("RGB", (40, 30))] * 3
+  assert len({np.asarray(f).tobytes() for f in frames}) == 3  # three different frames
+
+
+def test_bad_video_files(tmp_path, monkeypatch):
+  path = _animated(tmp_path / "clip.gif", 4)
+  data = path.read_bytes()
+  (tmp_path / "cut.gif").write_bytes(data[:len(data) * 2 // 3])
+  with pytest.raises(vj.InputError, match="cannot read frame"):
+    processing.load_frames(str(tmp_path / "cut.gif"))
+  monkeypatch.setattr(processing, "MAX_IMAGE_PIXELS", 3 * 40 * 30)  # one frame fits, four do not
+  with pytest.raises(vj.InputError, match="4 frames of 40x30"):
+    processing.load_frames(str(path))

@@ -95,6 +95,26 @@ def load_image(image) -> Image.Image:
   return img.convert("RGB")
 
 
+def load_frames(path) -> list[Image.Image]:
+  """Every frame of one image file as RGB: an animated GIF/WebP/PNG or a multi-page TIFF is a
+  video (a still image is a one-frame video). All frames together must fit the pixel limit of
+  one image, checked before any frame after the first is decoded."""
+  first = load_image(path)  # every check of a single image
+  with Image.open(path) as img:
+    n = getattr(img, "n_frames", 1)
+    if n * img.width * img.height > MAX_IMAGE_PIXELS:
+      raise InputError(f"video {path} is too large: {n} frames of {img.width}x{img.height} "
+                       f"pixels (limit {MAX_IMAGE_PIXELS} in all); cut or downscale it first")
+    frames = [first]
+    for i in range(1, n):
+      try:
+        img.seek(i)
+        frames.append(load_image(img.copy()))
+      except (OSError, EOFError, SyntaxError, ValueError) as e:
+        raise InputError(f"cannot read frame {i} of {path}: {e}") from None
+  return frames
+
+
 def _check_size(width: int, height: int, name: str):
   if width == 0 or height == 0:
     raise InputError(f"{name} has zero size: {width}x{height}")
