@@ -89,6 +89,14 @@ def _check(target, batch_name, tree_name, drafter_name, random_eagle, max_new=20
                                 max_new_tokens=max_new, embeds=embeds)
   np.testing.assert_array_equal(np.asarray(out.lengths), np.asarray(ref.lengths))
   np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+  # Provenance: the root and one bonus token per round are the target's (the last round may be
+  # cut before its bonus); the rest are accepted draft tokens.
+  drafted = np.asarray(out.drafted)
+  valid = np.arange(max_new)[None] < np.asarray(out.lengths)[:, None]
+  assert not (drafted & ~valid).any() and not drafted[:, 0].any()
+  own, forwards = (valid & ~drafted).sum(1), np.asarray(out.stats.target_forwards)
+  assert ((own == forwards + 1) | (own == forwards)).all(), (own, forwards)
+  assert (drafted.sum(1) <= np.asarray(out.stats.accepted)).all()
   return out
 
 

@@ -55,6 +55,7 @@ class SpecOutput:
   tokens: jax.Array   # int32[B, max_new_tokens], pad after each row's end
   lengths: jax.Array  # int32[B]
   stats: SpecStats
+  drafted: jax.Array  # bool[B, max_new_tokens]: an accepted draft token (False: the target's own)
 
 
 # ------------------------------------------------------------------------- acceptance
@@ -184,6 +185,7 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
   dstate, root_logp = drafter.start(dparams, head, ctx)
 
   out = jnp.full((b, max_new_tokens + n_emit), pad_id, jnp.int32).at[:, 0].set(root)
+  drafted = jnp.zeros(out.shape, bool)
   count = jnp.ones((b,), jnp.int32)
   decoding.emit(on_tokens, root[:, None], count)
   done = jnp.isin(root, eos) | (count >= max_new_tokens)
@@ -196,7 +198,8 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
     return ~jnp.all(state[4])
 
   def body(state):
-    cache, dstate, root, root_logp, done, out, count, length, next_position, stats, key = state
+    (cache, dstate, root, root_logp, done, out, drafted, count, length, next_position, stats,
+     key) = state
     step = functools.partial(drafter.step, dparams, head)
     tree, dstate = tree_lib.build(tree_cfg, root, root_logp, drafter.root_hidden(dstate), step,
                                   dstate)
@@ -227,7 +230,9 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
     n_new = jnp.where(done, 0, n_new)
     new = jnp.where(j < n_new[:, None], new, pad_id)
     decoding.emit(on_tokens, new, n_new)
-    out = jax.vmap(lambda o, v, i: jax.lax.dynamic_update_slice(o, v, (i,)))(out, new, count)
+    put = jax.vmap(lambda o, v, i: jax.lax.dynamic_update_slice(o, v, (i,)))
+    out = put(out, new, count)
+    drafted = put(drafted, (j < a[:, None]) & (j < n_new[:, None]), count)
     # Commit the accepted path: KV compaction in the target, catch-up in the draft.
     advance = jnp.where(done, 0, a + 1)
     cache = compact_cache(cache, length, path)
@@ -241,13 +246,14 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
         stats.draft_steps + jnp.where(running, len(_levels(tree_cfg)) + 1, 0))
     count = count + n_new
     done = done | (first_eos < n_new) | (count >= max_new_tokens)
-    return (cache, dstate, bonus, root_logp, done, out, count, length + advance,
+    return (cache, dstate, bonus, root_logp, done, out, drafted, count, length + advance,
             next_position + advance, stats, key)
 
-  state = (cache, dstate, root, root_logp, done, out, count, length, next_position, stats, key)
+  state = (cache, dstate, root, root_logp, done, out, drafted, count, length, next_position,
+           stats, key)
   state = jax.lax.while_loop(cond, body, state)
-  out, count, stats = state[5], state[6], state[9]
-  return SpecOutput(out[:, :max_new_tokens], count, stats)
+  out, drafted, count, stats = state[5], state[6], state[7], state[10]
+  return SpecOutput(out[:, :max_new_tokens], count, stats, drafted[:, :max_new_tokens])
 
 
 def _levels(tree_cfg: tree_lib.TreeConfig):
