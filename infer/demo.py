@@ -1,0 +1,164 @@
+"""`python -m infer.demo`: one scene, answered with vanilla and with speculative decoding.
+
+    python -m infer.demo [--seed 7] [--kind describe] [--out demo.png] [--json]
+    python -m infer.demo --model DIR --draft DIR     # any target + draft pair
+
+Draws a procedural scene (vispec_jax/scenes.py), asks its question, generates the answer greedily
+with `vj.generate` and with `vj.speculative_generate` (ViSpec draft), checks that the two are
+token-identical, and reports tau, tokens per target forward and the speedup measured in this run
+(after one warm-up call of each, which compiles; the image is encoded once, outside the timings).
+Writes the image next to the answer with the accepted draft tokens in green (`--out`).
+By default it runs the models the project trains and ships in models/scenes (docs/embedded-model.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(REPO, "models", "scenes")
+DRAFT_COLOUR, TARGET_COLOUR = (26, 127, 55), (20, 20, 20)
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0],
+                              epilog=__doc__.split("\n", 2)[2],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default=os.path.join(SHIPPED, "target"), help="target folder")
+  p.add_argument("--draft", default=os.path.join(SHIPPED, "vispec"), help="draft folder")
+  p.add_argument("--seed", type=int, default=100_000_007, help="scene seed (default: held out)")
+  p.add_argument("--kind", default=None, help="question kind (default: drawn from the seed)")
+  p.add_argument("--max-new-tokens", type=int, default=512)
+  p.add_argument("--tree", choices=["dynamic", "chain"], default="dynamic")
+  p.add_argument("--repeats", type=int, default=1, help="timed runs of each (median)")
+  p.add_argument("--out", default="demo.png", help="PNG of the image and the coloured answer")
+  p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+  return p.parse_args(argv)
+
+
+def run(args) -> dict:
+  import jax
+  import numpy as np
+
+  import vispec_jax as vj
+  from vispec_jax import scenes, tree as tree_lib
+  from vispec_jax.configs import GenerationConfig
+  GenerationConfig(args.max_new_tokens)  # validates
+  if args.kind is not None and args.kind not in scenes.KINDS:
+    raise ValueError(f"unknown --kind {args.kind!r}; known: {', '.join(scenes.KINDS)}")
+  for name, folder in (("--model", args.model), ("--draft", args.draft)):
+    if not os.path.isdir(folder):
+      hint = (" (the shipped models are built as docs/embedded-model.md says)"
+              if folder.startswith(SHIPPED) else "")
+      raise FileNotFoundError(f"{name} folder not found: {folder}{hint}")
+  example = scenes.sample(args.seed, kind=args.kind)
+  target = vj.load_target(args.model)
+  draft = vj.load_draft(args.draft, target)
+  batch = vj.prepare(target, [example["question"]], images=[[example["image"]]])
+  embeds = target.embed(target.params, batch)
+  tree = vj.TreeConfig() if args.tree == "dynamic" else tree_lib.chain(4)
+  n = args.max_new_tokens
+
+  def vanilla():
+    return jax.block_until_ready(vj.generate(target, batch, n, embeds=embeds))
+
+  def speculative():
+    return jax.block_until_ready(vj.speculative_generate(
+        target, draft.drafter, draft.params, batch, tree=tree, max_new_tokens=n, embeds=embeds))
+
+  base, spec = vanilla(), speculative()  # compile
+  times = {"vanilla": [], "speculative": []}
+  for _ in range(args.repeats):  # alternate: machine noise hits both alike
+    for name, fn in (("vanilla", vanilla), ("speculative", speculative)):
+      t0 = time.perf_counter()
+      out = fn()
+      times[name].append(time.perf_counter() - t0)
+      base, spec = (out, spec) if name == "vanilla" else (base, out)
+  tokens = vj.trim(base)[0]
+  length = int(np.asarray(spec.lengths)[0])
+  identical = vj.trim(spec)[0] == tokens
+  med = {k: statistics.median(v) for k, v in times.items()}
+  tau = float(np.asarray(spec.stats.tau)[0])
+  answer = target.tokenizer.decode(tokens, skip_special_tokens=True)
+  result = {
+      "seed": args.seed, "kind": example["kind"], "question": example["question"],
+      "answer": answer, "tokens": len(tokens), "identical": bool(identical), "tau": tau,
+      "tokens_per_forward": tau + 1, "target_forwards": int(np.asarray(spec.stats.target_forwards)[0]),
+      "vanilla_s": med["vanilla"], "speculative_s": med["speculative"],
+      "vanilla_tokens_per_s": len(tokens) / med["vanilla"],
+      "speculative_tokens_per_s": length / med["speculative"],
+      "speedup": med["vanilla"] / med["speculative"], "tree": args.tree, "png": None,
+  }
+  if args.out:
+    pieces = [target.tokenizer.decode([t], skip_special_tokens=True) for t in tokens]
+    drafted = np.asarray(spec.drafted)[0, :len(tokens)].tolist()
+    render(example["image"], example["question"], pieces, drafted, result).save(args.out)
+    result["png"] = os.path.abspath(args.out)
+  return result
+
+
+def render(image, question: str, pieces: list[str], drafted: list[bool], result: dict):
+  """The image beside the question and answer; accepted draft tokens in green."""
+  from PIL import Image, ImageDraw, ImageFont
+  font = ImageFont.load_default(size=13)
+  width, margin, line_h = 760, 12, 17
+  lines, line, x = [], [], 0
+  for piece, from_draft in zip(pieces, drafted):
+    for k, part in enumerate(piece.split("\n")):
+      w = font.getlength(part)
+      if k > 0 or x + w > width - 2 * margin:
+        lines.append(line)
+        line, x = [], 0
+        part = part.lstrip()
+        w = font.getlength(part)
+      line.append((part, DRAFT_COLOUR if from_draft else TARGET_COLOUR))
+      x += w
+  lines.append(line)
+  header = [f"Q: {question}",
+            f"tau {result['tau']:.2f}   speedup {result['speedup']:.2f}x   identical to vanilla: "
+            f"{result['identical']}   green: accepted draft tokens, black: the target's own", ""]
+  height = max(image.height + 2 * margin, (len(header) + len(lines)) * line_h + 2 * margin)
+  canvas = Image.new("RGB", (image.width + width + margin, height), "white")
+  canvas.paste(image.convert("RGB"), (margin, margin))
+  draw = ImageDraw.Draw(canvas)
+  y, x0 = margin, image.width + 2 * margin
+  for text in header:
+    draw.text((x0, y), text, fill=TARGET_COLOUR, font=font)
+    y += line_h
+  for parts in lines:
+    x = x0
+    for part, colour in parts:
+      draw.text((x, y), part, fill=colour, font=font)
+      x += font.getlength(part)
+    y += line_h
+  return canvas
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    result = run(args)
+  except (ValueError, OSError) as e:  # bad folders, checkpoints, options: one line, exit 2
+    print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
+    return 2
+  if args.json:
+    print(json.dumps(result))
+  else:
+    print(f"Q: {result['question']}\n\n{result['answer']}\n")
+    print(f"{result['tokens']} tokens; tau {result['tau']:.2f} "
+          f"({result['tokens_per_forward']:.2f} tokens per target forward); "
+          f"vanilla {result['vanilla_tokens_per_s']:.1f} tokens/s, speculative "
+          f"{result['speculative_tokens_per_s']:.1f} tokens/s: speedup {result['speedup']:.2f}x; "
+          f"identical: {result['identical']}")
+    if result["png"]:
+      print(f"wrote {result['png']}")
+  return 0 if result["identical"] else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

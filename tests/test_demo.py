@@ -1,0 +1,58 @@
+"""`python -m infer.demo` on a tiny random target and a random ViSpec draft: the JSON report,
+the identity check and the PNG (the shipped models' numbers are in docs/benchmarks.md)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from PIL import Image
+
+import vispec_jax as vj
+from vispec_jax import draft
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "infer.demo", *map(str, args)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tiny_qwen_dir, tmp_path_factory):
+  target = vj.load_target(tiny_qwen_dir)
+  cfg = draft.DraftConfig.for_target(target.config.text, "vispec")
+  return vj.save_draft(str(tmp_path_factory.mktemp("demo_draft")), cfg,
+                       draft.init_params(cfg, jax.random.PRNGKey(3)))
+
+
+def test_json_report_and_png(tiny_qwen_dir, draft_dir, tmp_path):
+  png = tmp_path / "demo.png"
+  r = demo("--model", tiny_qwen_dir, "--draft", draft_dir, "--max-new-tokens", 12, "--tree",
+           "chain", "--seed", 5, "--out", png, "--json")
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout)
+  assert out["identical"] is True
+  assert 1 <= out["tokens"] <= 12  # EOS may come first
+  assert out["tokens_per_forward"] == pytest.approx(out["tau"] + 1)
+  assert out["speedup"] > 0 and out["target_forwards"] >= 1
+  assert out["seed"] == 5 and out["question"]
+  with Image.open(png) as im:
+    assert im.width > 224 and im.height >= 224
+
+
+def test_missing_models_is_one_line(tmp_path):
+  r = demo("--model", tmp_path / "nope", "--draft", tmp_path / "nope2")
+  assert r.returncode == 2
+  assert r.stderr.strip().startswith("error: --model folder not found")
+  assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_bad_options_are_one_line(tiny_qwen_dir, draft_dir):
+  for args, message in ((["--max-new-tokens", 0], "max_new_tokens"), (["--kind", "x"], "--kind")):
+    r = demo("--model", tiny_qwen_dir, "--draft", draft_dir, *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
