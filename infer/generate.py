@@ -203,6 +203,8 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
   videos = [[[vj.load_image(f) for f in video_frames(v)] for v in r["videos"]] for r in rows]
 
   mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+  if mesh is not None:  # until `stack` closes: KV caches made inside the programs follow RULES
+    stack.enter_context(jax.set_mesh(mesh))
   target = vj.load_target(args.model, dtype=getattr(jnp, args.dtype), mesh=mesh)
   draft = vj.load_draft(args.draft, target) if args.draft else None
   max_length = args.max_length or target.config.text.max_position_embeddings

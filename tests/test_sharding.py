@@ -55,3 +55,16 @@ def test_llava_mesh_gives_identical_tokens(tmp_path_factory):
   assert runs["data=2,tensor=4"]["vanilla"] == runs["none"]["vanilla"]
   assert runs["data=2,tensor=4"]["spec"] == runs["none"]["spec"] == runs["none"]["vanilla"]
   assert runs["data=2,tensor=4"]["shards"]["mlp_up"] != runs["none"]["shards"]["mlp_up"]
+
+
+@pytest.mark.slow
+def test_cli_mesh_gives_the_same_answer(tiny_qwen_dir):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  def answer(*extra):
+    proc = subprocess.run(
+        [sys.executable, "-m", "infer.generate", "--model", tiny_qwen_dir, "--prompt",
+         "Describe the image.", "--max-new-tokens", "8", "--json", *extra],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])["tokens"]
+  assert answer("--mesh", "data=2,tensor=4") == answer()
