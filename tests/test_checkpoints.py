@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from tests.folders import copy_folder, rewrite_tensors
+from tests.folders import copy_folder, edit_config, rewrite_tensors
 from vispec_jax import checkpoints
 
 
@@ -79,6 +79,16 @@ def test_unknown_config_keys_are_ignored(tiny_qwen_dir, tmp_path):
   with open(path, "w") as f:
     json.dump(raw, f)
   assert vj.load_target(folder).config == vj.load_target(tiny_qwen_dir).config
+
+
+@pytest.mark.parametrize("where", ["rope_scaling", "rope_parameters"])
+def test_scaled_rope_is_refused(tiny_qwen_dir, tmp_path, where):
+  """A RoPE variant we do not implement must not load silently (its logits would be wrong)."""
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
+  edit_config(folder, lambda raw: raw["text_config"].update(
+      {where: {"rope_type": "yarn", "factor": 4.0, "mrope_section": [2, 3, 3]}}))
+  with pytest.raises(vj.ConfigError, match="rope type 'yarn' is not supported"):
+    vj.load_target(folder)
 
 
 def test_missing_tensor_is_named(tiny_qwen_dir, tmp_path):

@@ -164,6 +164,10 @@ def _qwen2_5_vl_from_hf(raw: dict[str, Any]) -> TargetConfig:
   rope_scaling = t.get("rope_scaling") or {}
   theta = rope.get("rope_theta", t.get("rope_theta", 1e6))
   section = rope.get("mrope_section") or rope_scaling.get("mrope_section") or [16, 24, 24]
+  for r in (rope, rope_scaling):  # scaled RoPE (yarn, linear, dynamic...) would load but be wrong
+    rope_type = r.get("rope_type", r.get("type", "default"))
+    if rope_type not in ("default", "mrope"):
+      raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (plain mRoPE only)")
   hidden = int(_require(t, "hidden_size", where))
   heads = int(_require(t, "num_attention_heads", where))
   head_dim = int(t.get("head_dim") or hidden // heads)
