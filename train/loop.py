@@ -226,8 +226,9 @@ def fit(config, workdir: str, *, state, step_fn: Callable, step_args: tuple, mes
       step += 1
       pending.append((step, metrics, ids))
       if step % config.log_every == 0 or step == total:
-        rate = tokens / max(time.time() - t_log, 1e-9)  # includes waiting for the results
-        for s, m, i in jax.device_get(pending):
+        done = jax.device_get(pending)  # waits for the steps: dispatch runs ahead of them
+        rate = tokens / max(time.time() - t_log, 1e-9)
+        for s, m, i in done:
           row = dict(m, lr=float(sched(s - 1)))
           if config.log_sample_ids:
             row["ids"] = i
