@@ -1,0 +1,79 @@
+"""The embedded target: a Qwen2.5-VL-architecture VLM trained from scratch on the scenes dataset
+(issue 8; docs/embedded-model.md "The target").
+
+    python -m vispec_jax.scenes_tfds --data-dir data/tfds --train 20000 --validation 500 --test 500
+    python -m vispec_jax.scenes tokenizer --out data/scenes-tokenizer
+    python -m train.target --config configs/scenes_target.py --workdir runs/target
+    python -m train.target --config configs/scenes_target.py:model=tiny,runlocal --workdir /tmp/t
+
+arg keys: model (a key of SIZES), runlocal (a few steps, for a smoke test).
+"""
+
+from configs import common
+
+# Model dimensions (train/target_folder.py:hf_config). Text: hidden x layers, heads (head_dim =
+# hidden / heads), kv_heads (GQA), intermediate (gated MLP). Vision: a small Qwen2.5-VL tower
+# (window attention, last block full), 2x2 merge: a 224 x 224 image is 16 x 16 patches of 14
+# pixels -> 64 tokens.
+SIZES = {
+    "tiny": dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vision_depth=1,
+                 vision_hidden=16, vision_heads=1, vision_intermediate=32),
+    # 3.70M params (text 2.56M, vision 1.14M): deep and narrow, sized by
+    # `python -m train.size_target` (docs/embedded-model.md "The target").
+    "base": dict(hidden=128, layers=12, heads=2, kv_heads=1, intermediate=384, vision_depth=4,
+                 vision_hidden=128, vision_heads=2, vision_intermediate=256),
+}
+COMMON_DIMS = dict(window_size=112, max_positions=2048, tie=False)
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, model="base", runlocal=False)
+  c = common.base_config()
+  for key in ("draft", "loss", "noise", "eval_tau"):  # draft-only sections
+    del c[key]
+  del c.eval_depth, c.export_draft
+  if arg.model not in SIZES:
+    raise ValueError(f"unknown model size {arg.model!r}; known: {sorted(SIZES)}")
+  c.model = dict(SIZES[arg.model], **COMMON_DIMS)
+  c.tokenizer = "data/scenes-tokenizer"   # python -m vispec_jax.scenes tokenizer --out ...
+
+  # Records: train.datagen over the scenes TFDS train split, keeping its answers (no generation),
+  # no system prompt or instruction, the image before the question in even records and after it
+  # in odd ones (so the model answers vj.prepare's layout and the reference datagen's).
+  # target.folder is set by the trainer (workdir/init: the tokenizer and image processor).
+  c.datagen.update(dict(input="tfds:scenes_dataset:train", tfds_data_dir="data/tfds",
+                        answer_key="answer", system_prompt="", instruction="",
+                        image_position="mixed", image_size=(224, 224), max_new_tokens=1024,
+                        batch_size=64, chunk_size=1000))
+  # Records are 407-661 tokens (mean 504; 64 image tokens): a batch of 8 pads to 576 (36%),
+  # 640 (60%) or 704, three compiled programs.
+  c.data.update(dict(dir="data/target", name="scenes_target", max_len=704,
+                     buckets=(576, 640, 704), eval_fraction=0.01, prefetch=2))
+
+  # ~530 tokens/s on the shared 2-core CPU: ~9 s a step, 800 steps ~ 2 hours (6,400 records).
+  c.batch_size = 8
+  c.total_steps = 800
+  c.warmup_steps = 40
+  c.optim.update(dict(lr=3e-3, b1=0.9, b2=0.95, weight_decay=0.01, clip_value=None,
+                      clip_norm=1.0))
+
+  c.log_every = 10
+  c.eval_every = 100
+  c.eval_batches = 4
+  c.checkpoint.update(dict(every=20, keep=3))   # every ~3 minutes
+
+  # At the end (and with --export_only): workdir/target, an HF-style folder (dtype of the
+  # stored weights), then the held-out check on `heldout.scenes` validation scenes with greedy
+  # answers of up to `heldout.max_new_tokens` tokens (train/target_eval.py).
+  c.export = dict(dtype="float32")
+  c.heldout = dict(input="tfds:scenes_dataset:validation", scenes=16, max_new_tokens=640,
+                   batch_size=8)
+
+  if arg.runlocal:
+    c.total_steps = 10
+    c.warmup_steps = 2
+    c.eval_every = 10
+    c.eval_batches = 1
+    c.checkpoint.every = 5
+    c.heldout.update(dict(scenes=2, max_new_tokens=16, batch_size=2))
+  return c

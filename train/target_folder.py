@@ -1,0 +1,55 @@
+"""The trained-from-scratch target as a Hugging Face-style folder: its config.json from the
+experiment's model dimensions, and writing params + tokenizer + processor so that
+`vj.load_target(folder)` and `python -m infer.generate --model folder` read it.
+
+The dimensions live in the training config (`config.model`, see configs/scenes_target.py); the
+config.json is the tiny test layout of `vispec_jax.testing` with those sizes filled in, so the
+special-token ids, chat template and preprocessor settings are the ones the library's tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from vispec_jax import checkpoints, testing
+
+
+def hf_config(tokenizer, m) -> dict:
+  """config.json (transformers-5 Qwen2.5-VL layout) for model dimensions `m` (a mapping with
+  hidden, layers, heads, kv_heads, intermediate, vision_depth, vision_hidden, vision_heads,
+  vision_intermediate, window_size, max_positions, tie) and the tokenizer's vocabulary."""
+  raw = testing.tiny_qwen_config(tokenizer, hidden=m["hidden"], layers=m["layers"],
+                                 heads=m["heads"], kv_heads=m["kv_heads"],
+                                 vision_depth=m["vision_depth"], vision_hidden=m["vision_hidden"],
+                                 tie=m["tie"])
+  raw["text_config"].update(intermediate_size=m["intermediate"],
+                            max_position_embeddings=m["max_positions"])
+  raw["vision_config"].update(num_heads=m["vision_heads"],
+                              intermediate_size=m["vision_intermediate"],
+                              window_size=m["window_size"],
+                              fullatt_block_indexes=[m["vision_depth"] - 1])
+  return raw
+
+
+def load_tokenizer(path: str):
+  """The scenes tokenizer folder (`python -m vispec_jax.scenes tokenizer --out path`)."""
+  from transformers import PreTrainedTokenizerFast
+  if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+    raise FileNotFoundError(f"no tokenizer at {path}: run `python -m vispec_jax.scenes tokenizer "
+                            f"--out {path}` first")
+  tok = PreTrainedTokenizerFast.from_pretrained(path)
+  if tok.chat_template is None:
+    tok.chat_template = testing.CHAT_TEMPLATE
+  return tok
+
+
+def write(folder: str, raw: dict, params, name_map, tokenizer, dtype=None) -> str:
+  """Writes config.json, model.safetensors (`dtype`: e.g. bfloat16 storage), the tokenizer with
+  its chat template and preprocessor_config.json, atomically (`checkpoints.write_folder`)."""
+  def fill(tmp):
+    checkpoints.save_hf(params, name_map, os.path.join(tmp, "model.safetensors"), dtype=dtype)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(raw, f, indent=1)
+    testing.write_tokenizer_and_processor(tokenizer, tmp)
+  return checkpoints.write_folder(folder, fill)
