@@ -1,0 +1,159 @@
+"""Sizing the scenes target from measurements on this machine: for candidate model dimensions,
+the time of one decode step (1 token, KV cache), of verifying a tree of 5 (a chain of 4), 16 or
+30 tokens (through the decoder with a cache and a tree mask), of one draft step (fc + one
+decoder layer + the shared lm_head, for 1 token and for a tree level of 8), and training
+throughput.
+
+    python -m train.size_target --tokenizer data/scenes-tokenizer \
+        --candidates 256x8x4x2x768 384x12x6x2x1024 [--cache 768] [--rounds 40] [--train-batch 8]
+
+A candidate is HIDDEN x LAYERS x HEADS x KV_HEADS x MLP; the vision tower is configs/
+scenes_target.py's "base" one. Each column is "ms ratio-to-step". Decode times are medians over
+`rounds` rounds that call every function once in turn (jitted, cache donated,
+block_until_ready, batch 1), so the ratios compare like with like on a shared machine. Training: tokens/s of the real train step
+(train/target.py:train_step) on random batches of `--train-batch` rows of `--train-len` tokens
+with one 224 x 224 image each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import scenes_target
+from train import loop, target, target_folder, targets
+import vispec_jax as vj
+from vispec_jax import draft as draft_lib
+from vispec_jax.configs import TargetConfig
+from vispec_jax.models import decoder
+
+TREES = (5, 16, 30)  # tree tokens verified per round
+LEVEL = 8            # tree nodes a draft step expands (top_k)
+
+
+def model_dims(candidate: str) -> dict:
+  hidden, layers, heads, kv, mlp = (int(x) for x in candidate.split("x"))
+  return dict(scenes_target.SIZES["base"], **scenes_target.COMMON_DIMS, hidden=hidden,
+              layers=layers, heads=heads, kv_heads=kv, intermediate=mlp)
+
+
+def count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def decode_fns(cfg, cache_len: int):
+  """Jitted closures over `cfg`: {"step", "verify5", ..., "draft1", "draft8"}; the target ones
+  take (params, cache=...), the draft ones (draft params, head, cache=...)."""
+  mrope = lambda pos: jnp.broadcast_to(pos, (3,) + pos.shape)
+
+  def lm(params, cache, n):
+    tokens = jnp.zeros((1, n), jnp.int32)
+    pos = mrope(jnp.full((1, n), cache_len // 2, jnp.int32))
+    tree = jnp.tril(jnp.ones((n, n), bool))          # any tree mask costs the same
+    mask = jnp.concatenate([jnp.ones((n, cache_len - n), bool), tree], -1)[None]
+    h, cache = decoder.forward(params, cfg, decoder.embed_tokens(params, tokens), pos, mask,
+                               cache, write_index=cache_len - n)
+    return jnp.argmax(decoder.logits(params, h), -1), cache
+
+  def draft(dparams, head, cache, n):
+    dcfg = draft_lib.DraftConfig.for_target(cfg)
+    tokens = jnp.zeros((1, n), jnp.int32)
+    x = draft_lib.fuse(dparams, decoder.embed_tokens(head, tokens), jnp.zeros((1, n, cfg.hidden_size)))
+    mask = jnp.concatenate([jnp.ones((n, cache_len - n), bool), jnp.eye(n, dtype=bool)], -1)[None]
+    h, cache = draft_lib.layer_forward(dparams, dcfg, x, jnp.full((1, n), 7, jnp.int32), mask,
+                                       cache, cache_len - n)
+    return jnp.argmax(draft_lib.log_probs(head, h), -1), cache
+
+  jit = lambda f, n: jax.jit(functools.partial(f, n=n), donate_argnames=("cache",))
+  return {"step": jit(lm, 1), **{f"verify{n}": jit(lm, n) for n in TREES},
+          "draft1": jit(draft, 1), f"draft{LEVEL}": jit(draft, LEVEL)}
+
+
+def decode_times(tgt, cache_len: int, rounds: int) -> dict:
+  """Median ms of every function of `decode_fns`, called in turn every round."""
+  cfg = tgt.config.text
+  params = tgt.params["text"]
+  dcfg = draft_lib.DraftConfig.for_target(cfg)
+  dparams = draft_lib.init_params(dcfg, jax.random.PRNGKey(1))
+  head = draft_lib.head_params(params)
+  fns, caches = {}, {}
+  for name, fn in decode_fns(cfg, cache_len).items():
+    if name.startswith("draft"):
+      fns[name] = functools.partial(fn, dparams, head)
+      caches[name] = tuple(jnp.zeros((1, cache_len, dcfg.num_kv_heads, dcfg.head_dim))
+                           for _ in range(2))
+    else:
+      fns[name] = functools.partial(fn, params)
+      caches[name] = decoder.init_cache(cfg, 1, cache_len)
+  times = {k: [] for k in fns}
+  for _ in range(rounds + 2):  # two warm-up rounds (compile)
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      out, caches[name] = fn(cache=caches[name])
+      jax.block_until_ready(out)
+      times[name].append(time.perf_counter() - t0)
+  return {k: 1e3 * float(np.median(v[2:])) for k, v in times.items()}
+
+
+def train_rate(tgt, batch: int, length: int, steps: int) -> float:
+  """Tokens/s of the target train step on random batches (one image per row)."""
+  config = scenes_target.get_config()
+  vision = targets.VisionAdapter.for_target(tgt, (224, 224))
+  nv = vision.num_tokens
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, tgt.config.text.vocab_size, (batch, length)).astype(np.int32)
+  vindex = np.full((batch, length), -1, np.int32)
+  vindex[:, 4:4 + nv] = np.arange(nv)
+  b = {"ids": ids, "attention_mask": np.ones((batch, length), bool),
+       "answer": np.arange(length)[None].repeat(batch, 0) > 100,
+       "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, 3, length)).copy(),
+       "vision_index": vindex,
+       "pixels": rng.standard_normal((batch,) + vision.item.layout.rot_pos.shape[:1]
+                                     + (tgt.config.vision.patch_dim,)).astype(np.float32)}
+  tx = loop.make_optimizer(config, loop.schedule(config, 100, 10))
+  state = {"params": tgt.params, "opt_state": tx.init(tgt.params), "step": jnp.zeros((), jnp.int32)}
+  fn = jax.jit(functools.partial(target.train_step, tgt.config.text, vision, tx), donate_argnums=(0,))
+  state, m = fn(state, b)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = fn(state, b)
+  jax.block_until_ready(m)
+  return batch * length * steps / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m train.size_target", description=__doc__.split("\n")[0])
+  ap.add_argument("--tokenizer", required=True)
+  ap.add_argument("--candidates", nargs="+", default=["256x8x4x2x768"])
+  ap.add_argument("--cache", type=int, default=768, help="KV cache slots (prompt + answer)")
+  ap.add_argument("--rounds", type=int, default=40)
+  ap.add_argument("--train-batch", type=int, default=8)
+  ap.add_argument("--train-len", type=int, default=640)
+  ap.add_argument("--train-steps", type=int, default=3, help="0: skip the training measurement")
+  args = ap.parse_args(argv)
+  tok = target_folder.load_tokenizer(args.tokenizer)
+  print(f"vocab {len(tok)}, cache {args.cache}, {jax.devices()[0].device_kind}")
+  names = ["step"] + [f"verify{n}" for n in TREES] + ["draft1", f"draft{LEVEL}"]
+  print(f"{'candidate':>16s} {'params':>7s} {'text':>6s} {'vision':>6s} "
+        + " ".join(f"{n:>12s}" for n in names) + f" {'train tok/s':>11s}")
+  for cand in args.candidates:
+    raw = target_folder.hf_config(tok, model_dims(cand))
+    tgt = vj.init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(0))
+    t = decode_times(tgt, args.cache, args.rounds)
+    rate = train_rate(tgt, args.train_batch, args.train_len, args.train_steps) if args.train_steps else 0
+    cells = " ".join(f"{t[n]:6.2f} {t[n] / t['step']:5.2f}" for n in names)
+    print(f"{cand:>16s} {count(tgt.params) / 1e6:6.2f}M {count(tgt.params['text']) / 1e6:5.2f}M "
+          f"{count(tgt.params['vision']) / 1e6:5.2f}M {cells} {rate:11.0f}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  from train import cli
+  cli.setup()
+  raise SystemExit(main())
