@@ -8,6 +8,8 @@ trained drafts; the paper reports tau ~3 for ViSpec on 7B targets).
 
 from __future__ import annotations
 
+import dataclasses
+
 TREES = {"chain4": dict(paths=tuple((0,) * d for d in range(1, 5))),
          "dynamic-d3k8t30": dict(depth=3, top_k=8, total_tokens=30)}
 
@@ -18,13 +20,13 @@ def run_cost(args) -> list[dict]:
   from infer.bench import BENCH_INTERMEDIATE, BENCH_MODEL, BENCH_VOCAB
   from infer.memory import QWEN2_5_VL_7B
 
-  bench = TargetConfig.from_hf(QWEN2_5_VL_7B).text
-  bench = type(bench)(**{**bench.__dict__, "vocab_size": BENCH_VOCAB,
-                         "hidden_size": BENCH_MODEL["hidden"], "num_layers": BENCH_MODEL["layers"],
-                         "num_heads": BENCH_MODEL["heads"], "num_kv_heads": BENCH_MODEL["kv_heads"],
-                         "head_dim": BENCH_MODEL["hidden"] // BENCH_MODEL["heads"],
-                         "intermediate_size": BENCH_INTERMEDIATE})
-  targets = {"bench-61M": bench, "qwen2.5-vl-7b": TargetConfig.from_hf(QWEN2_5_VL_7B).text}
+  qwen_7b = TargetConfig.from_hf(QWEN2_5_VL_7B).text
+  bench = dataclasses.replace(  # the text model of infer.bench's checkpoint (shapes only)
+      qwen_7b, vocab_size=BENCH_VOCAB, hidden_size=BENCH_MODEL["hidden"],
+      num_layers=BENCH_MODEL["layers"], num_heads=BENCH_MODEL["heads"],
+      num_kv_heads=BENCH_MODEL["kv_heads"], head_dim=BENCH_MODEL["hidden"] // BENCH_MODEL["heads"],
+      intermediate_size=BENCH_INTERMEDIATE)
+  targets = {"bench-61M": bench, "qwen2.5-vl-7b": qwen_7b}
   rows = []
   print(f"{'device':<18}{'target':<15}{'tree':<17}{'tau':>5}{'step ms':>9}{'verify':>8}"
         f"{'draft':>8}{'commit':>8}{'speedup':>9}")
@@ -39,7 +41,7 @@ def run_cost(args) -> list[dict]:
           r = cost_model.round_seconds(device, tstack, dstack, tree, tau, rows=args.batch,
                                        cache=args.cache, itemsize=args.itemsize)
           rows.append({"device": dev_name, "target": t_name, "tree": tree_name, "tau": tau,
-                       **{k: v for k, v in r.items()}})
+                       **r})
           ms = {k: 1e3 * r[k] for k in ("step", "verify", "draft", "commit")}
           print(f"{dev_name:<18}{t_name:<15}{tree_name:<17}{tau:>5.1f}{ms['step']:>9.3f}"
                 f"{ms['verify']:>8.3f}{ms['draft']:>8.3f}{ms['commit']:>8.3f}"
