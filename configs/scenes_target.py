@@ -54,11 +54,13 @@ def get_config(arg=None):
   c.batch_size = 8
   c.total_steps = 800
   c.warmup_steps = 40
+  # The vision tower at a tenth of the learning rate: at the full rate its output norm grew
+  # from 1.4 to 274 in 240 steps (text embeddings: 0.3) and the model ignored the image.
   c.optim.update(dict(lr=3e-3, b1=0.9, b2=0.95, weight_decay=0.01, clip_value=None,
-                      clip_norm=1.0))
+                      clip_norm=1.0, lr_scales={"vision": 0.1}))
 
   c.log_every = 10
-  c.eval_every = 100
+  c.eval_every = 50
   c.eval_batches = 4
   c.checkpoint.update(dict(every=20, keep=3))   # every ~3 minutes
 

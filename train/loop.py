@@ -39,7 +39,9 @@ def schedule(config, total_steps: int, warmup: int):
 
 
 def make_optimizer(config, sched) -> optax.GradientTransformation:
-  """Gradient clipping (by value, the reference's 0.5; and/or by global norm), then AdamW."""
+  """Gradient clipping (by value, the reference's 0.5; and/or by global norm), then AdamW.
+  `optim.lr_scales` ({top-level params key: multiplier}, optional) gives a subtree its own
+  learning rate, e.g. a slower vision tower."""
   o = config.optim
   parts = []
   if o.clip_value:
@@ -47,6 +49,10 @@ def make_optimizer(config, sched) -> optax.GradientTransformation:
   if o.clip_norm:
     parts.append(optax.clip_by_global_norm(o.clip_norm))
   parts.append(optax.adamw(sched, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+  scales = {k: float(v) for k, v in (o.get("lr_scales") or {}).items()}
+  if scales:  # AdamW's update (step and decay) is proportional to the lr: scale it per subtree
+    parts.append(optax.stateless(lambda updates, params=None: {
+        k: jax.tree.map(lambda u, m=scales.get(k, 1.0): u * m, v) for k, v in updates.items()}))
   return optax.chain(*parts)
 
 

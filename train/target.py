@@ -11,7 +11,8 @@ scene image and a question and writes the long answer; cross-entropy on answer t
   batches, mesh, AdamW, checkpoints, logging, the loop     shared with the draft trainer
                        (train/data.py, train/loop.py)
   train_step           train/lm.py:answer_loss -> grads -> clip -> AdamW
-  every eval_every     loss and token accuracy on held-out records (the last data.eval_fraction)
+  every eval_every     loss and token accuracy on held-out records (the last data.eval_fraction),
+                       also with every row given another row's image (`eval/*_swapped`)
   at the end, or with --export_only (newest checkpoint)
                        workdir/target: an HF-style folder (`vj.load_target`, `infer.generate`),
                        then the held-out check on validation scenes (train/target_eval.py),
@@ -139,14 +140,21 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
   eval_fn = jax.jit(lambda p, b: lm.answer_loss(text_cfg, vision, p, b)[1], out_shardings=repl)
 
   def evaluate(state, step):
+    """Loss and token accuracy on held-out batches, with each row's own image and with the
+    images rotated by one row (`_swapped`): the gap is what the model reads from the image."""
     del step
     ds = data.make_dataset(source, meta["lengths"], eval_idx if len(eval_idx) else train_idx,
                            collate, seed=None, num_epochs=None, **common)
-    rows = [jax.device_get(eval_fn(state["params"], loop.device_batch(mesh, ds[i])))
-            for i in range(min(config.eval_batches, len(ds)))]
-    n = sum(float(r["tokens"]) for r in rows)
-    return {f"eval/{k}": sum(float(r[k]) * float(r["tokens"]) for r in rows) / max(n, 1)
-            for k in ("loss", "token_acc")}
+    out = {}
+    for suffix, shift in (("", 0), ("_swapped", 1)):
+      rows = []
+      for i in range(min(config.eval_batches, len(ds))):
+        batch = dict(ds[i], pixels=np.roll(ds[i]["pixels"], shift, axis=0))
+        rows.append(jax.device_get(eval_fn(state["params"], loop.device_batch(mesh, batch))))
+      n = sum(float(r["tokens"]) for r in rows)
+      out.update({f"eval/{k}{suffix}": sum(float(r[k]) * float(r["tokens"]) for r in rows)
+                  / max(n, 1) for k in ("loss", "token_acc")})
+    return out
 
   step, last, last_eval = start, {}, {}
   if not export_only:
