@@ -145,3 +145,10 @@ def test_tfds_input_with_kept_answers(tiny_qwen_dir, tmp_path):
     np.testing.assert_array_equal(answer, want + [target.config.eos_token_ids[0]])
     assert ex["question"] in target.tokenizer.decode(rec["tokens"])
     np.testing.assert_array_equal(rec["image"], np.asarray(ex["image"].resize((56, 56))))
+  # A sliced split (colons inside the brackets) reads the same examples.
+  assert datagen.tfds_name_and_split("scenes_dataset/c:train[-2:]") == (
+      "scenes_dataset/c", "train[-2:]")
+  with pytest.raises(ValueError, match="expected tfds:NAME"):
+    datagen.tfds_name_and_split("scenes_dataset")
+  tail = datagen.load_inputs("tfds:scenes_dataset:train[-2:]", config.datagen)
+  assert len(tail) == 2 and tail[1]["question"] == src[2]["question"]

@@ -92,3 +92,14 @@ def test_resume_is_exact(runs):
   import jax
   diff = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
   assert max(jax.tree.leaves(diff)) <= 1e-5
+
+
+def test_scenes_draft_config_stages():
+  """configs/scenes_draft.py: each draft kind with its stage's losses, on the target's records."""
+  from configs import scenes_draft
+  eagle, vispec = scenes_draft.get_config("stage=1"), scenes_draft.get_config("")
+  medusa = scenes_draft.get_config("draft=medusa,records=64")
+  assert (eagle.draft.kind, vispec.draft.kind, medusa.draft.kind) == ("eagle", "vispec", "medusa")
+  assert eagle.loss.mtp_steps == 0 and vispec.loss.mtp_steps == 1
+  assert medusa.datagen.input == "tfds:scenes_dataset:train[-64:]"
+  assert vispec.data.features == "precomputed" and vispec.datagen.store_features

@@ -12,9 +12,10 @@ Inputs (`datagen.input`):
   path/to/file.jsonl      one {"question": str, "image": path (relative to the file) or null,
                           "answer": optional str} per line
   tfds:NAME[/CONFIG]:SPLIT a TFDS dataset readable without TensorFlow (array_record) under
-                          `datagen.tfds_data_dir`, with fields `datagen.question_key`,
-                          `datagen.image_key` (uint8 or PNG bytes) and, if
-                          `datagen.answer_key` is set, answers to keep instead of generating
+                          `datagen.tfds_data_dir` (SPLIT may be sliced: train[-2048:]), with
+                          fields `datagen.question_key`, `datagen.image_key` (uint8 or PNG
+                          bytes) and, if `datagen.answer_key` is set, answers to keep instead
+                          of generating
   synthetic:N             N generated test pictures with a handful of questions (tests, demos)
 
 Images are resized to `datagen.image_size` (height, width) before the target sees them, so all
@@ -118,10 +119,19 @@ class _Jsonl:
     return {"question": row["question"], "image": image, "answer": row.get("answer")}
 
 
+def tfds_name_and_split(spec: str) -> tuple[str, str]:
+  """"scenes_dataset:train[-2048:]" -> ("scenes_dataset", "train[-2048:]") (slices hold colons)."""
+  head, bracket, rest = spec.partition("[")
+  if ":" not in head:
+    raise ValueError(f"datagen input tfds:{spec}: expected tfds:NAME[/CONFIG]:SPLIT")
+  name, split = head.rsplit(":", 1)
+  return name, split + bracket + rest
+
+
 class _Tfds:
   def __init__(self, spec: str, cfg):
     import tensorflow_datasets as tfds
-    name, split = spec.rsplit(":", 1)
+    name, split = tfds_name_and_split(spec)
     self.src = tfds.data_source(name, split=split, data_dir=cfg.get("tfds_data_dir"))
     self.q, self.im, self.a = cfg.question_key, cfg.image_key, cfg.get("answer_key")
 

@@ -1,0 +1,56 @@
+"""Drafts for the embedded scenes target (issue 8; docs/embedded-model.md "The drafts").
+
+    python -m train.datagen --config configs/scenes_draft.py --config.target.folder=runs/target/target
+    python -m train --config configs/scenes_draft.py:stage=1 --workdir runs/eagle \
+        --config.target.folder=runs/target/target
+    python -m train --config configs/scenes_draft.py --workdir runs/vispec \
+        --config.target.folder=runs/target/target --config.draft.init_from=runs/eagle/draft
+    python -m train --config configs/scenes_draft.py:draft=medusa --workdir runs/medusa \
+        --config.target.folder=runs/target/target
+
+arg keys: stage (1: EAGLE draft + stage-1 losses, 2: ViSpec + stage-2 losses), draft (override
+the kind: eagle / vispec / medusa), num_q (ViSpec adaptor queries), records (how many target
+answers to generate and train on), runlocal (a few steps, for a smoke test).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, stage=2, draft="", num_q=2, records=2048, runlocal=False)
+  c = common.base_config()
+  common.set_stage(c, arg.stage)
+  if arg.draft:
+    c.draft.kind = arg.draft
+  c.draft.overrides.num_q = arg.num_q
+  c.target.folder = "runs/target/target"   # python -m train.target ... (export)
+
+  # The target answers scenes questions greedily, prompted as vj.prepare / infer.demo do: no
+  # system prompt or instruction, the image before the question, on the last `records` scenes of
+  # the train split. Records hold the target's features (training never runs the target).
+  c.datagen.update(dict(input=f"tfds:scenes_dataset:train[-{arg.records}:]",
+                        tfds_data_dir="data/tfds", system_prompt="", instruction="",
+                        image_position="before", image_size=(224, 224), max_new_tokens=704,
+                        batch_size=32, chunk_size=128, store_features=True))
+  c.data.update(dict(dir="data/drafts", name=f"scenes_{arg.records}", features="precomputed",
+                     max_len=832, buckets=(640, 704, 768, 832), eval_fraction=0.03,
+                     prefetch=2))
+
+  c.batch_size = 8
+  c.total_steps = 600
+  c.warmup_steps = 30
+  c.optim.update(dict(lr=2e-3, clip_value=0.5))
+  c.noise.scale = 0.05
+
+  c.log_every = 10
+  c.eval_every = 200
+  c.eval_batches = 4
+  c.eval_tau.update(dict(prompts=0))
+  c.checkpoint.update(dict(every=100, keep=2))
+
+  if arg.runlocal:
+    c.total_steps = 10
+    c.eval_every = 10
+    c.eval_batches = 1
+    c.checkpoint.every = 5
+  return c
