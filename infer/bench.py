@@ -4,6 +4,10 @@
     python -m infer.bench spec [--batch 1 4] [--trees ...] [--mesh data=2,tensor=4]
     python -m infer.bench pieces [--batch 1]
     python -m infer.bench cost [--tau 1 2 3 4]
+    python -m infer.bench table --target DIR --draft NAME=DIR [--draft NAME=DIR ...] [--scenes 8]
+        [--temperatures 0 1] [--max-new-tokens 512] [--tree dynamic|chain4|...] [--markdown]
+    python -m infer.bench length --target DIR --draft NAME=DIR ... [--lengths 64 128 256 512]
+        [--scenes 4] --out length.png [--json out.json]
 
 `vanilla`: tokens/s of `vj.generate` (greedy) against transformers' PyTorch
 `Qwen2_5_VLForConditionalGeneration.generate` on the same random checkpoint folder (a
@@ -13,7 +17,9 @@ alternately; the table shows the median over repeats, and the token ids of both 
 
 `spec` (infer/bench_spec.py) times speculative against vanilla decoding with oracle and random
 drafts; `pieces` (infer/bench_pieces.py) times the parts of a speculative round; `cost`
-(infer/bench_cost.py) predicts speedups on accelerators from a roofline model.
+(infer/bench_cost.py) predicts speedups on accelerators from a roofline model. `table` and
+`length` (infer/bench_table.py) measure trained drafts against vanilla decoding on held-out
+scenes: tau, tokens/s and speedup per draft and temperature, and against the output length (PNG).
 Timings move from run to run on shared machines: compare the ratio, not absolute numbers.
 """
 
@@ -183,12 +189,15 @@ def main(argv=None) -> int:
                       "without intra-op threads), a fairer comparison on a loaded machine; "
                       "0 (default): each library's own default")
   v.add_argument("--json", help="also write the results to this JSON file")
-  from infer import bench_cost, bench_pieces, bench_spec
+  from infer import bench_cost, bench_pieces, bench_spec, bench_table
   runners = {"spec": bench_spec.run_spec, "pieces": bench_pieces.run_pieces,
              "cost": bench_cost.run_cost}
   for module in (bench_spec, bench_pieces, bench_cost):
     module.add_parser(sub)
+  bench_table.add_parsers(sub)
   args = parser.parse_args(argv)
+  if args.command in bench_table.COMMANDS:
+    return bench_table.main(args)
   if args.command in runners:
     if args.command == "spec":
       print(bench_spec.HEADER)

@@ -60,3 +60,82 @@ def test_cost(tmp_path):
     by_tau = {row["tau"]: row["speedup"] for row in rows
               if row["target"] == target and row["tree"] == "chain4"}
     assert by_tau[3.0] > by_tau[1.0] > 0
+
+
+# ------------------------------------------------------------------ table and length (trained
+# drafts on held-out scenes; here random drafts on the tiny target: structure only, no numbers)
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def bench_fast(*args):
+  """`bench` with XLA's cheapest CPU compile (these tests compile several loops; timings are
+  not checked)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
+  return subprocess.run([sys.executable, "-m", "infer.bench", *map(str, args)], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def draft_dirs(tiny_qwen_dir, tmp_path_factory):
+  import jax
+  import vispec_jax as vj
+  from vispec_jax import draft
+  target = vj.load_target(tiny_qwen_dir)
+  out = {}
+  for kind, seed in (("eagle", 3), ("medusa", 4)):
+    cfg = draft.DraftConfig.for_target(target.config.text, kind)
+    out[kind] = vj.save_draft(str(tmp_path_factory.mktemp(f"bench_{kind}")), cfg,
+                              draft.init_params(cfg, jax.random.PRNGKey(seed)))
+  return out
+
+
+def test_table(tiny_qwen_dir, draft_dirs, tmp_path):
+  out = tmp_path / "table.json"
+  r = bench_fast("table", "--target", tiny_qwen_dir, "--draft", f"eagle={draft_dirs['eagle']}",
+                 "--scenes", 2, "--max-new-tokens", 12, "--temperatures", 0, 1, "--tree",
+                 "chain3", "--markdown", "--json", out)
+  assert r.returncode == 0, r.stdout + r.stderr
+  result = json.loads(out.read_text())
+  assert result["setup"]["seeds"] == [200_000_000, 200_000_001]  # the held-out test split
+  rows = {(row["name"], row["temperature"]): row for row in result["rows"]}
+  assert set(rows) == {(n, t) for n in ("vanilla", "eagle") for t in (0.0, 1.0)}
+  for (name, t), row in rows.items():
+    assert row["tau"] >= 0 and row["speedup"] > 0 and row["tokens_per_s"] > 0
+    assert row["tokens_per_forward"] == pytest.approx(row["tau"] + 1)
+    assert 2 <= row["tokens"] <= 2 * 12
+    assert row["identical"] is (True if t == 0 else None)  # sampling: never claimed
+  assert rows[("vanilla", 0.0)]["speedup"] == 1.0
+  assert "| eagle" in r.stdout and "|--" in r.stdout  # the markdown table
+
+
+def test_length(tiny_qwen_dir, draft_dirs, tmp_path):
+  from PIL import Image
+  png, out = tmp_path / "length.png", tmp_path / "length.json"
+  r = bench_fast("length", "--target", tiny_qwen_dir, "--draft", f"medusa={draft_dirs['medusa']}",
+                 "--scenes", 1, "--lengths", 8, 16, "--tree", "chain3", "--out", png,
+                 "--json", out)
+  assert r.returncode == 0, r.stdout + r.stderr
+  rows = json.loads(out.read_text())["rows"]
+  assert sorted((row["name"], row["max_new_tokens"]) for row in rows) == [
+      ("medusa", 8), ("medusa", 16)]
+  assert all(row["identical"] is True and row["speedup"] > 0 and row["tau"] >= 0 for row in rows)
+  with Image.open(png) as im:
+    im.verify()
+  with Image.open(png) as im:
+    assert im.format == "PNG" and im.width > 400 and im.height > 200
+
+
+def test_table_bad_input_is_one_line(tiny_qwen_dir, draft_dirs, tmp_path, capsys):
+  from infer import bench as bench_main
+  cases = [
+      (["--draft", f"eagle={tmp_path / 'nope'}"], "--draft eagle folder not found"),
+      (["--draft", draft_dirs["eagle"]], "--draft must be NAME=DIR"),
+      (["--draft", f"e={draft_dirs['eagle']}", "--tree", "bushy"], "unknown --tree 'bushy'"),
+      (["--draft", f"m={draft_dirs['medusa']}", "--tree", "chain6"], "5 Medusa heads"),
+  ]
+  for args, message in cases:
+    rc = bench_main.main(["table", "--target", tiny_qwen_dir, "--scenes", "1", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

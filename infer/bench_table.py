@@ -1,0 +1,438 @@
+"""`python -m infer.bench table|length`: trained drafts against vanilla decoding on held-out scenes.
+
+    python -m infer.bench table --target DIR --draft NAME=DIR [--draft NAME=DIR ...]
+        [--scenes 8] [--split test] [--temperatures 0 1] [--max-new-tokens 512]
+        [--tree dynamic|dynamic-dDkKtT|chainN] [--repeats 1] [--json out.json] [--markdown]
+    python -m infer.bench length --target DIR --draft NAME=DIR [--draft NAME=DIR ...]
+        [--lengths 64 128 256 512] [--scenes 4] [--temperature 0] [--ignore-eos]
+        --out length.png [--json out.json]
+
+`table` is the paper-style table: for each temperature, vanilla decoding (`vj.generate`) and
+every draft (`vj.load_draft`: ViSpec, EAGLE or Medusa) with `vj.speculative_generate` and one
+tree (default `vj.TreeConfig()`, the EAGLE-2 dynamic tree of depth 3, top_k 8, 30 tokens).
+`length` sweeps the maximum output length and draws speedup and tau against it (a PNG, two
+panels, one line per draft).
+
+Scenes: `vispec_jax.scenes.sample(seed)` for seeds SPLIT_SEEDS[split] + i, i < --scenes (the
+same examples as the TFDS build's split, made directly, so no build is needed; `test` is held
+out from training). Each is prompted as infer/demo.py does: `vj.prepare(target, [question],
+images=[[image]])`, no system prompt.
+
+Timing: every scene runs at batch 1, one call at a time (the paper's setting: a batched
+speculative loop runs until its slowest row is done, so its throughput mixes the rows'
+acceptance). The image is encoded once per scene outside the timings; both decoders get the
+same embeddings. Every program is compiled (one untimed call of every configuration on every
+scene) before timing; each repeat then runs every scene with every configuration, the order of
+the configurations rotated per repeat so machine noise hits all alike, each call ended by
+`jax.block_until_ready`. Per configuration: time = median over repeats of the summed time over
+scenes; tokens/s = generated tokens / time; speedup = vanilla's time per token / the draft's
+time per token (at the same temperature; at T > 0 the outputs and their lengths differ).
+tau = accepted draft tokens / target forwards, pooled over scenes (sum / sum, bonus token
+excluded); tokens per forward = tau + 1. At T = 0 every speculative output must be
+token-identical to vanilla (exit status 1 otherwise); at T > 0 scene i uses the fixed key
+fold_in(PRNGKey(0), i) for every configuration, and the outputs differ from vanilla's by design
+(the sampler is lossless in distribution, not in samples).
+Bad input (a missing folder, a malformed --draft, an unknown tree) is one `error:` line, exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+# vispec_jax/scenes_tfds.py SPLIT_SEEDS (copied: importing it imports tensorflow_datasets).
+SPLIT_SEEDS = {"train": 0, "validation": 100_000_000, "test": 200_000_000}
+COMMANDS = ("table", "length")
+LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
+                (140, 86, 75), (227, 119, 194), (23, 190, 207)]
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+def parse_tree(spec: str):
+  """'dynamic' (vj.TreeConfig()), 'dynamic-dDkKtT' or 'chainN' -> TreeConfig."""
+  from vispec_jax import tree as tree_lib
+  if spec == "dynamic":
+    return tree_lib.TreeConfig()
+  m = re.fullmatch(r"dynamic-d(\d+)k(\d+)t(\d+)", spec)
+  if m:
+    d, k, t = map(int, m.groups())
+    return tree_lib.TreeConfig(depth=d, top_k=k, total_tokens=t)
+  m = re.fullmatch(r"chain(\d+)", spec)
+  if m and int(m.group(1)) >= 1:
+    return tree_lib.chain(int(m.group(1)))
+  raise ValueError(f"unknown --tree {spec!r}: use dynamic (depth 3, top_k 8, 30 tokens), "
+                   "dynamic-dDkKtT (e.g. dynamic-d4k4t16) or chainN (e.g. chain4)")
+
+
+def parse_drafts(specs) -> dict[str, str]:
+  """['NAME=DIR', ...] -> {NAME: DIR}, checked (names unique, folders exist)."""
+  if not specs:
+    raise ValueError("give at least one --draft NAME=DIR")
+  drafts = {}
+  for spec in specs:
+    name, sep, folder = spec.partition("=")
+    name = name.strip()
+    if not sep or not name or not folder:
+      raise ValueError(f"--draft must be NAME=DIR, got {spec!r}")
+    if name == "vanilla" or name in drafts:
+      raise ValueError(f"--draft name {name!r} is " +
+                       ("reserved" if name == "vanilla" else "given twice"))
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f"--draft {name} folder not found: {folder}")
+    drafts[name] = folder
+  return drafts
+
+
+def check_args(args) -> tuple[dict[str, str], object]:
+  """Everything checkable before loading a model; returns (drafts, tree)."""
+  from vispec_jax.configs import GenerationConfig
+  if not os.path.isdir(args.target):
+    raise FileNotFoundError(f"--target folder not found: {args.target}")
+  drafts = parse_drafts(args.draft)
+  tree = parse_tree(args.tree)
+  if args.scenes < 1:
+    raise ValueError(f"--scenes must be >= 1, got {args.scenes}")
+  if args.repeats < 1:
+    raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+  for n in getattr(args, "lengths", None) or [args.max_new_tokens]:
+    GenerationConfig(n)  # validates
+  for t in getattr(args, "temperatures", None) or [args.temperature]:
+    GenerationConfig(1, t)
+  for option in ("json", "out"):
+    path = getattr(args, option, None)
+    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+      raise FileNotFoundError(f"--{option}: folder of {path} not found")
+  return drafts, tree
+
+
+def add_parsers(sub):
+  def common(p, scenes: int):
+    p.add_argument("--target", required=True, help="target folder")
+    p.add_argument("--draft", action="append", metavar="NAME=DIR",
+                   help="a draft folder and its row name (repeat for several)")
+    p.add_argument("--scenes", type=int, default=scenes, help="held-out scenes (batch 1 each)")
+    p.add_argument("--split", choices=list(SPLIT_SEEDS), default="test",
+                   help="seed range of the scenes (vispec_jax/scenes_tfds.py SPLIT_SEEDS)")
+    p.add_argument("--tree", default="dynamic",
+                   help="dynamic (default: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs of everything (median)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+
+  t = sub.add_parser("table", help="paper-style table: tau, tokens/s, speedup per draft and "
+                                   "temperature on held-out scenes")
+  common(t, 8)
+  t.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+  t.add_argument("--max-new-tokens", type=int, default=512)
+  t.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
+
+  g = sub.add_parser("length", help="speedup and tau vs maximum output length (PNG plot)")
+  common(g, 4)
+  g.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
+  g.add_argument("--temperature", type=float, default=0.0)
+  g.add_argument("--ignore-eos", action="store_true",
+                 help="never stop at EOS: every answer is exactly the length")
+  g.add_argument("--out", default="length.png", help="the PNG plot")
+  return t, g
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+@dataclasses.dataclass
+class Scene:
+  seed: int
+  kind: str
+  batch: object
+  embeds: object
+
+
+def load(args, drafts: dict[str, str], tree):
+  """Target, {name: Draft} and the prepared scenes."""
+  import vispec_jax as vj
+  from vispec_jax import scenes as scenes_lib
+  target = vj.load_target(args.target)
+  if getattr(args, "ignore_eos", False):
+    target = dataclasses.replace(target,
+                                 config=dataclasses.replace(target.config, eos_token_ids=()))
+  loaded = {}
+  for name, folder in drafts.items():
+    d = vj.load_draft(folder, target)
+    if d.config.kind == "medusa" and tree.max_depth > d.config.medusa_heads:
+      raise ValueError(
+          f"--draft {name} has {d.config.medusa_heads} Medusa heads, so it drafts at most "
+          f"{d.config.medusa_heads} tokens deep; --tree {args.tree} is {tree.max_depth} deep "
+          f"(a dynamic tree is depth + 1 deep): use chain{d.config.medusa_heads} or shallower, "
+          f"or dynamic-dDkKtT with D <= {d.config.medusa_heads - 1}")
+    loaded[name] = d
+  base = SPLIT_SEEDS[args.split]
+  scenes = []
+  for i in range(args.scenes):
+    example = scenes_lib.sample(base + i)
+    batch = vj.prepare(target, [example["question"]], images=[[example["image"]]])
+    embeds = target.embed(target.params, batch)
+    scenes.append(Scene(base + i, example["kind"], batch, embeds))
+  return target, loaded, scenes
+
+
+def measure(target, drafts, scenes, tree, max_new_tokens: int, temperature: float,
+            repeats: int) -> dict[str, dict]:
+  """Times vanilla and every draft on every scene (see the module docstring). Returns
+  {name: {seconds, tokens, accepted, target_forwards, outputs}} with name "vanilla" first."""
+  import jax
+  import numpy as np
+
+  import vispec_jax as vj
+  keys = [jax.random.fold_in(jax.random.PRNGKey(0), i) for i in range(len(scenes))]
+
+  def vanilla(i):
+    s = scenes[i]
+    return jax.block_until_ready(vj.generate(
+        target, s.batch, max_new_tokens, temperature=temperature, key=keys[i], embeds=s.embeds))
+
+  def speculative(d):
+    def fn(i):
+      s = scenes[i]
+      return jax.block_until_ready(vj.speculative_generate(
+          target, d.drafter, d.params, s.batch, tree=tree, max_new_tokens=max_new_tokens,
+          temperature=temperature, key=keys[i], embeds=s.embeds))
+    return fn
+
+  fns = {"vanilla": vanilla, **{name: speculative(d) for name, d in drafts.items()}}
+  names = list(fns)
+  outputs = {name: [fns[name](i) for i in range(len(scenes))] for name in names}  # compiles
+  seconds = {name: [0.0] * repeats for name in names}
+  for r in range(repeats):
+    order = names[r % len(names):] + names[:r % len(names)]  # rotate: noise hits all alike
+    for i in range(len(scenes)):
+      for name in order:
+        t0 = time.perf_counter()
+        outputs[name][i] = fns[name](i)
+        seconds[name][r] += time.perf_counter() - t0
+  result = {}
+  for name in names:
+    outs = outputs[name]
+    entry = {"seconds": statistics.median(seconds[name]), "all_seconds": seconds[name],
+             "tokens": int(sum(int(np.asarray(o.lengths)[0]) for o in outs)),
+             "outputs": [vj.trim(o)[0] for o in outs]}
+    if name != "vanilla":
+      entry["accepted"] = int(sum(int(np.asarray(o.stats.accepted)[0]) for o in outs))
+      entry["target_forwards"] = int(sum(int(np.asarray(o.stats.target_forwards)[0])
+                                         for o in outs))
+    result[name] = entry
+  return result
+
+
+def summarise(measured: dict[str, dict], drafts, temperature: float) -> list[dict]:
+  """Rows (vanilla first) from `measure`'s result."""
+  base = measured["vanilla"]
+  base_per_token = base["seconds"] / max(base["tokens"], 1)
+  rows = []
+  for name, m in measured.items():
+    per_token = m["seconds"] / max(m["tokens"], 1)
+    if name == "vanilla":
+      tau, forwards, kind = 0.0, m["tokens"], "vanilla"
+    else:
+      tau, forwards = m["accepted"] / max(m["target_forwards"], 1), m["target_forwards"]
+      kind = drafts[name].config.kind
+    identical = None
+    if temperature == 0:
+      identical = name == "vanilla" or m["outputs"] == base["outputs"]
+    rows.append({
+        "name": name, "kind": kind, "temperature": temperature, "tokens": m["tokens"],
+        "target_forwards": forwards, "tau": tau, "tokens_per_forward": tau + 1.0,
+        "tokens_per_s": m["tokens"] / m["seconds"] if m["seconds"] > 0 else 0.0,
+        "seconds": m["seconds"], "all_seconds": m["all_seconds"],
+        "speedup": base_per_token / per_token if per_token > 0 else 0.0,
+        "identical": identical,
+    })
+  return rows
+
+
+def _scenes(n: int) -> str:
+  return f"{n} scene" + ("" if n == 1 else "s")
+
+
+def setup_info(args, tree, scenes) -> dict:
+  import jax
+  return {
+      "target": os.path.abspath(args.target), "drafts": {k: os.path.abspath(v) for k, v in
+                                                         parse_drafts(args.draft).items()},
+      "tree": args.tree, "tree_config": dataclasses.asdict(tree), "split": args.split,
+      "seeds": [s.seed for s in scenes], "kinds": [s.kind for s in scenes],
+      "prompt_tokens": [int(s.batch.prompt_lengths[0]) for s in scenes],
+      "repeats": args.repeats, "batch": 1, "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+      "jax": jax.__version__, "loadavg_before": list(os.getloadavg()),
+  }
+
+
+# ------------------------------------------------------------------------------ table
+
+
+COLUMNS = [("name", "{}"), ("kind", "{}"), ("T", "{:g}"), ("tokens", "{}"), ("tau", "{:.2f}"),
+           ("tokens/forward", "{:.2f}"), ("tokens/s", "{:.1f}"), ("speedup", "{:.2f}x"),
+           ("identical", "{}")]
+KEYS = ["name", "kind", "temperature", "tokens", "tau", "tokens_per_forward", "tokens_per_s",
+        "speedup", "identical"]
+
+
+def format_table(rows: list[dict], markdown: bool) -> str:
+  cells = [[fmt.format(r[k]) if not (k == "identical" and r[k] is None) else "n/a (sampling)"
+            for (_, fmt), k in zip(COLUMNS, KEYS)] for r in rows]
+  head = [c for c, _ in COLUMNS]
+  widths = [max(len(x) for x in col) for col in zip(head, *cells)]
+  left = {0, 1}
+  def line(values):
+    parts = [v.ljust(w) if j in left else v.rjust(w)
+             for j, (v, w) in enumerate(zip(values, widths))]
+    return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
+  out = [line(head)]
+  if markdown:
+    out.append("|" + "|".join(("-" * (w + 1) + ("-" if j in left else ":")) for j, w in
+                              enumerate(widths)) + "|")
+  out += [line(c) for c in cells]
+  return "\n".join(out)
+
+
+def run_table(args) -> dict:
+  drafts, tree = check_args(args)
+  target, loaded, scenes = load(args, drafts, tree)
+  info = setup_info(args, tree, scenes)
+  info["max_new_tokens"] = args.max_new_tokens
+  print(f"table: {_scenes(len(scenes))} ({args.split}, seeds {scenes[0].seed}.."
+        f"{scenes[-1].seed}), "
+        f"batch 1, up to {args.max_new_tokens} new tokens, tree {args.tree}, median of "
+        f"{args.repeats}, {info['backend']}, load average {info['loadavg_before'][0]:.1f}",
+        flush=True)
+  rows = []
+  for temperature in args.temperatures:
+    measured = measure(target, loaded, scenes, tree, args.max_new_tokens, temperature,
+                       args.repeats)
+    rows += summarise(measured, loaded, temperature)
+  info["loadavg_after"] = list(os.getloadavg())
+  print(format_table(rows, args.markdown))
+  return {"benchmark": "table", "setup": info, "rows": rows}
+
+
+# ------------------------------------------------------------------------------ length
+
+
+def run_length(args) -> dict:
+  drafts, tree = check_args(args)
+  if not args.out:
+    raise ValueError("--out must name the PNG to write")
+  target, loaded, scenes = load(args, drafts, tree)
+  info = setup_info(args, tree, scenes)
+  info.update(temperature=args.temperature, ignore_eos=args.ignore_eos)
+  print(f"length: {_scenes(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, tree "
+        f"{args.tree}, lengths {' '.join(map(str, args.lengths))}, median of {args.repeats}",
+        flush=True)
+  rows = []
+  for n in args.lengths:
+    measured = measure(target, loaded, scenes, tree, n, args.temperature, args.repeats)
+    by_name = {r["name"]: r for r in summarise(measured, loaded, args.temperature)}
+    vanilla = by_name.pop("vanilla")
+    for name, r in by_name.items():
+      rows.append({"name": name, "kind": r["kind"], "max_new_tokens": n,
+                   "mean_tokens": r["tokens"] / len(scenes), "tau": r["tau"],
+                   "tokens_per_forward": r["tokens_per_forward"], "tokens_per_s": r["tokens_per_s"],
+                   "vanilla_tokens_per_s": vanilla["tokens_per_s"], "speedup": r["speedup"],
+                   "identical": r["identical"]})
+      print(f"  {n:>5} {name:<12} tau {r['tau']:.2f}  {r['tokens_per_s']:.1f} tokens/s "
+            f"(vanilla {vanilla['tokens_per_s']:.1f})  speedup {r['speedup']:.2f}x"
+            + ("" if r["identical"] is None else f"  identical {r['identical']}"), flush=True)
+  info["loadavg_after"] = list(os.getloadavg())
+  title = (f"{_scenes(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, "
+           f"tree {args.tree}"
+           + (", EOS ignored" if args.ignore_eos else ""))
+  plot_length(rows, list(drafts), args.out, title)
+  print(f"wrote {os.path.abspath(args.out)}")
+  return {"benchmark": "length", "setup": info, "rows": rows, "png": os.path.abspath(args.out)}
+
+
+def _ticks(hi: float) -> list[float]:
+  """About five round tick values from 0 to >= hi."""
+  step = 10 ** math.floor(math.log10(hi / 5)) if hi > 0 else 1.0
+  for m in (1, 2, 2.5, 5, 10):
+    if hi / (m * step) <= 6:
+      step *= m
+      break
+  return [step * i for i in range(int(math.ceil(hi / step - 1e-9)) + 1)]
+
+
+def plot_length(rows: list[dict], names: list[str], path: str, title: str) -> None:
+  """Two panels (speedup vs length, tau vs length), one line per draft, drawn with PIL."""
+  from PIL import Image, ImageDraw, ImageFont
+  font = ImageFont.load_default(size=13)
+  small = ImageFont.load_default(size=11)
+  panel_w, panel_h, margin = 440, 320, dict(left=56, right=16, top=34, bottom=46)
+  legend_h = 22 * ((len(names) + 3) // 4) + 10
+  width, height = 2 * panel_w, 30 + panel_h + legend_h
+  img = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(img)
+  draw.text((width // 2, 8), title, fill="black", font=font, anchor="mt")
+  lengths = sorted({r["max_new_tokens"] for r in rows})
+  lo, hi = math.log2(lengths[0]), math.log2(lengths[-1])
+  colours = {n: LINE_COLOURS[i % len(LINE_COLOURS)] for i, n in enumerate(names)}
+  for p, (key, label, ref) in enumerate((("speedup", "speedup (x vanilla)", 1.0),
+                                         ("tau", "tau (accepted / forward)", None))):
+    x0, y0 = p * panel_w + margin["left"], 30 + margin["top"]
+    x1, y1 = (p + 1) * panel_w - margin["right"], 30 + panel_h - margin["bottom"]
+    top = max([r[key] for r in rows] + [1.0]) * 1.1
+    ticks = _ticks(top)
+    top = ticks[-1]
+    def xy(length, value):
+      fx = 0.5 if hi == lo else (math.log2(length) - lo) / (hi - lo)
+      x = x0 + 20 + fx * (x1 - x0 - 40)
+      return x, y1 - (value / top) * (y1 - y0)
+    for t in ticks:
+      _, y = xy(lengths[0], t)
+      draw.line([(x0, y), (x1, y)], fill=(230, 230, 230))
+      draw.text((x0 - 6, y), f"{t:g}", fill="black", font=small, anchor="rm")
+    for n in lengths:
+      x, _ = xy(n, 0)
+      draw.line([(x, y1), (x, y1 + 4)], fill="black")
+      draw.text((x, y1 + 7), str(n), fill="black", font=small, anchor="mt")
+    draw.rectangle([x0, y0, x1, y1], outline="black")
+    if ref is not None:
+      _, y = xy(lengths[0], ref)
+      for xs in range(int(x0), int(x1), 8):
+        draw.line([(xs, y), (min(xs + 4, x1), y)], fill=(120, 120, 120))
+    draw.text(((x0 + x1) / 2, y0 - 8), label, fill="black", font=font, anchor="mb")
+    draw.text(((x0 + x1) / 2, y1 + 24), "max new tokens", fill="black", font=small, anchor="mt")
+    for name in names:
+      pts = [xy(r["max_new_tokens"], r[key]) for r in
+             sorted((r for r in rows if r["name"] == name), key=lambda r: r["max_new_tokens"])]
+      if len(pts) > 1:
+        draw.line(pts, fill=colours[name], width=2)
+      for x, y in pts:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[name])
+  for i, name in enumerate(names):
+    x, y = 20 + (i % 4) * (width - 40) // 4, 30 + panel_h + 6 + 22 * (i // 4)
+    draw.line([(x, y + 8), (x + 24, y + 8)], fill=colours[name], width=3)
+    draw.text((x + 30, y + 8), name, fill="black", font=font, anchor="lm")
+  img.save(path)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(args) -> int:
+  """Runs `table` or `length` (parsed by infer/bench.py); bad input is one line, exit 2."""
+  try:
+    result = run_table(args) if args.command == "table" else run_length(args)
+  except (ValueError, OSError) as e:  # CheckpointError, ConfigError, InputError are ValueErrors
+    print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
+    return 2
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return 0 if all(r["identical"] is not False for r in result["rows"]) else 1
