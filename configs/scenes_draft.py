@@ -17,7 +17,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, stage=2, draft="", num_q=2, records=2048, runlocal=False)
+  arg = common.parse_arg(arg, stage=2, draft="", num_q=2, records=512, runlocal=False)
   c = common.base_config()
   common.set_stage(c, arg.stage)
   if arg.draft:

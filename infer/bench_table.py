@@ -41,7 +41,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -57,19 +56,12 @@ LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (1
 
 
 def parse_tree(spec: str):
-  """'dynamic' (vj.TreeConfig()), 'dynamic-dDkKtT' or 'chainN' -> TreeConfig."""
+  """--tree -> TreeConfig (vispec_jax.tree.from_spec), the error naming the option."""
   from vispec_jax import tree as tree_lib
-  if spec == "dynamic":
-    return tree_lib.TreeConfig()
-  m = re.fullmatch(r"dynamic-d(\d+)k(\d+)t(\d+)", spec)
-  if m:
-    d, k, t = map(int, m.groups())
-    return tree_lib.TreeConfig(depth=d, top_k=k, total_tokens=t)
-  m = re.fullmatch(r"chain(\d+)", spec)
-  if m and int(m.group(1)) >= 1:
-    return tree_lib.chain(int(m.group(1)))
-  raise ValueError(f"unknown --tree {spec!r}: use dynamic (depth 3, top_k 8, 30 tokens), "
-                   "dynamic-dDkKtT (e.g. dynamic-d4k4t16) or chainN (e.g. chain4)")
+  try:
+    return tree_lib.from_spec(spec)
+  except ValueError as e:
+    raise ValueError(f"--tree: {e}") from None
 
 
 def parse_drafts(specs) -> dict[str, str]:

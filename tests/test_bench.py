@@ -131,7 +131,7 @@ def test_table_bad_input_is_one_line(tiny_qwen_dir, draft_dirs, tmp_path, capsys
   cases = [
       (["--draft", f"eagle={tmp_path / 'nope'}"], "--draft eagle folder not found"),
       (["--draft", draft_dirs["eagle"]], "--draft must be NAME=DIR"),
-      (["--draft", f"e={draft_dirs['eagle']}", "--tree", "bushy"], "unknown --tree 'bushy'"),
+      (["--draft", f"e={draft_dirs['eagle']}", "--tree", "bushy"], "--tree: unknown tree 'bushy'"),
       (["--draft", f"m={draft_dirs['medusa']}", "--tree", "chain6"], "5 Medusa heads"),
   ]
   for args, message in cases:

@@ -33,7 +33,7 @@ def draft_dir(tiny_qwen_dir, tmp_path_factory):
 def test_json_report_and_png(tiny_qwen_dir, draft_dir, tmp_path):
   png = tmp_path / "demo.png"
   r = demo("--model", tiny_qwen_dir, "--draft", draft_dir, "--max-new-tokens", 12, "--tree",
-           "chain", "--seed", 5, "--out", png, "--json")
+           "chain4", "--seed", 5, "--out", png, "--json")
   assert r.returncode == 0, r.stderr
   out = json.loads(r.stdout)
   assert out["identical"] is True
@@ -53,6 +53,7 @@ def test_missing_models_is_one_line(tmp_path):
 
 
 def test_bad_options_are_one_line(tiny_qwen_dir, draft_dir):
-  for args, message in ((["--max-new-tokens", 0], "max_new_tokens"), (["--kind", "x"], "--kind")):
+  for args, message in ((["--max-new-tokens", 0], "max_new_tokens"), (["--kind", "x"], "--kind"),
+                        (["--tree", "bushy"], "unknown tree 'bushy'")):
     r = demo("--model", tiny_qwen_dir, "--draft", draft_dir, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -173,3 +173,13 @@ def test_ancestor_mask_and_static_structure():
     tree.TreeConfig(paths=((0, 0),))
   with pytest.raises(ValueError, match="total_tokens"):
     tree.TreeConfig(depth=1, top_k=2, total_tokens=9)
+
+
+def test_tree_from_spec():
+  """Trees named on command lines (infer.demo, infer.bench table|length)."""
+  assert tree.from_spec("dynamic") == vj.TreeConfig()
+  assert tree.from_spec("dynamic-d4k4t16") == vj.TreeConfig(depth=4, top_k=4, total_tokens=16)
+  assert tree.from_spec("chain3") == tree.chain(3)
+  for bad in ("chain0", "bushy", "dynamic-d4"):
+    with pytest.raises(ValueError, match="unknown tree"):
+      tree.from_spec(bad)

@@ -20,6 +20,7 @@ scratch slots offset, offset + 1, ... (a static int).
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -75,6 +76,22 @@ class TreeConfig:
 def chain(depth: int) -> TreeConfig:
   """A single path of `depth` top-1 tokens (speculative decoding without branching)."""
   return TreeConfig(paths=tuple((0,) * d for d in range(1, depth + 1)))
+
+
+def from_spec(spec: str) -> TreeConfig:
+  """A tree named on a command line: "dynamic" (TreeConfig(): EAGLE-2, depth 3, top_k 8, 30
+  tokens), "dynamic-dDkKtT" (e.g. dynamic-d4k4t16) or "chainN" (e.g. chain4)."""
+  if spec == "dynamic":
+    return TreeConfig()
+  m = re.fullmatch(r"dynamic-d(\d+)k(\d+)t(\d+)", spec)
+  if m:
+    d, k, t = map(int, m.groups())
+    return TreeConfig(depth=d, top_k=k, total_tokens=t)
+  m = re.fullmatch(r"chain(\d+)", spec)
+  if m and int(m.group(1)) >= 1:
+    return chain(int(m.group(1)))
+  raise ValueError(f"unknown tree {spec!r}: use dynamic (depth 3, top_k 8, 30 tokens), "
+                   "dynamic-dDkKtT (e.g. dynamic-d4k4t16) or chainN (e.g. chain4)")
 
 
 def static_structure(paths) -> dict[str, Any]:
