@@ -3,7 +3,7 @@
     python -m infer.bench vanilla [--new-tokens 128] [--repeats 5] [--json out.json]
     python -m infer.bench spec [--batch 1 4] [--trees ...] [--mesh data=2,tensor=4]
     python -m infer.bench pieces [--batch 1]
-    python -m infer.bench cost [--tau 1 2 3 4]
+    python -m infer.bench cost [--tau 1 2 3 4] [--target DIR] [--trees chain4 dynamic]
     python -m infer.bench table --target DIR --draft NAME=DIR [--draft NAME=DIR ...] [--scenes 8]
         [--temperatures 0 1] [--max-new-tokens 512] [--tree dynamic|chain4|...] [--markdown]
     python -m infer.bench length --target DIR --draft NAME=DIR ... [--lengths 64 128 256 512]

@@ -1,17 +1,19 @@
 """`python -m infer.bench cost`: predicted speedup of speculative decoding on accelerators.
 
-The roofline model of vispec_jax/cost_model.py, for the benchmark model (fp32 on CPU here) and a
-Qwen2.5-VL-7B target with its ViSpec draft, in bf16 on an H100 and a TPU v5e chip, for a chain
-and the default EAGLE-2 tree, at the given tau values (measured ones: `infer.bench spec` and the
+The roofline model of vispec_jax/cost_model.py, for the benchmark model (fp32 on CPU here), a
+Qwen2.5-VL-7B target and any `--target` folder (e.g. the shipped scenes target), each with its
+ViSpec draft, in bf16 on an H100 and a TPU v5e chip, for the given trees (default a chain of 4
+and the EAGLE-2 tree) at the given tau values (measured ones: `infer.bench spec` and the
 trained drafts; the paper reports tau ~3 for ViSpec on 7B targets).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
-TREES = {"chain4": dict(paths=tuple((0,) * d for d in range(1, 5))),
-         "dynamic-d3k8t30": dict(depth=3, top_k=8, total_tokens=30)}
+TREES = ("chain4", "dynamic-d3k8t30")  # default --trees (any vispec_jax.tree.from_spec name)
 
 
 def run_cost(args) -> list[dict]:
@@ -27,6 +29,9 @@ def run_cost(args) -> list[dict]:
       num_kv_heads=BENCH_MODEL["kv_heads"], head_dim=BENCH_MODEL["hidden"] // BENCH_MODEL["heads"],
       intermediate_size=BENCH_INTERMEDIATE)
   targets = {"bench-61M": bench, "qwen2.5-vl-7b": qwen_7b}
+  for folder in args.target or []:  # e.g. the shipped scenes target
+    with open(os.path.join(folder, "config.json")) as f:
+      targets[os.path.basename(os.path.normpath(folder))] = TargetConfig.from_hf(json.load(f)).text
   rows = []
   print(f"{'device':<18}{'target':<15}{'tree':<17}{'tau':>5}{'step ms':>9}{'verify':>8}"
         f"{'draft':>8}{'commit':>8}{'speedup':>9}")
@@ -36,7 +41,7 @@ def run_cost(args) -> list[dict]:
       tstack = cost_model.target_stack(text)
       dstack = cost_model.draft_stack(draft.DraftConfig.for_target(text, "vispec"))
       for tree_name in args.trees:
-        tree = tree_lib.TreeConfig(**TREES[tree_name])
+        tree = tree_lib.from_spec(tree_name)
         for tau in args.tau:
           r = cost_model.round_seconds(device, tstack, dstack, tree, tau, rows=args.batch,
                                        cache=args.cache, itemsize=args.itemsize)
@@ -52,7 +57,10 @@ def run_cost(args) -> list[dict]:
 def add_parser(sub):
   p = sub.add_parser("cost", help="predicted speedup on accelerators (roofline cost model)")
   p.add_argument("--devices", nargs="+", default=["h100", "tpu-v5e"], choices=["h100", "tpu-v5e"])
-  p.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
+  p.add_argument("--trees", nargs="+", default=list(TREES),
+                 help="dynamic, dynamic-dDkKtT or chainN (vispec_jax.tree.from_spec)")
+  p.add_argument("--target", nargs="+", default=None, metavar="DIR",
+                 help="also these target folders (their config.json), e.g. models/scenes/target")
   p.add_argument("--tau", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--cache", type=int, default=1024, help="KV cache slots in use per row")

@@ -50,13 +50,13 @@ def test_pieces(model, tmp_path):
   assert all(row["ms"] > 0 for row in rows.values())
 
 
-def test_cost(tmp_path):
+def test_cost(tmp_path, tiny_qwen_dir):
   out = tmp_path / "cost.json"
-  r = bench("cost", "--devices", "h100", "--tau", 1, 3, "--json", out)
+  r = bench("cost", "--devices", "h100", "--tau", 1, 3, "--target", tiny_qwen_dir, "--json", out)
   assert r.returncode == 0, r.stdout + r.stderr
   rows = json.loads(out.read_text())
-  assert len(rows) == 2 * 2 * 2  # targets x trees x tau
-  for target in ("bench-61M", "qwen2.5-vl-7b"):
+  assert len(rows) == 3 * 2 * 2  # targets x trees x tau
+  for target in ("bench-61M", "qwen2.5-vl-7b", os.path.basename(tiny_qwen_dir)):
     by_tau = {row["tau"]: row["speedup"] for row in rows
               if row["target"] == target and row["tree"] == "chain4"}
     assert by_tau[3.0] > by_tau[1.0] > 0
