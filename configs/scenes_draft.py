@@ -40,7 +40,6 @@ def get_config(arg=None):
   c.total_steps = 600
   c.warmup_steps = 30
   c.optim.update(dict(lr=2e-3, clip_value=0.5))
-  c.noise.scale = 0.05
 
   c.log_every = 10
   c.eval_every = 200
