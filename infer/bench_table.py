@@ -45,8 +45,7 @@ import statistics
 import sys
 import time
 
-# vispec_jax/scenes_tfds.py SPLIT_SEEDS (copied: importing it imports tensorflow_datasets).
-SPLIT_SEEDS = {"train": 0, "validation": 100_000_000, "test": 200_000_000}
+from vispec_jax.scenes import SPLIT_SEEDS
 COMMANDS = ("table", "length")
 LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
                 (140, 86, 75), (227, 119, 194), (23, 190, 207)]
@@ -112,7 +111,7 @@ def add_parsers(sub):
                    help="a draft folder and its row name (repeat for several)")
     p.add_argument("--scenes", type=int, default=scenes, help="held-out scenes (batch 1 each)")
     p.add_argument("--split", choices=list(SPLIT_SEEDS), default="test",
-                   help="seed range of the scenes (vispec_jax/scenes_tfds.py SPLIT_SEEDS)")
+                   help="seed range of the scenes (vispec_jax/scenes.py SPLIT_SEEDS)")
     p.add_argument("--tree", default="dynamic",
                    help="dynamic (default: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of everything (median)")
@@ -252,11 +251,11 @@ def _scenes(n: int) -> str:
   return f"{n} scene" + ("" if n == 1 else "s")
 
 
-def setup_info(args, tree, scenes) -> dict:
+def setup_info(args, drafts: dict[str, str], tree, scenes) -> dict:
   import jax
   return {
-      "target": os.path.abspath(args.target), "drafts": {k: os.path.abspath(v) for k, v in
-                                                         parse_drafts(args.draft).items()},
+      "target": os.path.abspath(args.target),
+      "drafts": {k: os.path.abspath(v) for k, v in drafts.items()},
       "tree": args.tree, "tree_config": dataclasses.asdict(tree), "split": args.split,
       "seeds": [s.seed for s in scenes], "kinds": [s.kind for s in scenes],
       "prompt_tokens": [int(s.batch.prompt_lengths[0]) for s in scenes],
@@ -297,7 +296,7 @@ def format_table(rows: list[dict], markdown: bool) -> str:
 def run_table(args) -> dict:
   drafts, tree = check_args(args)
   target, loaded, scenes = load(args, drafts, tree)
-  info = setup_info(args, tree, scenes)
+  info = setup_info(args, drafts, tree, scenes)
   info["max_new_tokens"] = args.max_new_tokens
   print(f"table: {_scenes(len(scenes))} ({args.split}, seeds {scenes[0].seed}.."
         f"{scenes[-1].seed}), "
@@ -322,7 +321,7 @@ def run_length(args) -> dict:
   if not args.out:
     raise ValueError("--out must name the PNG to write")
   target, loaded, scenes = load(args, drafts, tree)
-  info = setup_info(args, tree, scenes)
+  info = setup_info(args, drafts, tree, scenes)
   info.update(temperature=args.temperature, ignore_eos=args.ignore_eos)
   print(f"length: {_scenes(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, tree "
         f"{args.tree}, lengths {' '.join(map(str, args.lengths))}, median of {args.repeats}",

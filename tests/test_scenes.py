@@ -148,7 +148,7 @@ def test_tfds_build_and_read(tmp_path):
   val = tfds.data_source(scenes_tfds.NAME, split="validation", data_dir=data_dir)
   assert (len(train), len(val)) == (8, 4)
   seeds = []
-  for src, base in ((train, 0), (val, scenes_tfds.SPLIT_SEEDS["validation"])):
+  for src, base in ((train, 0), (val, scenes.SPLIT_SEEDS["validation"])):
     for i in range(len(src)):
       ex = src[i]
       assert ex["image"].dtype == np.uint8 and ex["image"].shape == (224, 224, 3)

@@ -68,6 +68,11 @@ QUESTIONS = {
 }
 
 
+# Seed ranges of the dataset splits (disjoint: held-out scenes are never trained on). Example i of
+# a split is sample(SPLIT_SEEDS[split] + i) (scenes_tfds builds the splits from them).
+SPLIT_SEEDS = {"train": 0, "validation": 100_000_000, "test": 200_000_000}
+
+
 def cell_name(row: int, col: int) -> str:
   if row == 1 and col == 1:
     return "centre"

@@ -34,7 +34,6 @@ from etils import epath
 from vispec_jax import scenes
 
 NAME = "scenes_dataset"
-SPLIT_SEEDS = {"train": 0, "validation": 100_000_000, "test": 200_000_000}
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,14 +94,15 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
         }),
         metadata=tfds.core.MetadataDict(
             image_size=s, kinds=list(self.builder_config.kinds),
-            split_seeds={k: v + self.builder_config.seed_offset for k, v in SPLIT_SEEDS.items()}),
+            split_seeds={k: v + self.builder_config.seed_offset
+                         for k, v in scenes.SPLIT_SEEDS.items()}),
         disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     c = self.builder_config
-    return {split: self._generate_examples(SPLIT_SEEDS[split] + c.seed_offset, n)
+    return {split: self._generate_examples(scenes.SPLIT_SEEDS[split] + c.seed_offset, n)
             for split, n in self._sizes.items() if n > 0}
 
   def _generate_examples(self, base: int, n: int):
