@@ -1,0 +1,234 @@
+"""vispec_jax.scene_facts: the facts of an answer checked against its scene (issue 16)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from vispec_jax import scene_facts as sf
+from vispec_jax import scenes
+
+
+def _obj(row, col, size, colour, shape, texture):
+  return {"row": row, "col": col, "size": size, "colour": colour, "shape": shape,
+          "texture": texture}
+
+
+# A hand-made scene (not drawn from a seed, so a change of the generator leaves it as it is):
+#   top left: large yellow cross, solid      centre: small blue triangle, dotted
+#   bottom left: large pink cross, striped   bottom right: large brown star, outlined
+SCENE = {"seed": -1, "size": 224, "background": "grey", "objects": [
+    _obj(0, 0, "large", "yellow", "cross", "solid"), _obj(1, 1, "small", "blue", "triangle", "dotted"),
+    _obj(2, 0, "large", "pink", "cross", "striped"), _obj(2, 2, "large", "brown", "star", "outlined")]}
+EMPTY = "the top centre, the top right, the middle left, the middle right and the bottom centre"
+
+TRUE = [
+    "In this image there are four objects placed on a grey background.",
+    "The objects sit on an invisible grid of three rows and three columns.",
+    "The first object, in the top left, is a large yellow cross filled with solid colour.",
+    "Starting from the top left, the first object is a large yellow cross filled with solid colour "
+    "in the top left.",
+    "Next, in the bottom right, we see a large brown star, drawn only as an outline.",
+    "In the bottom left there is a large pink cross with horizontal stripes.",
+    "The centre cell holds a small blue triangle, made of small dots.",
+    "The top centre cell is empty.",
+    "There is one blue object: the blue triangle.",
+    "The colours red, green, purple, orange and cyan do not appear.",
+    "No object has the colour red, green or cyan.",
+    "There are two crosses: a yellow one and a pink one.",
+    "No object has the shape circle, square, diamond or hexagon.",
+    "There are three large objects: the yellow cross, the pink cross and the brown star.",
+    "No object has the size medium.",
+    "There is one dotted object: the blue triangle.",
+    "The top row contains one object: the yellow cross.",
+    "The bottom row contains two objects: the pink cross and the brown star.",
+    "The centre column contains one object: the blue triangle.",
+    "The right column contains one object: the brown star.",
+    "The blue triangle is below and to the right of the yellow cross.",
+    "The yellow cross is above the pink cross.",
+    "The brown star is to the right of the pink cross.",
+    "The yellow cross is in the top row and the left column.",
+    f"Five cells of the grid are empty: {EMPTY}.",
+    "The biggest objects are the yellow cross, the pink cross and the brown star, which are large.",
+    "The smallest object is the blue triangle, which is small.",
+    "The yellow cross and the pink cross share the shape cross.",
+    "No two objects share the same colour.",
+    "Overall, the scene has four objects in four colours (blue, yellow, pink and brown) and three "
+    "shapes (triangle, star and cross) on a grey background, with five empty cells.",
+    "There are more objects in the bottom row than in the top row, and more objects in the left "
+    "column than in the right column.",
+    "Yes, there are two crosses in the image.",
+    "No, there is no purple object in the image.",
+    "The colours that do appear are yellow, blue, pink and brown.",
+    "The large brown star is in the bottom right, drawn only as an outline.",
+]
+
+# (sentence, the false facts it must be caught stating, as FactReport.false_facts renders them)
+FALSE = [
+    ("In the top left there is a large purple cross filled with solid colour.",  # colour
+     {"the object in the top left is purple", "a purple cross"}),
+    ("The centre cell holds a small blue circle, made of small dots.",  # shape
+     {"the object in the centre is a circle", "a blue circle"}),
+    ("The first object, in the top left, is a small yellow cross filled with solid colour.",
+     {"the object in the top left is small"}),  # size
+    ("Next, in the bottom right, we see a large brown star, with horizontal stripes.",
+     {"the object in the bottom right is striped"}),  # texture
+    ("In the top right there is a large yellow cross filled with solid colour.",  # wrong cell
+     {"the object in the top right is yellow", "the object in the top right is a cross",
+      "the object in the top right is large", "the object in the top right is solid"}),
+    ("The top left cell is empty.", {"the top left cell is empty"}),  # wrong empty cell
+    ("Five cells of the grid are empty: the top left, the top right, the middle left, the middle "
+     "right and the bottom centre.", {"the top left cell is empty"}),
+    (f"Four cells of the grid are empty: {EMPTY}.", {"four empty cells"}),  # wrong empty count
+    ("There are two blue objects: the blue triangle.", {"two blue objects"}),  # wrong count
+    ("The colours red, yellow and cyan do not appear.", {"no yellow objects"}),
+    ("There is one pink object: the pink circle.", {"a pink circle"}),  # an object not there
+    ("There is one blue object: the brown star.", {"the brown star is blue"}),
+    ("There is one cross: a yellow one.", {"one cross"}),
+    ("There are two stars: a brown one and a green one.", {"two stars", "a green star"}),
+    ("No object has the shape star.", {"no stars"}),
+    ("There is one small object: the pink cross.", {"the pink cross is small"}),
+    ("There is one striped object: the yellow cross.", {"the yellow cross is striped"}),
+    ("The top row contains two objects: the yellow cross and the brown star.",  # row
+     {"two objects in the top row", "the brown star is in the top row"}),
+    ("The middle row is empty.", {"no objects in the middle row"}),
+    ("The left column contains one object: the brown star.",  # column
+     {"one object in the left column", "the brown star is in the left column"}),
+    ("The blue triangle is above the yellow cross.",  # relation, either direction
+     {"the blue triangle is above the yellow cross"}),
+    ("The yellow cross is to the left of the blue triangle.",
+     {"the blue triangle is to the right of the yellow cross"}),
+    ("The yellow cross is in the bottom row and the left column.",  # position
+     {"the yellow cross is in the bottom row"}),
+    ("The biggest object is the yellow cross, which is large.",  # extremes
+     {"the biggest: the yellow cross (large)"}),
+    ("All the objects have the same size: they are all large.", {"all the objects are large"}),
+    ("No two objects share the same shape.", {"no two objects share the shape"}),  # shared
+    ("The yellow cross and the brown star share the texture solid.",
+     {"the brown star and the yellow cross share the texture solid"}),
+    ("The image shows four objects on a white background.", {"a white background"}),
+    ("This picture contains five shapes arranged on a grey background.", {"five objects"}),
+    ("Overall, the scene has four objects in three colours (blue, yellow and pink) and three shapes "
+     "(triangle, star and cross) on a grey background, with five empty cells.",  # summary
+     {"three colours", "the colours are blue, pink and yellow"}),
+    ("There are more objects in the top row than in the bottom row, and more objects in the left "
+     "column than in the right column.",
+     {"more objects in the top row than in the bottom row"}),
+    ("Yes, there is one purple object in the image.", {"one purple object"}),  # focus
+    ("No, there is no star in the image.", {"no stars"}),
+    ("The colours that do appear are red and blue.", {"the colours are blue and red"}),
+]
+
+
+@pytest.mark.parametrize("sentence", TRUE)
+def test_true_sentences(sentence):
+  r = sf.check(SCENE, sentence)
+  assert r.unparsed == 0, r.unparsed_sentences
+  if "invisible grid" not in sentence:  # the one sentence without a fact
+    assert r.stated >= 1
+  assert r.correct == r.stated and r.false_facts == [], r.false_facts
+
+
+@pytest.mark.parametrize("sentence,false", FALSE)
+def test_false_sentences_are_caught(sentence, false):
+  r = sf.check(SCENE, sentence)
+  assert r.unparsed == 0, r.unparsed_sentences
+  assert set(r.false_facts) == false
+  assert r.correct == r.stated - len(false)
+
+
+def _expected_relation_pairs(kind: str, n: int) -> int:
+  """The pairs a reference answer relates (scenes.s_relations / s_compare_relations)."""
+  return n * (n - 1) // 2 if n == 3 or (kind == "compare" and n <= 4) else n
+
+
+def test_reference_answers_are_all_true():
+  """200 scenes x every kind: every fact parsed and true; recall 1.0 in every class but
+  `relation`, whose share is the pairs the generator relates."""
+  reports = []
+  for seed in range(200):
+    scene = scenes.random_scene(seed)
+    rng = np.random.default_rng([seed, 0xFAC7])
+    n = len(scene["objects"])
+    for kind in scenes.KINDS:
+      _, answer = scenes.describe(scene, kind, rng)
+      r = sf.check(scene, answer)
+      assert r.unparsed == 0 and not r.truncated, (seed, kind, r.unparsed_sentences)
+      assert r.precision == 1.0, (seed, kind, r.false_facts)
+      for name, c in r.by_class.items():
+        want = (_expected_relation_pairs(kind, n) if name == "relation" else c["true"])
+        assert c["correct"] == want, (seed, kind, name, c)
+      if kind == "describe":  # classes of its sections (scenes._SECTIONS)
+        assert set(r.by_class) == {"cell colour", "cell shape", "cell size", "cell texture",
+                                   "colour", "shape", "extremes", "row", "relation", "empty",
+                                   "summary", "object"}
+      reports.append(r)
+  pooled = sf.pool(reports)
+  assert pooled["precision"] == 1.0 and pooled["unparsed"] == 0
+  assert 0.8 < pooled["recall"] < 1.0  # relations only
+
+
+def test_another_scenes_answer_is_mostly_false():
+  """The control: scene i's reference answer scored against scene i + 1000."""
+  reports = [sf.check(scenes.random_scene(seed), scenes.sample(seed + 1000)["answer"])
+             for seed in range(100)]
+  pooled = sf.pool(reports)
+  assert pooled["unparsed"] == 0
+  assert pooled["mean_precision"] < 0.4 and pooled["precision"] < 0.4  # measured: about 0.19
+  assert max(r.precision for r in reports) < 0.8
+
+
+def test_truncated_repeated_and_garbled_answers():
+  ex = scenes.sample(11, kind="describe")
+  scene, answer = ex["scene"], ex["answer"]
+  whole = sf.check(scene, answer)
+  assert whole.precision == 1.0 and whole.recall > 0.9
+  cut = sf.check(scene, answer[:len(answer) // 2].rstrip(". "))  # stops inside a sentence
+  assert cut.truncated and cut.unparsed == 1 and cut.precision == 1.0
+  assert 0 < cut.stated < whole.stated and cut.recall < whole.recall
+  twice = sf.check(scene, answer + " " + answer)  # distinct facts: repeating gains nothing
+  assert (twice.stated, twice.correct) == (whole.stated, whole.correct)
+  mixed = sf.check(scene, "The the cross is is. There are two crosses: a yellow one and a pink. "
+                   + answer)
+  assert mixed.unparsed == 2 and (mixed.stated, mixed.correct) == (whole.stated, whole.correct)
+  assert mixed.unparsed_sentences[0] == "The the cross is is"
+  nothing = sf.check(scene, "")
+  assert (nothing.stated, nothing.precision, nothing.recall, nothing.unparsed) == (0, 0.0, 0.0, 0)
+
+
+def test_sentence_order_does_not_matter():
+  ex = scenes.sample(12, kind="where")
+  full, _ = sf.sentences(ex["answer"])
+  a = sf.check(ex["scene"], ex["answer"])
+  b = sf.check(ex["scene"], ". ".join(reversed(full)) + ".")
+  assert (a.stated, a.correct, a.true, a.unparsed) == (b.stated, b.correct, b.true, b.unparsed)
+
+
+def test_recall_counts_only_the_classes_stated():
+  r = sf.check(SCENE, "There is one blue object: the blue triangle.")
+  # colour counts: 1 of 9 colours; objects: 1 of 4
+  assert r.by_class == {"colour": {"stated": 1, "correct": 1, "true": 9},
+                        "object": {"stated": 1, "correct": 1, "true": 4}}
+  assert r.recall == pytest.approx(2 / 13) and r.true == 13
+
+
+def test_true_facts_of_the_scene():
+  truth = sf.true_facts(SCENE)
+  relations = [f for f in truth if f[0] == "relation"]
+  assert len(relations) == math.comb(4, 2)
+  assert ("relation", ("blue", "triangle"), ("yellow", "cross"), "below", "right") in truth
+  assert sum(f[:2] == ("colour", "count") for f in truth) == len(scenes.COLOURS)
+  assert ("empty", "count", 5) in truth and ("extremes", "same", "large") not in truth
+  assert ("summary", "columns", "left") in truth and ("summary", "rows", "bottom") in truth
+
+
+def test_verdict_and_pool():
+  r = sf.check(SCENE, "There are two blue objects: the blue triangle. The top left cell is empty. "
+                      "Overall, nothing.")
+  line = r.verdict()
+  assert line.startswith(f"facts: {r.correct} of {r.stated} correct (precision")
+  assert "'two blue objects'" in line and "1 sentence not parsed" in line
+  assert "and 1 more" in r.verdict(max_false=1)
+  pooled = sf.pool([r, sf.check(SCENE, TRUE[0])])
+  assert pooled["stated"] == r.stated + 2 and pooled["correct"] == r.correct + 2
+  assert pooled["by_class"]["empty"] == {"stated": 1, "correct": 0, "true": 6, "precision": 0.0}
