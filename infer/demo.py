@@ -7,6 +7,8 @@ Draws a procedural scene (vispec_jax/scenes.py), asks its question, generates th
 with `vj.generate` and with `vj.speculative_generate` (ViSpec draft), checks that the two are
 token-identical, and reports tau, tokens per target forward and the speedup measured in this run
 (after one warm-up call of each, which compiles; the image is encoded once, outside the timings).
+It checks the facts the answer states against the scene (vispec_jax/scene_facts.py) and prints
+the verdict: facts correct of facts stated (precision), recall, the false ones.
 Writes the image next to the answer with the accepted draft tokens in green (`--out`).
 By default it runs the models the project trains and ships in models/scenes (docs/embedded-model.md).
 """
@@ -49,7 +51,7 @@ def run(args) -> dict:
   import numpy as np
 
   import vispec_jax as vj
-  from vispec_jax import scenes, tree as tree_lib
+  from vispec_jax import scene_facts, scenes, tree as tree_lib
   from vispec_jax.configs import GenerationConfig
   GenerationConfig(args.max_new_tokens)  # validates
   tree = tree_lib.from_spec(args.tree)
@@ -97,6 +99,10 @@ def run(args) -> dict:
       "speculative_tokens_per_s": length / med["speculative"],
       "speedup": med["vanilla"] / med["speculative"], "tree": args.tree, "png": None,
   }
+  facts = scene_facts.check(example["scene"], answer)  # what the answer states vs the scene
+  result.update(facts_correct=facts.correct, facts_stated=facts.stated,
+                facts_precision=facts.precision, facts_recall=facts.recall,
+                facts_false=facts.false_facts, facts_verdict=facts.verdict())
   if args.out:
     pieces = [target.tokenizer.decode([t], skip_special_tokens=True) for t in tokens]
     drafted = np.asarray(spec.drafted)[0, :len(tokens)].tolist()
@@ -158,6 +164,7 @@ def main(argv=None) -> int:
           f"vanilla {result['vanilla_tokens_per_s']:.1f} tokens/s, speculative "
           f"{result['speculative_tokens_per_s']:.1f} tokens/s: speedup {result['speedup']:.2f}x; "
           f"identical: {result['identical']}")
+    print(result["facts_verdict"])
     if result["png"]:
       print(f"wrote {result['png']}")
   return 0 if result["identical"] else 1

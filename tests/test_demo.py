@@ -41,6 +41,8 @@ def test_json_report_and_png(tiny_qwen_dir, draft_dir, tmp_path):
   assert out["tokens_per_forward"] == pytest.approx(out["tau"] + 1)
   assert out["speedup"] > 0 and out["target_forwards"] >= 1
   assert out["seed"] == 5 and out["question"]
+  assert 0 <= out["facts_correct"] <= out["facts_stated"]  # scene_facts on the answer
+  assert out["facts_verdict"].startswith(f"facts: {out['facts_correct']} of {out['facts_stated']}")
   with Image.open(png) as im:
     assert im.width > 224 and im.height >= 224
 
