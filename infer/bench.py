@@ -8,6 +8,7 @@
         [--temperatures 0 1] [--max-new-tokens 512] [--tree dynamic|chain4|...] [--markdown]
     python -m infer.bench length --target DIR --draft NAME=DIR ... [--lengths 64 128 256 512]
         [--scenes 4] --out length.png [--json out.json]
+    python -m infer.bench facts --target DIR [--scenes 32] [--control] [--json out.json]
 
 `vanilla`: tokens/s of `vj.generate` (greedy) against transformers' PyTorch
 `Qwen2_5_VLForConditionalGeneration.generate` on the same random checkpoint folder (a
@@ -20,6 +21,8 @@ drafts; `pieces` (infer/bench_pieces.py) times the parts of a speculative round;
 (infer/bench_cost.py) predicts speedups on accelerators from a roofline model. `table` and
 `length` (infer/bench_table.py) measure trained drafts against vanilla decoding on held-out
 scenes: tau, tokens/s and speedup per draft and temperature, and against the output length (PNG).
+`facts` (infer/bench_facts.py) checks the facts of a scenes target's greedy answers against
+their scenes (precision, recall; `--control`: every scene with another scene's image).
 Timings move from run to run on shared machines: compare the ratio, not absolute numbers.
 """
 
@@ -189,13 +192,16 @@ def main(argv=None) -> int:
                       "without intra-op threads), a fairer comparison on a loaded machine; "
                       "0 (default): each library's own default")
   v.add_argument("--json", help="also write the results to this JSON file")
-  from infer import bench_cost, bench_pieces, bench_spec, bench_table
+  from infer import bench_cost, bench_facts, bench_pieces, bench_spec, bench_table
   runners = {"spec": bench_spec.run_spec, "pieces": bench_pieces.run_pieces,
              "cost": bench_cost.run_cost}
   for module in (bench_spec, bench_pieces, bench_cost):
     module.add_parser(sub)
   bench_table.add_parsers(sub)
+  bench_facts.add_parser(sub)
   args = parser.parse_args(argv)
+  if args.command == "facts":
+    return bench_facts.main(args)
   if args.command in bench_table.COMMANDS:
     return bench_table.main(args)
   if args.command in runners:

@@ -232,3 +232,34 @@ def test_verdict_and_pool():
   pooled = sf.pool([r, sf.check(SCENE, TRUE[0])])
   assert pooled["stated"] == r.stated + 2 and pooled["correct"] == r.correct + 2
   assert pooled["by_class"]["empty"] == {"stated": 1, "correct": 0, "true": 6, "precision": 0.0}
+
+
+def test_bench_facts_scores_own_and_swapped_images(monkeypatch):
+  """infer.bench facts' measure with a stand-in model that reads its image perfectly (it answers
+  with the reference answer of the scene the image shows): precision 1.0 with the scenes' own
+  images, low when every scene gets the next one's image (scored against the question's scene)."""
+  from infer import bench_facts
+  examples = [scenes.sample(scenes.SPLIT_SEEDS["validation"] + i) for i in range(6)]
+  by_image = {id(e["image"]): e["answer"] for e in examples}
+  monkeypatch.setattr(bench_facts, "answers",
+                      lambda target, questions, images, *a: [by_image[id(im)] for im in images])
+  result = bench_facts.measure(None, examples, 16, 4, control=True)
+  assert result["own"]["precision"] == 1.0 and result["own"]["answers"] == 6
+  assert result["control"]["precision"] < 0.5
+  assert [s["seed"] for s in result["control"]["scenes"]] == [e["seed"] for e in examples]
+  assert "control (each scene with the next one's image)" in bench_facts.report(result)
+
+
+def test_bench_facts_cli(tiny_qwen_dir, tmp_path):
+  import json
+
+  from infer import bench
+  out = tmp_path / "facts.json"
+  assert bench.main(["facts", "--target", tiny_qwen_dir, "--scenes", "2", "--max-new-tokens", "4",
+                     "--batch-size", "2", "--control", "--json", str(out)]) == 0
+  result = json.loads(out.read_text())
+  for name in ("own", "control"):
+    assert result[name]["answers"] == 2 and len(result[name]["scenes"]) == 2
+    assert 0 <= result[name]["correct"] <= result[name]["stated"]
+  assert bench.main(["facts", "--target", str(tmp_path / "nope")]) == 2
+  assert bench.main(["facts", "--target", tiny_qwen_dir, "--scenes", "0"]) == 2

@@ -1,0 +1,129 @@
+"""`python -m infer.bench facts`: does a scenes target state true facts about its image?
+
+    python -m infer.bench facts --target DIR [--scenes 32] [--split validation]
+        [--max-new-tokens 512] [--batch-size 8] [--control] [--json out.json]
+
+Held-out scenes (`vispec_jax.scenes.sample(SPLIT_SEEDS[split] + i)`, i < --scenes; validation
+and test seeds are never trained on), each prompted as infer/demo.py does
+(`vj.prepare(target, [question], images=[[image]])`, no system prompt), answered greedily with
+`vj.generate` (--batch-size rows per call), and every answer's facts checked against its scene
+with `vispec_jax.scene_facts.check`: precision (true facts / facts stated) and recall (the
+scene's true facts stated / all its true facts, in the classes the answer talks about), pooled
+over the scenes (sums) and as the mean of the per-scene values, per fact class too.
+`--control` answers again with every scene's question paired with the next scene's image
+(scene i gets the image of scene i + 1, the last the first's) and scores the answer against
+scene i, the question's scene: a target that reads its image falls to chance there, a blind one
+scores the same with either image.
+Bad input (a missing folder, --scenes < 1, a bad length) is one `error:` line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from vispec_jax.scenes import SPLIT_SEEDS
+
+
+def add_parser(sub):
+  p = sub.add_parser("facts", help="fact precision and recall of a scenes target's greedy answers "
+                                   "on held-out scenes (and with other scenes' images)")
+  p.add_argument("--target", required=True, help="target folder")
+  p.add_argument("--scenes", type=int, default=32, help="held-out scenes")
+  p.add_argument("--split", choices=list(SPLIT_SEEDS), default="validation",
+                 help="seed range of the scenes (vispec_jax/scenes.py SPLIT_SEEDS)")
+  p.add_argument("--max-new-tokens", type=int, default=512)
+  p.add_argument("--batch-size", type=int, default=8, help="rows per generate call")
+  p.add_argument("--control", action="store_true",
+                 help="also answer with every scene's image replaced by the next scene's")
+  p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+  return p
+
+
+def check_args(args) -> None:
+  from vispec_jax.configs import GenerationConfig
+  if not os.path.isdir(args.target):
+    raise FileNotFoundError(f"--target folder not found: {args.target}")
+  for name in ("scenes", "batch_size"):
+    if getattr(args, name) < 1:
+      raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  GenerationConfig(args.max_new_tokens)  # validates
+  if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+    raise FileNotFoundError(f"--json: folder of {args.json} not found")
+
+
+def answers(target, questions: list[str], images: list, max_new_tokens: int,
+            batch_size: int) -> list[str]:
+  """Greedy answers, `batch_size` rows per `vj.generate` call."""
+  import vispec_jax as vj
+  out = []
+  for lo in range(0, len(questions), batch_size):
+    hi = min(lo + batch_size, len(questions))
+    batch = vj.prepare(target, questions[lo:hi], images=[[im] for im in images[lo:hi]])
+    for ids in vj.trim(vj.generate(target, batch, max_new_tokens=max_new_tokens)):
+      out.append(target.tokenizer.decode(ids, skip_special_tokens=True))
+  return out
+
+
+def measure(target, examples: list[dict], max_new_tokens: int, batch_size: int,
+            control: bool) -> dict:
+  """{"own": pooled, ["control": pooled]}; each pooled result (scene_facts.pool) also lists the
+  scenes: seed, kind, precision, recall, facts stated / correct, false facts, the answer."""
+  from vispec_jax import scene_facts
+  questions = [e["question"] for e in examples]
+  images = {"own": [e["image"] for e in examples]}
+  if control:
+    images["control"] = images["own"][1:] + images["own"][:1]
+  result = {}
+  for name, ims in images.items():
+    texts = answers(target, questions, ims, max_new_tokens, batch_size)
+    reports = [scene_facts.check(e["scene"], t) for e, t in zip(examples, texts)]
+    pooled = scene_facts.pool(reports)
+    pooled["scenes"] = [
+        {"seed": e["seed"], "kind": e["kind"], "precision": r.precision, "recall": r.recall,
+         "stated": r.stated, "correct": r.correct, "unparsed": r.unparsed,
+         "false": r.false_facts, "answer": t} for e, r, t in zip(examples, reports, texts)]
+    result[name] = pooled
+  return result
+
+
+def report(result: dict) -> str:
+  lines = []
+  for name, p in result.items():
+    label = "own images" if name == "own" else "control (each scene with the next one's image)"
+    lines.append(f"{label}: {p['answers']} answers, {p['correct']} of {p['stated']} facts true: "
+                 f"precision {p['precision']:.3f} (mean per scene {p['mean_precision']:.3f}), "
+                 f"recall {p['recall']:.3f} (mean {p['mean_recall']:.3f}); "
+                 f"{p['unparsed']} sentences not parsed, {p['truncated']} answers cut")
+  names = list(result)
+  classes = sorted({c for p in result.values() for c in p["by_class"]})
+  lines.append(f"{'class':14s}" + "".join(f"{n + ' stated':>16s}{n + ' prec.':>14s}" for n in names))
+  for c in classes:
+    row = f"{c:14s}"
+    for n in names:
+      v = result[n]["by_class"].get(c, {"stated": 0, "precision": 0.0})
+      row += f"{v['stated']:16d}{v['precision']:14.3f}"
+    lines.append(row)
+  return "\n".join(lines)
+
+
+def main(args) -> int:
+  try:
+    check_args(args)
+    import vispec_jax as vj
+    from vispec_jax import scenes
+    target = vj.load_target(args.target)
+    base = SPLIT_SEEDS[args.split]
+    examples = [scenes.sample(base + i) for i in range(args.scenes)]
+    result = measure(target, examples, args.max_new_tokens, args.batch_size, args.control)
+  except (ValueError, OSError) as e:
+    print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
+    return 2
+  result = {"target": os.path.abspath(args.target), "split": args.split,
+            "max_new_tokens": args.max_new_tokens, **result}
+  print(report({k: v for k, v in result.items() if k in ("own", "control")}))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return 0
