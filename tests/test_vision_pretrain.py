@@ -1,0 +1,145 @@
+"""Stage 0 (train/vision_pretrain.py) on a tiny tower: labels from the scene, the loss falls, an
+exact resume from a time-boxed stop, held-out metrics for every attribute, and the export under
+the target checkpoint's own `visual.*` names."""
+
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import scenes_vision
+from train import loop, sharding, target_folder, vision_pretrain as vp
+from vispec_jax import checkpoints, scenes
+import vispec_jax as vj
+
+STEPS = 6
+
+
+def tiny_config(folder, root, **extra):
+  c = scenes_vision.get_config("model=tiny,runlocal")
+  c.folder = folder
+  c.scenes.image_size = 112   # 8 x 8 patches -> 16 merged tokens
+  c.update(dict(total_steps=STEPS, eval_every=3, progress=False,
+                compilation_cache=os.path.join(root, "xla_cache"), **extra))
+  return c
+
+
+def metrics(workdir):
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  return {r["step"]: r for r in rows if "lr" in r}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_qwen_dir, tmp_path_factory):
+  from train import cli
+  cli.setup()
+  root = str(tmp_path_factory.mktemp("stage0"))
+  out = {"root": root, "folder": tiny_qwen_dir, "ref": vp.train(tiny_config(tiny_qwen_dir, root), os.path.join(root, "ref"))}
+  resume = os.path.join(root, "resume")
+  out["stopped"] = vp.train(tiny_config(tiny_qwen_dir, root, stop_at_step=4), resume)
+  out["resumed"] = vp.train(tiny_config(tiny_qwen_dir, root), resume)
+  return out
+
+
+def test_cell_labels_match_the_scene():
+  _, scene = scenes.make_scene(5)
+  labels = vp.cell_labels(scene)
+  assert labels.shape == (9, len(vp.CLASSES))
+  assert labels[:, 0].sum() == len(scene["objects"])
+  for o in scene["objects"]:
+    row = labels[o["row"] * 3 + o["col"]]
+    assert [vp.ATTRIBUTES[k][i] for k, i in zip(vp.ATTRIBUTES, row[1:])] == [
+        o["colour"], o["shape"], o["size"], o["texture"]]
+  assert (labels[labels[:, 0] == 0, 1:] == -1).all()
+
+
+def test_training_seeds_stay_below_the_held_out_range(tiny_qwen_dir, tmp_path):
+  c = tiny_config(tiny_qwen_dir, str(tmp_path))
+  adapter = vp.make_adapter(c, vp.target_config(c))
+  with pytest.raises(ValueError, match="train seed range"):
+    vp.SceneBatches(adapter, 4, scenes.SPLIT_SEEDS["validation"], {})
+  it = vp.SceneBatches(adapter, 4, scenes.SPLIT_SEEDS["validation"] - 6, {})
+  assert next(it)["global_index"].tolist() == list(range(scenes.SPLIT_SEEDS["validation"] - 6,
+                                                         scenes.SPLIT_SEEDS["validation"] - 2))
+  with pytest.raises(ValueError, match="held out"):
+    next(it)
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_qwen_dir, tmp_path):
+  """The gradient path through head and tower: 30 steps on one batch cut the loss by 40%."""
+  c = tiny_config(tiny_qwen_dir, str(tmp_path))
+  c.optim.lr = 1e-2
+  cfg = vp.target_config(c)
+  adapter = vp.make_adapter(c, cfg)
+  batch = next(vp.SceneBatches(adapter, 4, 0, {}))
+  mesh = sharding.make_mesh(c.mesh)
+  repl = sharding.replicated(mesh)
+  params = vp.init_params(c, cfg, adapter.num_tokens)
+  tx = loop.make_optimizer(c, loop.schedule(c, 30, 3))
+  state, state_sh = loop.init_state(tx, params, jax.tree.map(lambda _: repl, params), mesh)
+  step = jax.jit(functools.partial(vp.train_step, adapter, c.head, tx),
+                 out_shardings=(state_sh, repl))
+  dbatch = loop.device_batch(mesh, batch)
+  losses = []
+  for _ in range(30):
+    state, m = step(state, dbatch)
+    losses.append(float(m["loss"]))
+  print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+  assert losses[0] > 5 and losses[-1] < 0.6 * losses[0]
+  assert np.isfinite(float(m["token_norm"])) and float(m["token_norm"]) > 0
+
+
+def test_resume_is_exact_and_eval_has_every_attribute(runs):
+  assert runs["stopped"]["step"] == 4 and runs["stopped"]["export"] is None
+  assert runs["resumed"]["step"] == STEPS
+  ref = metrics(os.path.join(runs["root"], "ref"))
+  res = metrics(os.path.join(runs["root"], "resume"))
+  assert sorted(ref) == sorted(res) == list(range(1, STEPS + 1))
+  for s in res:
+    assert abs(res[s]["loss"] - ref[s]["loss"]) <= 1e-6, (s, res[s]["loss"], ref[s]["loss"])
+  cfg = vp.target_config(tiny_config(runs["folder"], runs["root"]))
+  a = vp.load_tower(runs["ref"]["export"], cfg)
+  b = vp.load_tower(runs["resumed"]["export"], cfg)
+  diff = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
+  assert max(jax.tree.leaves(diff)) <= 1e-6
+  ev = runs["ref"]["eval"]
+  for name in list(vp.CLASSES) + ["object"]:
+    assert 0 <= ev[f"eval/acc/{name}"] <= 1, name
+  assert ev["wall_s"] > 0
+  # the resumed run's clock continues the stopped run's
+  rows = [json.loads(line) for line in open(os.path.join(runs["root"], "resume", "metrics.jsonl"))]
+  walls = [r["wall_s"] for r in rows if "wall_s" in r]
+  assert walls == sorted(walls) and len(walls) == 2
+  for k in ("token_norm", "grad_norm", "acc/shape", "loss/texture"):
+    assert np.isfinite(ref[STEPS][k]), k
+
+
+def tensor_names(folder):
+  return {name for name, _ in checkpoints.iter_tensors(checkpoints.weight_files(folder))}
+
+
+def test_export_uses_the_target_checkpoint_names(runs, tiny_qwen_dir, tmp_path):
+  folder = runs["ref"]["export"]
+  names = tensor_names(folder)
+  c = tiny_config(tiny_qwen_dir, str(tmp_path))
+  cfg = vp.target_config(c)
+  # a target checkpoint as train.target writes it, for the same dimensions
+  target = vj.init_target(cfg, jax.random.PRNGKey(0))
+  tok = target_folder.load_tokenizer(tiny_qwen_dir)
+  written = target_folder.write(str(tmp_path / "target"), target_folder.hf_config(tok, c.model),
+                                jax.device_get(target.params), target.family.name_map(cfg), tok)
+  full = tensor_names(written)
+  assert names == {n for n in full if n.startswith("visual.")}
+  # the exported tower drops into the target's params and encodes an image
+  tower = vp.load_tower(folder, cfg)
+  params = dict(target.params, vision=tower)
+  adapter = vp.make_adapter(c, cfg)
+  image, _ = scenes.make_scene(1, 112)
+  tokens = adapter.encode(params["vision"], adapter.pixels(np.asarray(image))[None])
+  assert tokens.shape == (1, 16, cfg.vision.out_hidden_size)
+  with open(os.path.join(folder, "stage0.json")) as f:
+    info = json.load(f)
+  assert info["step"] == STEPS and info["vision_config"]["hidden_size"] == 16

@@ -1,0 +1,364 @@
+"""Stage 0 of issue 16: trains the scenes target's vision tower to see, before any language.
+
+    python -m train.vision_pretrain --config configs/scenes_vision.py --workdir DIR [--config.key=value]
+    python -m train.vision_pretrain --config configs/scenes_vision.py --workdir DIR --export_only
+
+The tower is the target's own (Qwen2.5-VL: patch embed, window-attention blocks, 2x2 merger;
+dimensions from `config.model`, the target's config), fed through the target's processor
+(`train/targets.py:VisionAdapter`). The objective comes straight from the scene's ground truth
+(`vispec_jax/scenes.py` knows every object): for each cell of the 3x3 grid, whether it holds an
+object and that object's colour, shape, size and texture. A small probe head (one learned query
+per cell attending over the merged tokens, an MLP, one linear layer; dropped after this stage)
+reads them out:
+
+  scenes            drawn on the fly, `scenes.make_scene(seed, **config.scenes.options)` with
+                    seeds of the train range only (batch i: first_seed + i * batch_size + ...)
+  loss              cross-entropy of `occupied` over all 9 cells + of each attribute over the
+                    occupied cells
+  optimizer, checkpoints, logging, the loop     shared with the other trainers (train/loop.py)
+  every eval_every  held-out accuracy on `eval_scenes` validation scenes (seeds never trained
+                    on): `eval/acc/occupied` over all cells, `eval/acc/<attribute>` and
+                    `eval/acc/object` (all four right) over occupied cells; `wall_s`: training
+                    seconds so far, over every resumed run
+  at the end, or with --export_only (newest checkpoint)
+                    `export.dir` (default workdir/stage0): model.safetensors with the tower's
+                    tensors under the target checkpoint's own `visual.*` names (fp32), the
+                    vision config and the last held-out metrics (stage0.json)
+
+Logged every step: `loss`, `loss/<head>`, `acc/<head>` (training batch), `grad_norm` and
+`token_norm`, the mean L2 norm of the merged tokens the language model will read.
+
+A restarted run resumes from the newest checkpoint (params, AdamW state, next batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from train import loop, sharding, target_folder, targets
+from vispec_jax import checkpoints, layers, scenes
+from vispec_jax.configs import TargetConfig
+from vispec_jax.models import qwen2_5_vl
+
+GRID = 3  # scenes.py: a 3 x 3 grid of cells, one object at most per cell
+ATTRIBUTES = {"colour": list(scenes.COLOURS), "shape": list(scenes.SHAPES),
+              "size": list(scenes.SIZES), "texture": list(scenes.TEXTURES)}
+# The head's outputs per cell, in this order: their logits are concatenated on the last axis.
+CLASSES = {"occupied": 2, **{k: len(v) for k, v in ATTRIBUTES.items()}}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cell_labels(scene: dict) -> np.ndarray:
+  """int32[9, 5]: per cell (row-major) `occupied` (0 / 1), then the index of the object's
+  colour, shape, size and texture in ATTRIBUTES (-1 for an empty cell)."""
+  out = np.full((GRID * GRID, len(CLASSES)), -1, np.int32)
+  out[:, 0] = 0
+  for o in scene["objects"]:
+    k = o["row"] * GRID + o["col"]
+    out[k, 0] = 1
+    for j, (key, values) in enumerate(ATTRIBUTES.items(), 1):
+      out[k, j] = values.index(o[key])
+  return out
+
+
+class SceneBatches:
+  """Batches of scenes drawn on the fly from consecutive seeds; resumable like a grain iterator
+  (`get_state` / `set_state`: the next batch index). Batch i holds the seeds
+  first_seed + i * batch_size + [0, batch_size); this process makes its share of the rows."""
+
+  def __init__(self, adapter: targets.VisionAdapter, batch_size: int, first_seed: int,
+               options: dict, end_seed: int = scenes.SPLIT_SEEDS["validation"]):
+    if not scenes.SPLIT_SEEDS["train"] <= first_seed < end_seed:
+      raise ValueError(f"scenes.first_seed {first_seed} is outside the train seed range "
+                       f"[{scenes.SPLIT_SEEDS['train']}, {end_seed})")
+    nproc = jax.process_count()
+    if batch_size % nproc:
+      raise ValueError(f"batch_size {batch_size} is not a multiple of {nproc} processes")
+    self.adapter, self.batch_size, self.first, self.end = adapter, batch_size, first_seed, end_seed
+    self.options = dict(options)
+    self.local = batch_size // nproc
+    self.index = 0
+
+  def arrays(self, seeds) -> dict:
+    """{"pixels": float32[n, patches, patch_dim], "labels": int32[n, 9, 5]} for these seeds."""
+    pixels, labels = [], []
+    for seed in seeds:
+      image, scene = scenes.make_scene(int(seed), self.adapter.image_hw[0], **self.options)
+      pixels.append(self.adapter.pixels(np.asarray(image)))
+      labels.append(cell_labels(scene))
+    return {"pixels": np.stack(pixels), "labels": np.stack(labels)}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    base = self.first + self.index * self.batch_size
+    if base + self.batch_size > self.end:
+      raise ValueError(f"batch {self.index} would use seeds from {self.end} on (held out)")
+    seeds = base + np.arange(self.batch_size)
+    mine = seeds[jax.process_index() * self.local:][:self.local]
+    self.index += 1
+    return dict(self.arrays(mine), global_index=seeds, global_tokens=np.asarray(self.batch_size))
+
+  def get_state(self) -> dict:
+    return {"next_batch": self.index}
+
+  def set_state(self, state: dict) -> None:
+    self.index = int(state["next_batch"])
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def target_config(config) -> TargetConfig:
+  """The target's TargetConfig for `config.model` (the same config.json train.target writes)."""
+  tokenizer = target_folder.load_tokenizer(config.folder)
+  return TargetConfig.from_hf(target_folder.hf_config(tokenizer, config.model))
+
+
+def make_adapter(config, cfg: TargetConfig) -> targets.VisionAdapter:
+  """The target's tower for square images of `scenes.image_size`, with its processor."""
+  size = int(config.scenes.image_size)
+  return targets.VisionAdapter(cfg, qwen2_5_vl.make_image_processor(config.folder, cfg),
+                               (size, size))
+
+
+def head_shapes(h, token_dim: int, n_tokens: int) -> dict:
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  lin = lambda i, o: {"kernel": f32(i, o), "bias": f32(o)}
+  d = h.dim
+  return {"query": f32(GRID * GRID, d), "pos": f32(n_tokens, d),
+          "k": lin(token_dim, d), "v": lin(token_dim, d), "o": lin(d, d),
+          "norm1": {"scale": f32(d)}, "mlp": {"fc1": lin(d, h.mlp), "fc2": lin(h.mlp, d)},
+          "norm2": {"scale": f32(d)}, "out": lin(d, sum(CLASSES.values()))}
+
+
+def init_params(config, cfg: TargetConfig, n_tokens: int) -> dict:
+  """{"vision": the target's tower, initialised as vj.init_target does, "head": the probe}."""
+  kv, kh = jax.random.split(jax.random.PRNGKey(config.seed))
+  vision = layers.init_params(qwen2_5_vl.param_shapes(cfg)["vision"], kv)
+  head = layers.init_params(head_shapes(config.head, cfg.vision.out_hidden_size, n_tokens), kh)
+  # Unit-scale cell queries and token positions: attention logits of order 1 from the start
+  # (at 0.02 both would start at a saddle, with near-zero gradients for either).
+  head["query"], head["pos"] = head["query"] * 50.0, head["pos"] * 50.0
+  return {"vision": vision, "head": head}
+
+
+def head_apply(p: dict, h, tokens: jax.Array) -> jax.Array:
+  """Merged tokens [B, T, E] (row-major over the token grid) -> logits [B, 9, sum(CLASSES)]."""
+  b = tokens.shape[0]
+  dh = h.dim // h.heads
+  q = p["query"].reshape(GRID * GRID, h.heads, dh)
+  k = (layers.linear(tokens, p["k"]) + p["pos"]).reshape(b, -1, h.heads, dh)
+  v = layers.linear(tokens, p["v"]).reshape(b, -1, h.heads, dh)
+  probs = jax.nn.softmax(jnp.einsum("cnd,btnd->bnct", q, k) * dh ** -0.5, axis=-1)
+  read = jnp.einsum("bnct,btnd->bcnd", probs, v).reshape(b, GRID * GRID, h.dim)
+  x = p["query"] + layers.linear(read, p["o"])
+  x = x + layers.linear(jax.nn.gelu(layers.linear(layers.rms_norm(x, p["norm1"], 1e-6),
+                                                  p["mlp"]["fc1"])), p["mlp"]["fc2"])
+  return layers.linear(layers.rms_norm(x, p["norm2"], 1e-6), p["out"])
+
+
+def losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
+  """(loss, metrics): cross-entropy of `occupied` over all cells plus that of every attribute
+  over the occupied cells; `correct/*` and `count/*` (sums, for exact held-out aggregation)."""
+  parts = jnp.split(logits, np.cumsum(list(CLASSES.values()))[:-1].tolist(), axis=-1)
+  total, m = 0.0, {}
+  right = []
+  for j, (name, lg) in enumerate(zip(CLASSES, parts)):
+    y = labels[..., j]
+    valid = y >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(lg.astype(jnp.float32), jnp.maximum(y, 0))
+    n = jnp.maximum(valid.sum(), 1)
+    loss = jnp.where(valid, ce, 0.0).sum() / n
+    correct = (jnp.argmax(lg, -1) == y) & valid
+    total = total + loss
+    m[f"loss/{name}"] = loss
+    m[f"correct/{name}"], m[f"count/{name}"] = correct.sum(), valid.sum()
+    if name != "occupied":
+      right.append(correct)
+  occupied = labels[..., 0] == 1
+  m["correct/object"] = (functools.reduce(jnp.logical_and, right) & occupied).sum()
+  m["count/object"] = occupied.sum()
+  m["loss"] = total
+  return total, m
+
+
+def forward(adapter, h, params, batch) -> tuple[jax.Array, dict]:
+  tokens = adapter.encode(params["vision"], batch["pixels"])
+  loss, m = losses(head_apply(params["head"], h, tokens), batch["labels"])
+  m["token_norm"] = jnp.linalg.norm(tokens.astype(jnp.float32), axis=-1).mean()
+  return loss, m
+
+
+def accuracies(m: dict) -> dict:
+  """correct/* and count/* sums -> acc/* shares (the other metrics pass through)."""
+  out = {k: v for k, v in m.items() if not k.startswith(("correct/", "count/"))}
+  for key in m:
+    if key.startswith("correct/"):
+      name = key.split("/", 1)[1]
+      out[f"acc/{name}"] = m[key] / jnp.maximum(m[f"count/{name}"], 1)
+  return out
+
+
+def train_step(adapter, h, tx, state, batch):
+  (_, m), grads = jax.value_and_grad(functools.partial(forward, adapter, h), has_aux=True)(
+      state["params"], batch)
+  m = accuracies(m)
+  m["grad_norm"] = optax.global_norm(grads)
+  return loop.apply_gradients(tx, state, grads), m
+
+
+# --------------------------------------------------------------------------- export
+
+
+def vision_name_map(cfg: TargetConfig) -> checkpoints.NameMap:
+  """The target checkpoint's names of the tower's tensors (`visual.*`) only."""
+  full = qwen2_5_vl.name_map(cfg)
+  nm = checkpoints.NameMap(full.rules)
+  nm.entries = {k: v for k, v in full.entries.items() if k.startswith("visual.")}
+  return nm
+
+
+def export(folder: str, cfg: TargetConfig, vision_params, info: dict) -> str:
+  """folder/model.safetensors (fp32, `visual.*` names), folder/stage0.json (vision config and
+  `info`), written atomically."""
+  def fill(tmp):
+    checkpoints.save_hf({"vision": vision_params}, vision_name_map(cfg),
+                        os.path.join(tmp, "model.safetensors"))
+    with open(os.path.join(tmp, "stage0.json"), "w") as f:
+      json.dump(dict(info), f, indent=1, default=float)
+  return checkpoints.write_folder(folder, fill)
+
+
+def load_tower(folder: str, cfg: TargetConfig) -> dict:
+  """The tower's params (the target's `params["vision"]` layout) from an exported folder."""
+  shapes = {"vision": qwen2_5_vl.param_shapes(cfg)["vision"]}
+  files = checkpoints.weight_files(folder)
+  return checkpoints.load_params(files, vision_name_map(cfg), shapes, jnp.float32)["vision"]
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _wall_offset(workdir: str, start: int) -> float:
+  """Training seconds of earlier runs: `wall_s` of the last held-out row at or before `start`."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  best = 0.0
+  if start and os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        if "wall_s" in row and row["step"] <= start:
+          best = float(row["wall_s"])
+  return best
+
+
+def train(config, workdir: str, export_only: bool = False) -> dict:
+  """Trains (or, with `export_only`, restores the newest checkpoint); exports the tower when the
+  run is complete or `export_only`. Returns {"step", "metrics", "eval", "export"}."""
+  os.makedirs(workdir, exist_ok=True)
+  if config.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
+  mesh = sharding.make_mesh(config.mesh)
+  if config.batch_size % sharding.batch_divisor(mesh):
+    raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
+                     f"{sharding.batch_divisor(mesh)} devices the batch is split over")
+  if config.eval_scenes % config.batch_size:
+    raise ValueError(f"eval_scenes {config.eval_scenes} is not a multiple of batch_size "
+                     f"{config.batch_size}")
+  cfg = target_config(config)
+  adapter = make_adapter(config, cfg)
+  h = config.head
+  train_iter = SceneBatches(adapter, config.batch_size, config.scenes.first_seed,
+                            config.scenes.options)
+  total, warmup = int(config.total_steps), int(config.warmup_steps)
+  sched = loop.schedule(config, total, warmup)
+  tx = loop.make_optimizer(config, sched)
+  host_params = init_params(config, cfg, adapter.num_tokens)
+  repl = sharding.replicated(mesh)  # about 1.5M parameters: replicated, the batch is split
+  state, state_sh = loop.init_state(tx, host_params, jax.tree.map(lambda _: repl, host_params),
+                                    mesh)
+  mngr = loop.checkpoint_manager(workdir, config)
+  state, start = loop.restore_latest(mngr, state, train_iter)
+  logging.info("stage 0: tower %.2fM + head %.2fM params, %d steps of %d scenes (options %s)",
+               sum(x.size for x in jax.tree.leaves(host_params["vision"])) / 1e6,
+               sum(x.size for x in jax.tree.leaves(host_params["head"])) / 1e6, total,
+               config.batch_size, dict(config.scenes.options))
+
+  step_fn = jax.jit(functools.partial(train_step, adapter, h, tx),
+                    out_shardings=(state_sh, repl), donate_argnums=(0,))
+  eval_fn = jax.jit(lambda p, b: forward(adapter, h, p, b)[1], out_shardings=repl)
+  held_out = SceneBatches(adapter, config.batch_size, 0, config.scenes.options)
+  eval_seeds = scenes.SPLIT_SEEDS["validation"] + np.arange(config.eval_scenes)
+  t0, offset = time.time(), _wall_offset(workdir, start)
+
+  def evaluate(state, step):
+    """Accuracies on the held-out scenes (sums over batches, then shares)."""
+    del step
+    sums = {}
+    for i in range(0, len(eval_seeds), config.batch_size):
+      seeds = eval_seeds[i:i + config.batch_size]
+      mine = seeds[jax.process_index() * held_out.local:][:held_out.local]
+      m = jax.device_get(eval_fn(state["params"], loop.device_batch(mesh, held_out.arrays(mine))))
+      for k, v in m.items():
+        if k.startswith(("correct/", "count/")):
+          sums[k] = sums.get(k, 0) + int(v)
+    out = {f"eval/{k}": float(v) for k, v in accuracies(sums).items()}
+    out["wall_s"] = offset + time.time() - t0
+    return out
+
+  step, last, last_eval = start, {}, {}
+  if not export_only:
+    state, step, last, last_eval = loop.fit(
+        config, workdir, state=state, step_fn=step_fn, step_args=(), mesh=mesh,
+        train_iter=train_iter, mngr=mngr, sched=sched, total=total, start=start,
+        evaluate=evaluate)
+  mngr.close()
+  out = {"step": step, "metrics": last, "eval": last_eval, "export": None}
+  if step == total or export_only:
+    if not last_eval:
+      last_eval = evaluate(state, step)
+    vision = loop.to_host(state["params"])["vision"]
+    if jax.process_index() == 0:
+      info = {"step": step, "vision_config": dataclasses.asdict(cfg.vision),
+              "scene_options": dict(config.scenes.options),
+              "eval_scenes": int(config.eval_scenes), **last_eval}
+      out["export"] = export(config.export.dir or os.path.join(workdir, "stage0"), cfg, vision,
+                             info)
+      out["eval"] = last_eval
+      logging.info("exported step %d to %s; held-out: %s", step, out["export"], last_eval)
+  return out
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage-0 config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints/, metrics.jsonl, stage0/.")
+_EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
+                                 "Export the newest checkpoint's tower (after a held-out eval).")
+
+
+def main(argv):
+  del argv
+  from train import cli
+  cli.setup()
+  out = train(_CONFIG.value, _WORKDIR.value, _EXPORT_ONLY.value)
+  logging.info("finished at step %d; export: %s", out["step"], out["export"])
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
