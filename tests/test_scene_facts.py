@@ -263,3 +263,9 @@ def test_bench_facts_cli(tiny_qwen_dir, tmp_path):
     assert 0 <= result[name]["correct"] <= result[name]["stated"]
   assert bench.main(["facts", "--target", str(tmp_path / "nope")]) == 2
   assert bench.main(["facts", "--target", tiny_qwen_dir, "--scenes", "0"]) == 2
+
+
+def test_a_scene_without_objects():
+  r = sf.check({"background": "white", "objects": []},
+               "The image shows no objects on a white background. The centre cell is empty.")
+  assert (r.stated, r.correct) == (3, 3)

@@ -121,9 +121,9 @@ def true_facts(scene: dict) -> set[tuple]:
       facts.add(_relation_fact(_name(a), _name(b), *_rel(scenes._relation(a, b))))
   order = list(scenes.SIZES)
   ranks = [order.index(o["size"]) for o in objs]
-  if max(ranks) == min(ranks):
+  if ranks and max(ranks) == min(ranks):
     facts.add(("extremes", "same", order[ranks[0]]))
-  else:
+  elif ranks:
     for which, rank in (("biggest", max(ranks)), ("smallest", min(ranks))):
       group = tuple(sorted(_name(o) for o, r in zip(objs, ranks) if r == rank))
       facts.add(("extremes", which, group, order[rank]))
