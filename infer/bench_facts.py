@@ -95,7 +95,8 @@ def report(result: dict) -> str:
     lines.append(f"{label}: {p['answers']} answers, {p['correct']} of {p['stated']} facts true: "
                  f"precision {p['precision']:.3f} (mean per scene {p['mean_precision']:.3f}), "
                  f"recall {p['recall']:.3f} (mean {p['mean_recall']:.3f}); "
-                 f"{p['unparsed']} sentences not parsed, {p['truncated']} answers cut")
+                 f"sentences not parsed: {p['unparsed']}, answers cut at the token limit: "
+                 f"{p['truncated']}")
   names = list(result)
   classes = sorted({c for p in result.values() for c in p["by_class"]})
   lines.append(f"{'class':14s}" + "".join(f"{n + ' stated':>16s}{n + ' prec.':>14s}" for n in names))
