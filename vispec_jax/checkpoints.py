@@ -33,38 +33,89 @@ _DTYPES = {
 }
 
 
+def read_json(path: str, what: str = "a JSON object") -> dict[str, Any]:
+  """A JSON file that must hold an object; CheckpointError naming the file otherwise."""
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(raw, dict):
+    raise CheckpointError(f"{path} must hold {what}, got a JSON {type(raw).__name__}")
+  return raw
+
+
 def read_config(folder: str) -> dict[str, Any]:
   if not os.path.isdir(folder):
     raise CheckpointError(f"checkpoint folder not found: {folder}")
   path = os.path.join(folder, "config.json")
   if not os.path.isfile(path):
     raise CheckpointError(f"no config.json in {folder}")
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+  return read_json(path, "a JSON object (the model config)")
 
 
-def weight_files(folder: str) -> list[str]:
-  """The safetensors files of a folder: from the shard index if present, else *.safetensors."""
-  index = os.path.join(folder, "model.safetensors.index.json")
-  if os.path.isfile(index):
-    with open(index) as f:
-      shards = sorted(set(json.load(f)["weight_map"].values()))
-    files = [os.path.join(folder, s) for s in shards]
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-      raise CheckpointError(f"shard(s) listed in {index} are missing: {missing}")
-    return files
-  files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors"))
-  if not files:
-    raise CheckpointError(f"no weights (*.safetensors) in {folder}")
+# Weight files, in the order we look for them: safetensors first (no pickle at all), then
+# torch.save files, which the reference ViSpec loader tries first (read by torch_bin, no torch).
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
+def _shards(folder: str, index: str) -> list[str]:
+  """The shard files named by an index's weight_map, each checked to be a file in `folder`."""
+  raw = read_json(index, 'a JSON object with a "weight_map"')
+  wmap = raw.get("weight_map")
+  if not isinstance(wmap, dict):
+    raise CheckpointError(f'{index}: "weight_map" must be an object {{tensor name: shard file}}, '
+                          f"got {'nothing' if wmap is None else type(wmap).__name__}")
+  bad = [k for k, v in wmap.items() if not isinstance(v, str) or not v
+         or os.path.isabs(v) or os.path.normpath(v).startswith("..")]
+  if bad:
+    raise CheckpointError(f'{index}: "weight_map" entries must name a shard file in the folder; '
+                          f"bad: {[(k, wmap[k]) for k in bad[:5]]}")
+  if not wmap:
+    raise CheckpointError(f'{index}: "weight_map" is empty')
+  files = [os.path.join(folder, s) for s in sorted(set(wmap.values()))]
+  missing = [f for f in files if not os.path.isfile(f)]
+  if missing:
+    raise CheckpointError(f"shard(s) listed in {index} are missing: {missing}")
   return files
 
 
+def weight_files(folder: str) -> list[str]:
+  """The weight files of a folder, first of: the shards of model.safetensors.index.json, the
+  *.safetensors files, the shards of pytorch_model.bin.index.json, pytorch_model.bin."""
+  index = os.path.join(folder, SAFETENSORS_INDEX)
+  if os.path.isfile(index):
+    return _shards(folder, index)
+  files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors"))
+  if files:
+    return files
+  index = os.path.join(folder, TORCH_BIN_INDEX)
+  if os.path.isfile(index):
+    return _shards(folder, index)
+  if os.path.isfile(os.path.join(folder, TORCH_BIN)):
+    return [os.path.join(folder, TORCH_BIN)]
+  raise CheckpointError(f"no weights (*.safetensors, {TORCH_BIN} or a shard index) in {folder}")
+
+
+def open_weights(path: str):
+  """A SafetensorsFile, or a torch_bin.TorchBinFile for a torch.save file (same interface)."""
+  if path.endswith(".safetensors"):
+    return SafetensorsFile(path)
+  from vispec_jax import torch_bin  # it imports CheckpointError from here
+  return torch_bin.TorchBinFile(path)
+
+
+def _is_uint(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 class SafetensorsFile:
-  """A memory-mapped safetensors file; `get(name)` returns a read-only NumPy view."""
+  """A memory-mapped safetensors file; `get(name)` returns a read-only NumPy view.
+
+  The header is checked when the file is opened: every entry needs a known dtype, a shape of
+  non-negative ints and data_offsets [begin, end] of exactly the shape's size inside the file.
+  """
 
   def __init__(self, path: str):
     self.path = path
@@ -79,23 +130,49 @@ class SafetensorsFile:
       try:
         header = json.loads(f.read(n))
       except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: corrupt safetensors header") from None
+        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+      raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, "
+                            "not an object)")
     header.pop("__metadata__", None)
     self.header = header
     self.data_start = 8 + n
-    end = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if self.data_start + end > size:
-      raise CheckpointError(f"{path}: truncated safetensors file: header needs "
-                            f"{self.data_start + end} bytes, file has {size}")
+    for name, info in header.items():
+      self._check(name, info, size - self.data_start)
     self._mm = np.memmap(path, dtype=np.uint8, mode="r") if size else None
+
+  def _check(self, name: str, info, room: int):
+    def bad(why):
+      raise CheckpointError(f"{self.path}: corrupt safetensors header: tensor {name!r}: {why}")
+    if not isinstance(info, dict):
+      bad(f"entry is a JSON {type(info).__name__}, not an object")
+    for key in ("dtype", "shape", "data_offsets"):
+      if key not in info:
+        bad(f"missing field {key!r}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str):
+      bad(f"dtype must be a string, got {dtype!r:.60}")
+    if dtype not in _DTYPES:
+      raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {dtype!r}; "
+                            f"supported: {sorted(_DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+      bad(f"shape must be a list of non-negative integers, got {shape!r:.60}")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets)
+        or offsets[0] > offsets[1]):
+      bad(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r:.60}")
+    if offsets[1] > room:
+      raise CheckpointError(f"{self.path}: truncated safetensors file: tensor {name} needs "
+                            f"{self.data_start + offsets[1]} bytes, file has {self.data_start + room}")
+    nbytes = int(np.prod(shape, dtype=object)) * np.dtype(_DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != nbytes:
+      bad(f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes but shape {shape} of "
+          f"{dtype} needs {nbytes}")
 
   def keys(self) -> list[str]:
     return list(self.header)
 
   def get(self, name: str) -> np.ndarray:
     info = self.header[name]
-    if info["dtype"] not in _DTYPES:
-      raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
     a, b = info["data_offsets"]
     raw = self._mm[self.data_start + a:self.data_start + b]
     return raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"])
@@ -103,7 +180,7 @@ class SafetensorsFile:
 
 def iter_tensors(files: list[str]) -> Iterator[tuple[str, np.ndarray]]:
   for path in files:
-    f = SafetensorsFile(path)
+    f = open_weights(path)
     for name in f.keys():
       yield name, f.get(name)
 

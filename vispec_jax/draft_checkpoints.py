@@ -1,8 +1,10 @@
 """Loading and saving draft checkpoints: the released ViSpec folders and our own format.
 
 Released ViSpec drafts (vispec-reference.md sections 2.1-2.3, 9) are a folder with `config.json`
-(a LLaMA-style config of the one-layer draft) and `model.safetensors` with the PyTorch module
-names: embed_tokens.weight, fc.*, layers.0.self_attn.{q,k,v,o}_proj.*, layers.0.mlp.*,
+(a LLaMA-style config of the one-layer draft) and `model.safetensors` or `pytorch_model.bin`
+(the reference loader tries the .bin first; we prefer safetensors when both exist, see
+`checkpoints.weight_files`; a .bin is read without torch by `torch_bin`) with the PyTorch
+module names: embed_tokens.weight, fc.*, layers.0.self_attn.{q,k,v,o}_proj.*, layers.0.mlp.*,
 layers.0.post_attention_layernorm.weight, imadpt.q, imadpt.{k,v,o}_proj.*, img_fc.*. A folder
 without imadpt.* is a stage-1 EAGLE draft, one with medusa_head.* a Medusa baseline. Missing
 config fields fall back as the reference does: rope_theta 10000, qkv_bias False, fc/img_fc bias
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
 from typing import Any
@@ -32,6 +35,7 @@ import numpy as np
 
 from vispec_jax import checkpoints
 from vispec_jax.checkpoints import TRANSPOSE, CheckpointError, NameMap
+from vispec_jax.configs import ConfigError, check_hf_config, json_repr
 from vispec_jax.draft import DraftConfig, make_drafter, param_shapes
 
 FORMAT_KEY = "vispec_jax_draft"
@@ -160,16 +164,35 @@ def _official_config(raw: dict, header: dict[str, dict], folder: str) -> DraftCo
       hidden_act=raw.get("hidden_act", "silu"), num_q=num_q, medusa_heads=medusa)
 
 
+# What each DraftConfig field must hold in our config.json (by its annotation).
+_FIELD_CHECKS = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "a positive integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+              and math.isfinite(v) and v > 0, "a positive finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _native_config(raw: dict, folder: str) -> DraftConfig:
-  fields = {f.name for f in dataclasses.fields(DraftConfig)}
+  path = os.path.join(folder, "config.json")
+  fields = {f.name: f for f in dataclasses.fields(DraftConfig)}
   d = raw[FORMAT_KEY]
-  unknown = sorted(set(d) - fields)
+  if not isinstance(d, dict):
+    raise CheckpointError(f"{path}: {FORMAT_KEY} must be a JSON object, got {json_repr(d)}")
+  unknown = sorted(set(d) - set(fields))
   if unknown:
-    raise CheckpointError(f"{folder}/config.json: unknown draft config fields {unknown}")
+    raise CheckpointError(f"{path}: unknown draft config fields {unknown}")
+  for name, value in d.items():
+    ok, what = _FIELD_CHECKS[str(fields[name].type)]
+    if not ok(value) and not (name == "intermediate_size" and value == 0
+                              and d.get("kind") == "medusa"):
+      raise CheckpointError(f"{path}: {FORMAT_KEY}.{name} must be {what}, got {json_repr(value)}")
   try:
     return DraftConfig(**d)
   except (TypeError, ValueError) as e:
-    raise CheckpointError(f"{folder}/config.json: bad draft config: {e}") from None
+    raise CheckpointError(f"{path}: bad draft config: {e}") from None
 
 
 def validate(cfg: DraftConfig, text) -> None:
@@ -228,17 +251,22 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
   if embedding_check not in ("warn", "error", "skip"):
     raise ValueError(f"embedding_check must be 'warn', 'error' or 'skip', got {embedding_check!r}")
   raw = checkpoints.read_config(folder)
+  native = FORMAT_KEY in raw
+  if not native:
+    try:
+      check_hf_config(raw, os.path.join(folder, "config.json"))
+    except ConfigError as e:
+      raise CheckpointError(str(e)) from None
   files = checkpoints.weight_files(folder)
   header, where = {}, {}  # canonical official name -> info / (file, stored name)
   strip = NameMap(OFFICIAL_PREFIXES)
   for f in files:
-    for name, info in checkpoints.SafetensorsFile(f).header.items():
+    for name, info in checkpoints.open_weights(f).header.items():
       header[strip.canonical(name)] = info
       where[strip.canonical(name)] = (f, name)
   text = None if target is None else target.config.text
   if dtype is None:
     dtype = jnp.float32 if target is None else target.params["text"]["embed"].dtype
-  native = FORMAT_KEY in raw
   cfg = _native_config(raw, folder) if native else _official_config(raw, header, folder)
   if text is not None:
     validate(cfg, text)
@@ -246,7 +274,7 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
   params = checkpoints.load_params(files, name_map, param_shapes(cfg, dtype), dtype)
   if not native and target is not None and "embed_tokens.weight" in where:
     f, name = where["embed_tokens.weight"]
-    check_embedding(checkpoints.SafetensorsFile(f).get(name), target.params["text"]["embed"],
+    check_embedding(checkpoints.open_weights(f).get(name), target.params["text"]["embed"],
                     embedding_check)
   return Draft(cfg, params, folder)
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vispec_jax import checkpoints, layers, processing
-from vispec_jax.configs import TargetConfig
+from vispec_jax.configs import ConfigError, TargetConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch, InputError
 
@@ -102,10 +102,19 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
 
   The architecture is chosen from config.json; weights are cast to `dtype` one tensor at a time.
   With a `mesh` (see `vispec_jax.sharding`), weights go straight into their sharded layout.
-  Raises `CheckpointError` (folder, files, tensor names, shapes) or `ConfigError`.
+  Weights are read from safetensors (preferred) or, when a folder has none, from
+  `pytorch_model.bin` (single or sharded), parsed without torch and without running pickle code.
+  Raises `CheckpointError` (folder, files, tensor names, shapes) or `ConfigError` (the config
+  file and key), both ValueErrors.
   """
   raw = checkpoints.read_config(folder)
-  cfg = TargetConfig.from_hf(raw)
+  config_file = os.path.join(folder, "config.json")
+  try:
+    cfg = TargetConfig.from_hf(raw)
+  except ConfigError as e:  # name the file itself, not just "config.json"
+    msg = str(e)
+    msg = msg[len("config.json: "):] if msg.startswith("config.json: ") else msg
+    raise ConfigError(f"{config_file}: {msg}") from None
   fam = family_module(cfg)
   files = checkpoints.weight_files(folder)
   shapes = fam.param_shapes(cfg, dtype)
@@ -121,17 +130,57 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
 
 
 def _load_tokenizer(folder: str):
+  """The folder's tokenizer (None for a weights-only folder), its chat template compiled here so
+  that a broken one is a CheckpointError naming its file at load time, not at the first prompt."""
   names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
   if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
     return None  # weights-only folder: prompts must then be token ids
   from transformers import AutoTokenizer
-  tok = AutoTokenizer.from_pretrained(folder)
+  try:
+    tok = AutoTokenizer.from_pretrained(folder)
+  except ImportError:
+    raise
+  except Exception as e:  # tokenizers raises bare Exceptions for a corrupt tokenizer.json
+    raise checkpoints.CheckpointError(
+        f"{folder}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+  source = next((os.path.join(folder, n) for n in ("chat_template.jinja", "tokenizer_config.json")
+                 if os.path.isfile(os.path.join(folder, n))), folder)
   legacy = os.path.join(folder, "chat_template.json")  # processor-level template of older saves
   if getattr(tok, "chat_template", None) is None and os.path.isfile(legacy):
-    import json
-    with open(legacy) as f:
-      tok.chat_template = json.load(f).get("chat_template")
+    template = checkpoints.read_json(legacy, 'a JSON object with a "chat_template"').get(
+        "chat_template")
+    if template is not None and not isinstance(template, str):
+      raise checkpoints.CheckpointError(f'{legacy}: "chat_template" must be a string, got '
+                                        f"{type(template).__name__}")
+    tok.chat_template, source = template, legacy
+  _check_chat_template(tok.chat_template, source)
   return tok
+
+
+def _check_chat_template(template, source: str) -> None:
+  """Compiles a chat template (a string, or {name: string}) as transformers will render it."""
+  if template is None:
+    return
+  templates = template if isinstance(template, dict) else {"default": template}
+  import jinja2
+  try:
+    from transformers.utils.chat_template_utils import _compile_jinja_template as compile_
+  except ImportError:  # a transformers without the helper: its environment, minus its extras
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    compile_ = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]).from_string
+  for name, text in templates.items():
+    where = source if len(templates) == 1 else f"{source} (template {name!r})"
+    if not isinstance(text, str):
+      raise checkpoints.CheckpointError(f"{where}: the chat template must be a string, got "
+                                        f"{type(text).__name__}")
+    try:
+      compile_(text)
+    except jinja2.TemplateSyntaxError as e:
+      raise checkpoints.CheckpointError(
+          f"{where}: the chat template is not valid Jinja (line {e.lineno}: {e.message})") from None
+    except jinja2.TemplateError as e:
+      raise checkpoints.CheckpointError(f"{where}: the chat template is not valid Jinja ({e})") from None
 
 
 # ------------------------------------------------------------------------ prompting
