@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from infer import cli
+
 # The vanilla benchmark's model: big enough that matmuls, not Python overhead, dominate a step.
 BENCH_MODEL = dict(hidden=512, layers=8, heads=8, kv_heads=4, vision_depth=4, vision_hidden=256)
 BENCH_INTERMEDIATE = 1408
@@ -81,7 +83,11 @@ def _param_count(tree) -> int:
 
 def run_vanilla(args) -> dict:
   import jax
-  import torch
+  try:
+    import torch
+  except ImportError:
+    raise cli.UsageError("infer.bench vanilla compares against PyTorch: install it "
+                         "(pip install -e '.[torch]')") from None
   from transformers import Qwen2_5_VLForConditionalGeneration
 
   import vispec_jax as vj
@@ -176,8 +182,46 @@ def run_vanilla(args) -> dict:
   return result
 
 
+def validate(args) -> None:
+  """The options of every subcommand (except table/length: bench_table.check_args), checked
+  before anything is loaded or measured; each error names the option."""
+  from vispec_jax import tree as tree_lib
+  for flag in ("new_tokens", "repeats", "iters", "cache", "itemsize"):
+    if hasattr(args, flag):
+      cli.check_int("--" + flag.replace("_", "-"), getattr(args, flag), 1)
+  if hasattr(args, "warmup"):
+    cli.check_int("--warmup", args.warmup, 0)
+  if hasattr(args, "batch"):
+    for b in args.batch if isinstance(args.batch, list) else [args.batch]:
+      cli.check_int("--batch", b, 1)
+  for tau in getattr(args, "tau", None) or []:
+    cli.check_float("--tau", tau, 0.0)
+  for name in getattr(args, "trees", None) or []:
+    cli.prefixed("--trees", tree_lib.from_spec, name)
+  for folder in getattr(args, "target", None) or []:
+    cli.check_folder("--target", folder)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+      raise cli.UsageError(f"--target {folder} has no config.json")
+  folder = getattr(args, "folder", None)
+  if folder and os.path.exists(folder) and not os.path.isdir(folder):
+    raise cli.UsageError(f"--folder {folder} is a file, not a folder")
+  if getattr(args, "mesh", None) is not None:
+    cli.check_mesh("--mesh", args.mesh)
+  if getattr(args, "json", None):
+    cli.check_output("--json", args.json)
+  if getattr(args, "threads", 0) not in (0, 1):
+    raise cli.UsageError("--threads must be 0 (library defaults) or 1")
+  if getattr(args, "threads", 0) == 1 and "jax" in sys.modules:
+    raise cli.UsageError("--threads 1 must be set before JAX is imported")
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m infer.bench", description=__doc__.split("\n")[0])
+  """Bad options and folders: one `error:` line, exit 2 (infer/cli.py)."""
+  return cli.run(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+  parser = cli.ArgumentParser(prog="python -m infer.bench", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   v = sub.add_parser("vanilla", help="vj.generate vs transformers generate, tokens/s")
   v.add_argument("--new-tokens", type=int, default=128)
@@ -192,18 +236,16 @@ def main(argv=None) -> int:
                       "without intra-op threads), a fairer comparison on a loaded machine; "
                       "0 (default): each library's own default")
   v.add_argument("--json", help="also write the results to this JSON file")
-  from infer import bench_cost, bench_facts, bench_pieces, bench_spec, bench_table
+  from infer import bench_cost, bench_pieces, bench_spec, bench_table
   runners = {"spec": bench_spec.run_spec, "pieces": bench_pieces.run_pieces,
              "cost": bench_cost.run_cost}
   for module in (bench_spec, bench_pieces, bench_cost):
     module.add_parser(sub)
   bench_table.add_parsers(sub)
-  bench_facts.add_parser(sub)
   args = parser.parse_args(argv)
-  if args.command == "facts":
-    return bench_facts.main(args)
   if args.command in bench_table.COMMANDS:
     return bench_table.main(args)
+  validate(args)
   if args.command in runners:
     if args.command == "spec":
       print(bench_spec.HEADER)
@@ -212,11 +254,7 @@ def main(argv=None) -> int:
       with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
     return 0 if all(r.get("identical", True) for r in rows) else 1
-  if args.threads not in (0, 1):
-    parser.error("--threads must be 0 (library defaults) or 1")
   if args.threads == 1:
-    if "jax" in sys.modules:
-      parser.error("--threads 1 must be set before JAX is imported")
     # Set here, for this process only (never globally): XLA reads it when JAX starts.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")

@@ -42,9 +42,9 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
+from infer import cli
 from vispec_jax.scenes import SPLIT_SEEDS
 COMMANDS = ("table", "length")
 LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
@@ -57,10 +57,7 @@ LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (1
 def parse_tree(spec: str):
   """--tree -> TreeConfig (vispec_jax.tree.from_spec), the error naming the option."""
   from vispec_jax import tree as tree_lib
-  try:
-    return tree_lib.from_spec(spec)
-  except ValueError as e:
-    raise ValueError(f"--tree: {e}") from None
+  return cli.prefixed("--tree", tree_lib.from_spec, spec)
 
 
 def parse_drafts(specs) -> dict[str, str]:
@@ -84,23 +81,22 @@ def parse_drafts(specs) -> dict[str, str]:
 
 def check_args(args) -> tuple[dict[str, str], object]:
   """Everything checkable before loading a model; returns (drafts, tree)."""
-  from vispec_jax.configs import GenerationConfig
   if not os.path.isdir(args.target):
     raise FileNotFoundError(f"--target folder not found: {args.target}")
   drafts = parse_drafts(args.draft)
   tree = parse_tree(args.tree)
-  if args.scenes < 1:
-    raise ValueError(f"--scenes must be >= 1, got {args.scenes}")
-  if args.repeats < 1:
-    raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+  cli.check_int("--scenes", args.scenes, 1)
+  cli.check_int("--repeats", args.repeats, 1)
+  lengths = "--lengths" if hasattr(args, "lengths") else "--max-new-tokens"
   for n in getattr(args, "lengths", None) or [args.max_new_tokens]:
-    GenerationConfig(n)  # validates
+    cli.check_int(lengths, n, 1)
+  temperatures = "--temperatures" if hasattr(args, "temperatures") else "--temperature"
   for t in getattr(args, "temperatures", None) or [args.temperature]:
-    GenerationConfig(1, t)
+    cli.check_float(temperatures, t, 0.0)
   for option in ("json", "out"):
     path = getattr(args, option, None)
-    if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-      raise FileNotFoundError(f"--{option}: folder of {path} not found")
+    if path:
+      cli.check_output(f"--{option}", path)
   return drafts, tree
 
 
@@ -417,12 +413,8 @@ def plot_length(rows: list[dict], names: list[str], path: str, title: str) -> No
 
 
 def main(args) -> int:
-  """Runs `table` or `length` (parsed by infer/bench.py); bad input is one line, exit 2."""
-  try:
-    result = run_table(args) if args.command == "table" else run_length(args)
-  except (ValueError, OSError) as e:  # CheckpointError, ConfigError, InputError are ValueErrors
-    print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
-    return 2
+  """Runs `table` or `length` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
+  result = run_table(args) if args.command == "table" else run_length(args)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)

@@ -22,6 +22,8 @@ import statistics
 import sys
 import time
 
+from infer import cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "models", "scenes")
 DEFAULT_TREE = "chain6"
@@ -29,9 +31,9 @@ DRAFT_COLOUR, TARGET_COLOUR = (26, 127, 55), (20, 20, 20)
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0],
-                              epilog=__doc__.split("\n", 2)[2],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0],
+                         epilog=__doc__.split("\n", 2)[2],
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default=os.path.join(SHIPPED, "target"), help="target folder")
   p.add_argument("--draft", default=os.path.join(SHIPPED, "vispec"), help="draft folder")
   p.add_argument("--seed", type=int, default=100_000_007, help="scene seed (default: held out)")
@@ -46,15 +48,13 @@ def parse_args(argv):
   return p.parse_args(argv)
 
 
-def run(args) -> dict:
-  import jax
-  import numpy as np
-
-  import vispec_jax as vj
-  from vispec_jax import scene_facts, scenes, tree as tree_lib
-  from vispec_jax.configs import GenerationConfig
-  GenerationConfig(args.max_new_tokens)  # validates
-  tree = tree_lib.from_spec(args.tree)
+def validate(args):
+  """Every option checked before a model is loaded (each error names it); returns the tree."""
+  from vispec_jax import scenes, tree as tree_lib
+  cli.check_seed("--seed", args.seed)
+  cli.check_int("--max-new-tokens", args.max_new_tokens, 1)
+  cli.check_int("--repeats", args.repeats, 1)
+  tree = cli.prefixed("--tree", tree_lib.from_spec, args.tree)
   if args.kind is not None and args.kind not in scenes.KINDS:
     raise ValueError(f"unknown --kind {args.kind!r}; known: {', '.join(scenes.KINDS)}")
   for name, folder in (("--model", args.model), ("--draft", args.draft)):
@@ -62,6 +62,18 @@ def run(args) -> dict:
       hint = (" (the shipped models are built as docs/embedded-model.md says)"
               if folder.startswith(SHIPPED) else "")
       raise FileNotFoundError(f"{name} folder not found: {folder}{hint}")
+  if args.out:
+    cli.check_output("--out", args.out)
+  return tree
+
+
+def run(args) -> dict:
+  import jax
+  import numpy as np
+
+  import vispec_jax as vj
+  from vispec_jax import scene_facts, scenes
+  tree = validate(args)
   example = scenes.sample(args.seed, kind=args.kind)
   target = vj.load_target(args.model)
   draft = vj.load_draft(args.draft, target)
@@ -149,12 +161,13 @@ def render(image, question: str, pieces: list[str], drafted: list[bool], result:
 
 
 def main(argv=None) -> int:
+  """Bad folders, checkpoints, options: one `error:` line, exit 2 (infer/cli.py)."""
+  return cli.run(lambda: _main(argv))
+
+
+def _main(argv) -> int:
   args = parse_args(argv)
-  try:
-    result = run(args)
-  except (ValueError, OSError) as e:  # bad folders, checkpoints, options: one line, exit 2
-    print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
-    return 2
+  result = run(args)
   if args.json:
     print(json.dumps(result))
   else:

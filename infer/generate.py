@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 
+from infer import cli
+from infer.cli import UsageError
+
 EPILOG = """\
 examples:
   # no download: a tiny random model and a generated picture (the answer is gibberish)
@@ -58,12 +61,8 @@ batch, including compilation unless --warmup is given.
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
-class UsageError(ValueError):
-  """A bad option value, found before anything is loaded."""
-
-
 def parse_args(argv):
-  p = argparse.ArgumentParser(
+  p = cli.ArgumentParser(
       prog="python -m infer.generate", epilog=EPILOG,
       description="Answer one prompt about images or videos with a Qwen2.5-VL checkpoint.",
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,29 +108,48 @@ def parse_args(argv):
 
 
 def validate(args):
-  if args.prompt is not None and not args.prompt.strip():
-    raise UsageError("--prompt is empty")
+  """Every option value that can be checked before anything is loaded (each error names it)."""
+  if args.prompt is not None:
+    if not args.prompt.strip():
+      raise UsageError("--prompt is empty")
+    cli.check_text("--prompt", args.prompt)
   if args.stream and (args.prompts or args.json or args.warmup):
     raise UsageError("--stream prints one answer as plain text: use it with --prompt, "
                      "without --prompts, --json or --warmup")
   if args.prompts is not None and (args.image or args.video):
     raise UsageError("--image/--video go inside the --prompts file, one list per line")
-  for name in ("tree_depth", "tree_top_k", "tree_tokens"):
-    if getattr(args, name) < 1:
-      raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-  if args.max_new_tokens <= 0:
-    raise UsageError(f"--max-new-tokens must be > 0, got {args.max_new_tokens}")
-  if not args.temperature >= 0:  # also refuses nan
-    raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-  if args.top_k < 0:
-    raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
-  if not 0.0 < args.top_p <= 1.0:
-    raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
-  if not args.video_fps > 0:
-    raise UsageError(f"--video-fps must be > 0, got {args.video_fps}")
-  if args.max_length is not None and args.max_length <= args.max_new_tokens:
-    raise UsageError(f"--max-length ({args.max_length}) must be greater than "
-                     f"--max-new-tokens ({args.max_new_tokens})")
+  cli.check_int("--max-new-tokens", args.max_new_tokens, 1)
+  if args.max_length is not None:
+    cli.check_int("--max-length", args.max_length, 2)
+    if args.max_length <= args.max_new_tokens:
+      raise UsageError(f"--max-length ({args.max_length}) must be greater than "
+                       f"--max-new-tokens ({args.max_new_tokens})")
+  cli.check_float("--temperature", args.temperature, 0.0)
+  cli.check_int("--top-k", args.top_k, 0)
+  cli.check_float("--top-p", args.top_p, 0.0, 1.0, lo_open=True)
+  cli.check_seed("--seed", args.seed)
+  cli.check_float("--video-fps", args.video_fps, 1e-3, 1e3)
+  for flag in ("--tree-depth", "--tree-top-k", "--tree-tokens"):
+    cli.check_int(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+  if args.model is not None:
+    cli.check_folder("--model", args.model)
+  if args.draft is not None:
+    cli.check_folder("--draft", args.draft)
+  if args.mesh is not None:
+    cli.check_mesh("--mesh", args.mesh)
+  make_tree(args)  # the tree's own bounds (depth, size)
+
+
+def make_tree(args):
+  """The --tree, --tree-depth, --tree-top-k, --tree-tokens options -> vj.TreeConfig."""
+  from vispec_jax import tree as tree_lib
+  if args.tree == "chain":
+    return cli.prefixed("--tree chain --tree-depth", tree_lib.chain, args.tree_depth)
+  return cli.prefixed("--tree-depth/--tree-top-k/--tree-tokens", tree_lib.TreeConfig,
+                      depth=args.tree_depth, top_k=args.tree_top_k, total_tokens=args.tree_tokens)
+
+
+PROMPT_KEYS = ("prompt", "images", "videos")
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -145,15 +163,25 @@ def read_prompts(path: str) -> list[dict]:
   for n, line in enumerate(lines, 1):
     if not line.strip():
       continue
+    where = f"{path}:{n}"
     try:
       row = json.loads(line)
     except json.JSONDecodeError as e:
-      raise UsageError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+      raise UsageError(f"{where}: not valid JSON ({e.msg})") from None
     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-      raise UsageError(f'{path}:{n}: expected {{"prompt": "...", "images": [...]}} with a non-empty prompt')
+      raise UsageError(f'{where}: expected {{"prompt": "...", "images": [...]}} with a non-empty prompt')
+    unknown = sorted(set(row) - set(PROMPT_KEYS))
+    if unknown:
+      raise UsageError(f"{where}: unknown keys {unknown}; known: {list(PROMPT_KEYS)}")
+    cli.check_text(f"{where}: prompt", row["prompt"])
     for key in ("images", "videos"):
-      if not isinstance(row.get(key, []), list):
-        raise UsageError(f"{path}:{n}: {key} must be a list of paths")
+      paths = row.get(key, [])
+      if not isinstance(paths, list):
+        raise UsageError(f"{where}: {key} must be a list of paths")
+      for i, p in enumerate(paths):
+        if not isinstance(p, str) or not p:
+          raise UsageError(f"{where}: {key}[{i}] must be a path (a non-empty string), got "
+                           f"{json.dumps(p)}")
     rows.append({"prompt": row["prompt"], "images": row.get("images", []), "videos": row.get("videos", [])})
   if not rows:
     raise UsageError(f"{path} has no prompts")
@@ -207,10 +235,22 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
     stack.enter_context(jax.set_mesh(mesh))
   target = vj.load_target(args.model, dtype=getattr(jnp, args.dtype), mesh=mesh)
   draft = vj.load_draft(args.draft, target) if args.draft else None
-  max_length = args.max_length or target.config.text.max_position_embeddings
+  text = target.config.text
+  positions = text.max_position_embeddings
+  if args.max_length is not None and args.max_length > positions:
+    raise UsageError(f"--max-length {args.max_length} is more than the model's "
+                     f"{positions} positions (max_position_embeddings)")
+  max_length = args.max_length or positions
   if max_length <= args.max_new_tokens:
     raise UsageError(f"the model allows {max_length} positions, not enough for "
                      f"--max-new-tokens {args.max_new_tokens}")
+  if args.top_k > text.vocab_size:
+    raise UsageError(f"--top-k {args.top_k} is more than the vocabulary's {text.vocab_size} tokens")
+  tree = make_tree(args)
+  if draft is not None:
+    wide = tree.top_k if tree.paths is None else 1
+    if wide > text.vocab_size:
+      raise UsageError(f"--tree-top-k {wide} is more than the vocabulary's {text.vocab_size} tokens")
   try:
     batch = vj.prepare(target, [r["prompt"] for r in rows], images=images, videos=videos,
                        video_fps=args.video_fps, max_length=max_length - args.max_new_tokens)
@@ -221,14 +261,11 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
                         f"tokens)") from None
   if mesh is not None:
     batch = sharding.shard_batch(batch, mesh)
-  streamer = vj.TextStreamer(target.tokenizer) if args.stream else None
+  out_stream = StdoutStream() if args.stream else None
+  streamer = vj.TextStreamer(target.tokenizer, write=out_stream) if args.stream else None
   options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                  top_k=args.top_k, top_p=args.top_p, key=jax.random.PRNGKey(args.seed),
                  on_tokens=streamer)
-  if args.tree == "chain":
-    tree = vj.TreeConfig(paths=tuple((0,) * d for d in range(1, args.tree_depth + 1)))
-  else:
-    tree = vj.TreeConfig(depth=args.tree_depth, top_k=args.tree_top_k, total_tokens=args.tree_tokens)
 
   def gen():
     if draft is None:
@@ -243,6 +280,8 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
   seconds = time.perf_counter() - start
   if streamer is not None:
     streamer.finish()
+    if out_stream.closed:
+      raise BrokenPipeError("stdout was closed while streaming")
   results = []
   for i, tokens in enumerate(vj.trim(out)):
     r = {
@@ -261,25 +300,43 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
   return results
 
 
+class StdoutStream:
+  """The streamer's `write` here: text to stdout until the reader goes away (`| head`); then it
+  is quiet (an exception raised inside the compiled loop's callback would not stop the loop)
+  and `run` exits 141 once generation has returned."""
+
+  def __init__(self):
+    self.closed = False
+
+  def __call__(self, row: int, text: str) -> None:
+    del row
+    if self.closed:
+      return
+    try:
+      sys.stdout.write(text)
+      sys.stdout.flush()
+    except BrokenPipeError:
+      self.closed = True
+      cli.quiet_stdout()
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)  # usage errors exit 2 here
   if hasattr(sys.stdout, "reconfigure"):  # not in a notebook
     sys.stdout.reconfigure(errors="replace")  # random models decode to stray bytes
-  try:
+
+  def body() -> int:
     validate(args)
     with contextlib.ExitStack() as stack:
       results = run(args, stack)
-  except (ValueError, OSError) as e:  # InputError, CheckpointError, ConfigError are ValueErrors
-    print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    return 130
-  if args.stream:
-    print()  # the answer itself was printed while it was generated
+    if args.stream:
+      print()  # the answer itself was printed while it was generated
+      return 0
+    for r in results:
+      print(json.dumps(r) if args.json else r["answer"])
     return 0
-  for r in results:
-    print(json.dumps(r) if args.json else r["answer"])
-  return 0
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 
 import jax.numpy as jnp
 
+from infer import cli
 from vispec_jax import draft, sharding
 from vispec_jax.configs import TargetConfig
 from vispec_jax.target import family_module
@@ -57,18 +58,31 @@ def report(raw: dict, batch: int, length: int, dtype=jnp.bfloat16, meshes=MESHES
   return rows
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+  """Bad options or config files: one `error:` line, exit 2 (infer/cli.py)."""
+  return cli.run(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+  ap = cli.ArgumentParser(prog="python -m infer.memory", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--config", help="a config.json (default: Qwen2.5-VL-7B-Instruct)")
   ap.add_argument("--batch", type=int, default=4)
   ap.add_argument("--length", type=int, default=4096, help="KV cache slots per row")
   ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   ap.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
+  cli.check_int("--batch", args.batch, 1)
+  cli.check_int("--length", args.length, 1)
   raw = QWEN2_5_VL_7B
   if args.config:
-    with open(args.config) as f:
-      raw = json.load(f)
+    with open(args.config, encoding="utf-8") as f:
+      try:
+        raw = json.load(f)
+      except json.JSONDecodeError as e:
+        raise cli.UsageError(f"--config {args.config}: not valid JSON ({e.msg})") from None
+    if not isinstance(raw, dict):
+      raise cli.UsageError(f"--config {args.config}: expected a JSON object")
   rows = report(raw, args.batch, args.length, getattr(jnp, args.dtype))
   if args.json:
     print(json.dumps(rows))

@@ -34,26 +34,43 @@ RULES: dict[str, str | None] = {
 
 
 def parse_mesh(spec: str | Mapping[str, int]) -> dict[str, int]:
-  """"data=2,tensor=4" (or a dict) -> {"data": 2, "fsdp": 1, "tensor": 4}; -1 takes the rest."""
+  """"data=2,tensor=4" (or a dict) -> {"data": 2, "fsdp": 1, "tensor": 4}; -1 takes the rest.
+  Every size is a positive integer (or one -1); axes are named once; the sizes multiply to the
+  number of devices."""
   if isinstance(spec, str):
     items = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-      m = re.fullmatch(r"(\w+)=(-?\d+)", part)
+    parts = [p.strip() for p in spec.split(",")]
+    if not any(parts):
+      raise ValueError("empty mesh spec: expected e.g. 'data=2,tensor=4'")
+    for part in parts:
+      m = re.fullmatch(r"(\w+)\s*=\s*([+-]?\d+)", part)
       if not m:
-        raise ValueError(f"bad mesh spec {spec!r}: expected e.g. 'data=2,tensor=4'")
+        raise ValueError(f"bad mesh spec {spec!r}: expected AXIS=SIZE pairs, e.g. 'data=2,tensor=4'")
+      if m.group(1) in items:
+        raise ValueError(f"mesh axis {m.group(1)!r} is given twice in {spec!r}")
       items[m.group(1)] = int(m.group(2))
-  else:
+  elif isinstance(spec, Mapping):
     items = dict(spec)
+  else:
+    raise ValueError(f"a mesh spec is a string like 'data=2,tensor=4' or a dict, got "
+                     f"{type(spec).__name__}")
   unknown = set(items) - set(AXES)
   if unknown:
     raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {AXES}")
-  shape = {a: items.get(a, 1) for a in AXES}
+  for axis, size in items.items():
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not (
+        size >= 1 or size == -1):
+      raise ValueError(f"mesh axis {axis} size must be a positive integer or -1 (the rest), "
+                       f"got {size!r}")
+  shape = {a: int(items.get(a, 1)) for a in AXES}
   n = jax.device_count()
   free = [a for a, s in shape.items() if s == -1]
   if len(free) > 1:
     raise ValueError("at most one mesh axis may be -1")
   if free:
     rest = math.prod(s for s in shape.values() if s != -1)
+    if n % rest:
+      raise ValueError(f"mesh {spec!r}: {n} devices cannot be split into {rest} x a whole number")
     shape[free[0]] = n // rest
   if math.prod(shape.values()) != n:
     raise ValueError(f"mesh {shape} needs {math.prod(shape.values())} devices, have {n}")

@@ -1,0 +1,179 @@
+"""What every command line of the project shares (infer.generate, infer.demo, infer.bench,
+infer.memory, train, train.datagen, train.target): bad input is one `error: ...` line on stderr
+and exit status 2, never a traceback; a closed stdout (`| head`) ends the command quietly.
+
+    def main(argv=None) -> int:
+      return cli.run(lambda: _main(argv))
+
+Exit statuses: 0 done, 1 a result check failed (e.g. speculative output not identical) or an
+internal error (a bug: one line too, naming the exception), 2 bad input (a `ValueError` or an
+`OSError`: a missing or unreadable file, an option or config value out of range), 130 Ctrl-C,
+141 stdout closed by the reader (as a Unix tool killed by SIGPIPE). `VISPEC_TRACEBACK=1` prints
+the full traceback of any error as well.
+
+The `check_*` helpers validate option values before anything is loaded, each message naming the
+option; they raise `UsageError` (a ValueError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1  # jax.random.PRNGKey keeps 32 bits: larger seeds would repeat smaller ones
+EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
+
+
+class UsageError(ValueError):
+  """A bad option value, found before anything is loaded."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with its errors as one `error:` line (naming the option), exit status 2."""
+
+  def error(self, message):
+    self.exit(EXIT_BAD_INPUT, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def error_line(e: BaseException) -> str:
+  """One line: the exception's message with its whitespace (newlines) collapsed."""
+  return " ".join(str(e).split()) or type(e).__name__
+
+
+def is_input_error(e: BaseException) -> bool:
+  """Bad input (exit 2) rather than a bug: ValueError (InputError, CheckpointError, ConfigError,
+  UnicodeError, JSON errors), OSError, and XLA running out of memory (a size too large)."""
+  if isinstance(e, (ValueError, OSError)):
+    return True
+  return type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "RESOURCE_EXHAUSTED" in str(e)
+
+
+def report(e: BaseException) -> int:
+  """Prints the `error:` line for `e`; returns the exit status."""
+  if os.environ.get("VISPEC_TRACEBACK") == "1":
+    traceback.print_exception(e, file=sys.stderr)
+  if is_input_error(e):
+    print("error: " + error_line(e), file=sys.stderr)
+    return EXIT_BAD_INPUT
+  print(f"error: internal error: {type(e).__name__}: {error_line(e)} (VISPEC_TRACEBACK=1 shows "
+        "the traceback)", file=sys.stderr)
+  return 1
+
+
+def quiet_stdout() -> None:
+  """After the reader of stdout went away: point stdout at /dev/null, so that Python's final
+  flush does not fail again at exit."""
+  try:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+  except (OSError, ValueError, AttributeError):  # not a real file (tests, notebooks)
+    pass
+
+
+def run(fn: Callable[[], int | None]) -> int:
+  """Runs a command's body; turns its errors into one line and an exit status."""
+  if sys.stdout is None:  # started with stdout closed (`>&-`)
+    print("error: stdout is closed", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  try:
+    status = fn()
+    sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's exit
+    return 0 if status is None else status
+  except BrokenPipeError:
+    quiet_stdout()
+    return EXIT_BROKEN_PIPE
+  except KeyboardInterrupt:
+    return EXIT_INTERRUPTED
+  except SystemExit:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    return report(e)
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def check_int(flag: str, value: int, lo: int | None = None, hi: int | None = INT32_MAX) -> int:
+  """`lo <= value <= hi`, else a UsageError naming `flag`."""
+  if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if hi is None:
+      want = f">= {lo}"
+    elif lo is None:
+      want = f"<= {hi}"
+    else:
+      want = f"in [{lo}, {hi}]"
+    raise UsageError(f"{flag} must be {want}, got {value}")
+  return value
+
+
+def check_float(flag: str, value: float, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False) -> float:
+  """A finite number in [lo, hi] ((lo, hi] with `lo_open`), else a UsageError naming `flag`."""
+  bad = not math.isfinite(value)
+  bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
+  bad = bad or (hi is not None and value > hi)
+  if bad:
+    parts = ["a finite number"]
+    if lo is not None:
+      parts.append(("> " if lo_open else ">= ") + f"{lo:g}")
+    if hi is not None:
+      parts.append(f"<= {hi:g}")
+    raise UsageError(f"{flag} must be {' and '.join(parts)}, got {value}")
+  return value
+
+
+def check_seed(flag: str, value: int) -> int:
+  return check_int(flag, value, 0, SEED_MAX)
+
+
+def check_text(what: str, text: str) -> str:
+  """Text the tokenizer can encode: valid Unicode (no lone surrogates, which a non-UTF-8
+  terminal or a JSON escape like "\\udcff" produce)."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise UsageError(f"{what} is not valid Unicode text: {e.reason} "
+                     f"{text[e.start]!r} at character {e.start}") from None
+  return text
+
+
+def check_output(flag: str, path: str) -> str:
+  """A file we can write later: not a folder, its folder exists and is writable."""
+  if os.path.isdir(path):
+    raise UsageError(f"{flag} {path} is a folder, not a file name")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise UsageError(f"{flag} {path}: folder {parent} not found")
+  if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    raise UsageError(f"{flag} {path} is not writable")
+  return path
+
+
+def check_folder(flag: str, path: str) -> str:
+  if not os.path.exists(path):
+    raise UsageError(f"{flag} folder not found: {path}")
+  if not os.path.isdir(path):
+    raise UsageError(f"{flag} {path} is a file, not a folder")
+  return path
+
+
+def check_mesh(flag: str, spec: str) -> dict[str, int]:
+  """A device mesh spec ('data=2,tensor=4') that this machine's devices fill."""
+  from vispec_jax import sharding
+  try:
+    return sharding.parse_mesh(spec)
+  except ValueError as e:
+    raise UsageError(f"{flag} {spec!r}: {e}") from None
+
+
+def prefixed(prefix: str, fn: Callable, *args, **kwargs):
+  """`fn(*args, **kwargs)`, a ValueError's message prefixed with `prefix` (the option)."""
+  try:
+    return fn(*args, **kwargs)
+  except ValueError as e:
+    raise UsageError(f"{prefix}: {error_line(e)}") from None
