@@ -212,6 +212,36 @@ def test_corrupt_tokenizer_file_is_named(tiny_qwen_dir, tmp_path):
     vj.load_target(folder)
 
 
+PREPROCESSOR_BAD = [
+    ("{bad", "preprocessor_config.json is not valid JSON"),
+    ("[1]", "preprocessor_config.json must hold a JSON object"),
+    ('{"min_pixels": "many"}', "preprocessor_config.json: min_pixels must be a positive integer"),
+    ('{"max_pixels": 0}', "preprocessor_config.json: max_pixels must be a positive integer"),
+    ('{"image_std": [0.5, 0, 0.5]}', "preprocessor_config.json: image_std must be a positive"),
+    ('{"size": [1, 2]}', "preprocessor_config.json: size must be a positive integer or an object"),
+    ('{"do_resize": "no"}', "preprocessor_config.json: do_resize must be true or false"),
+    ('{"min_pixels": 9000, "max_pixels": 100}', "min_pixels 9000 is larger than max_pixels 100"),
+]
+
+
+@pytest.mark.parametrize("text, words", PREPROCESSOR_BAD, ids=[t for t, _ in PREPROCESSOR_BAD])
+def test_bad_preprocessor_config(tiny_qwen_dir, tmp_path, text, words):
+  """Checked at load (transformers would only fail at the first image, with a TypeError)."""
+  folder = copy_folder(tiny_qwen_dir, tmp_path / "m")
+  with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+    f.write(text)
+  with pytest.raises(vj.CheckpointError, match=words):
+    vj.load_target(folder)
+
+
+def test_deeply_nested_config_json(tmp_path):
+  folder = tmp_path / "m"
+  folder.mkdir()
+  (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+  with pytest.raises(vj.CheckpointError, match="config.json is not usable JSON: nested too deeply"):
+    vj.load_target(str(folder))
+
+
 # ----------------------------------------------------------------- safetensors headers
 
 

@@ -40,6 +40,8 @@ def read_json(path: str, what: str = "a JSON object") -> dict[str, Any]:
       raw = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+  except RecursionError:
+    raise CheckpointError(f"{path} is not usable JSON: nested too deeply") from None
   if not isinstance(raw, dict):
     raise CheckpointError(f"{path} must hold {what}, got a JSON {type(raw).__name__}")
   return raw
@@ -129,7 +131,7 @@ class SafetensorsFile:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors header")
       try:
         header = json.loads(f.read(n))
-      except (json.JSONDecodeError, UnicodeDecodeError):
+      except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):
       raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, "

@@ -126,7 +126,60 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
     shardings = sharding.param_shardings(shapes, mesh, head_dims)
   params = checkpoints.load_params(files, fam.name_map(cfg), shapes, dtype, shardings)
   tokenizer = _load_tokenizer(folder)
-  return Target(cfg, params, tokenizer, fam.make_image_processor(folder, cfg), folder)
+  _check_preprocessor(folder)
+  try:
+    processor = fam.make_image_processor(folder, cfg)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:  # a bad preprocessor_config.json
+    raise checkpoints.CheckpointError(
+        f"{os.path.join(folder, 'preprocessor_config.json')}: cannot build the image processor "
+        f"({type(e).__name__}: {e})") from None
+  return Target(cfg, params, tokenizer, processor, folder)
+
+
+def _positive_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+# preprocessor_config.json keys the families pass to transformers' image processors, and what
+# each must hold (transformers checks them only when the first image is processed).
+_PREPROCESSOR_CHECKS = {
+    "min_pixels": (_positive_int, "a positive integer"),
+    "max_pixels": (_positive_int, "a positive integer"),
+    "size": (lambda v: _positive_int(v) or (isinstance(v, dict) and v and all(
+        x is None or _positive_int(x) for x in v.values())),
+             "a positive integer or an object of positive integers"),
+    "crop_size": (lambda v: _positive_int(v) or (isinstance(v, dict) and v and all(
+        _positive_int(x) for x in v.values())),
+                  "a positive integer or an object of positive integers"),
+    "image_mean": (lambda v: _number(v) or (isinstance(v, list) and v and all(map(_number, v))),
+                   "a number or a list of numbers"),
+    "image_std": (lambda v: (_number(v) and v > 0) or (isinstance(v, list) and v and all(
+        _number(x) and x > 0 for x in v)), "a positive number or a list of positive numbers"),
+    "rescale_factor": (lambda v: _number(v) and v > 0, "a positive number"),
+    "resample": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 5,
+                 "a PIL resampling filter number (0-5)"),
+    **{k: (lambda v: isinstance(v, bool), "true or false")
+       for k in ("do_pad", "do_resize", "do_center_crop", "do_rescale", "do_normalize",
+                 "do_convert_rgb")},
+}
+
+
+def _check_preprocessor(folder: str) -> None:
+  """CheckpointError naming preprocessor_config.json and the key whose value is unusable."""
+  path = os.path.join(folder, "preprocessor_config.json")
+  if not os.path.isfile(path):
+    return
+  raw = checkpoints.read_json(path, "a JSON object (the image processor settings)")
+  for key, (ok, what) in _PREPROCESSOR_CHECKS.items():
+    if key in raw and not ok(raw[key]):
+      raise checkpoints.CheckpointError(f"{path}: {key} must be {what}, got {raw[key]!r:.80}")
+  lo, hi = raw.get("min_pixels"), raw.get("max_pixels")
+  if lo is not None and hi is not None and lo > hi:
+    raise checkpoints.CheckpointError(f"{path}: min_pixels {lo} is larger than max_pixels {hi}")
 
 
 def _load_tokenizer(folder: str):

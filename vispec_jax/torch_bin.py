@@ -193,7 +193,7 @@ class TorchBinFile:
     except CheckpointError:
       raise
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError,
-            AttributeError, IndexError, KeyError, struct.error, OSError) as e:
+            AttributeError, IndexError, KeyError, struct.error, OSError, RecursionError) as e:
       raise CheckpointError(f"{path}: corrupt torch.save archive ({type(e).__name__}: {e})") from None
     self.header = {k: {"dtype": _ST_NAMES[v.dtype], "shape": list(v.shape)}
                    for k, v in self._tensors.items()}
