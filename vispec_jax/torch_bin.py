@@ -21,6 +21,7 @@ import collections
 import pickle
 import struct
 import zipfile
+import zlib
 from typing import Any, NamedTuple
 
 import ml_dtypes
@@ -193,7 +194,9 @@ class TorchBinFile:
     except CheckpointError:
       raise
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError,
-            AttributeError, IndexError, KeyError, struct.error, OSError, RecursionError) as e:
+            AttributeError, IndexError, KeyError, struct.error, OSError, RecursionError,
+            OverflowError, RuntimeError, NotImplementedError, zlib.error) as e:
+      # RuntimeError: an encrypted entry; NotImplementedError: an unknown compression method
       raise CheckpointError(f"{path}: corrupt torch.save archive ({type(e).__name__}: {e})") from None
     self.header = {k: {"dtype": _ST_NAMES[v.dtype], "shape": list(v.shape)}
                    for k, v in self._tensors.items()}
