@@ -69,7 +69,7 @@ def test_training_seeds_stay_below_the_held_out_range(tiny_qwen_dir, tmp_path):
 
 
 def test_loss_falls_on_a_fixed_batch(tiny_qwen_dir, tmp_path):
-  """The gradient path through head and tower: 30 steps on one batch cut the loss by 40%."""
+  """The gradient path through head and tower: 60 steps on one batch cut the loss by 40%."""
   c = tiny_config(tiny_qwen_dir, str(tmp_path))
   c.optim.lr = 1e-2
   cfg = vp.target_config(c)
@@ -78,13 +78,13 @@ def test_loss_falls_on_a_fixed_batch(tiny_qwen_dir, tmp_path):
   mesh = sharding.make_mesh(c.mesh)
   repl = sharding.replicated(mesh)
   params = vp.init_params(c, cfg, adapter.num_tokens)
-  tx = loop.make_optimizer(c, loop.schedule(c, 30, 3))
+  tx = loop.make_optimizer(c, loop.schedule(c, 60, 3))
   state, state_sh = loop.init_state(tx, params, jax.tree.map(lambda _: repl, params), mesh)
   step = jax.jit(functools.partial(vp.train_step, adapter, c.head, tx),
                  out_shardings=(state_sh, repl))
   dbatch = loop.device_batch(mesh, batch)
   losses = []
-  for _ in range(30):
+  for _ in range(60):
     state, m = step(state, dbatch)
     losses.append(float(m["loss"]))
   print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
@@ -115,6 +115,14 @@ def test_resume_is_exact_and_eval_has_every_attribute(runs):
   assert walls == sorted(walls) and len(walls) == 2
   for k in ("token_norm", "grad_norm", "acc/shape", "loss/texture"):
     assert np.isfinite(ref[STEPS][k]), k
+  # the curve: one row per held-out eval, as a table and a PNG
+  rows = vp.curve(os.path.join(runs["root"], "resume"))
+  assert [r["step"] for r in rows] == [3, 6]
+  assert len(vp.curve_table(rows).splitlines()) == 2 + len(rows)
+  png = os.path.join(runs["root"], "curve.png")
+  vp.plot_curve(rows, png, "test")
+  from PIL import Image
+  assert Image.open(png).size == (720, 420)
 
 
 def tensor_names(folder):

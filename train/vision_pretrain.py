@@ -141,7 +141,7 @@ def head_shapes(h, token_dim: int, n_tokens: int) -> dict:
   lin = lambda i, o: {"kernel": f32(i, o), "bias": f32(o)}
   d = h.dim
   return {"query": f32(GRID * GRID, d), "pos": f32(n_tokens, d),
-          "k": lin(token_dim, d), "v": lin(token_dim, d), "o": lin(d, d),
+          "k": lin(token_dim, d), "v": lin(token_dim, d),
           "norm1": {"scale": f32(d)}, "mlp": {"fc1": lin(d, h.mlp), "fc2": lin(h.mlp, d)},
           "norm2": {"scale": f32(d)}, "out": lin(d, sum(CLASSES.values()))}
 
@@ -157,6 +157,19 @@ def init_params(config, cfg: TargetConfig, n_tokens: int) -> dict:
   return {"vision": vision, "head": head}
 
 
+def cell_window(n_tokens: int) -> np.ndarray:
+  """bool[9, n_tokens]: the merged tokens (a square grid, row-major) a cell's query may read:
+  those whose square overlaps the cell grown by half a token on every side (objects are
+  jittered inside their cell; a query that must first find its cell among all tokens learned
+  nothing in 100 steps)."""
+  side = int(round(np.sqrt(n_tokens)))
+  lo = (np.arange(side) - 0.5) / side   # token squares grown by half a token, in image units
+  hi = (np.arange(side) + 1.5) / side
+  cells = np.arange(GRID)
+  near = (lo[None, :] < (cells[:, None] + 1) / GRID) & (hi[None, :] > cells[:, None] / GRID)
+  return (near[:, None, :, None] & near[None, :, None, :]).reshape(GRID * GRID, n_tokens)
+
+
 def head_apply(p: dict, h, tokens: jax.Array) -> jax.Array:
   """Merged tokens [B, T, E] (row-major over the token grid) -> logits [B, 9, sum(CLASSES)]."""
   b = tokens.shape[0]
@@ -164,11 +177,13 @@ def head_apply(p: dict, h, tokens: jax.Array) -> jax.Array:
   q = p["query"].reshape(GRID * GRID, h.heads, dh)
   k = (layers.linear(tokens, p["k"]) + p["pos"]).reshape(b, -1, h.heads, dh)
   v = layers.linear(tokens, p["v"]).reshape(b, -1, h.heads, dh)
-  probs = jax.nn.softmax(jnp.einsum("cnd,btnd->bnct", q, k) * dh ** -0.5, axis=-1)
+  logits = jnp.einsum("cnd,btnd->bnct", q, k) * dh ** -0.5
+  probs = jax.nn.softmax(jnp.where(cell_window(tokens.shape[1]), logits, -1e9), axis=-1)
   read = jnp.einsum("bnct,btnd->bcnd", probs, v).reshape(b, GRID * GRID, h.dim)
-  x = p["query"] + layers.linear(read, p["o"])
-  x = x + layers.linear(jax.nn.gelu(layers.linear(layers.rms_norm(x, p["norm1"], 1e-6),
-                                                  p["mlp"]["fc1"])), p["mlp"]["fc2"])
+  # Normalised at once: what a cell reads is the whole signal (a residual on top of the
+  # constant query would start 100x smaller than it, and learn nothing for 100s of steps).
+  x = layers.rms_norm(read, p["norm1"], 1e-6)
+  x = x + layers.linear(jax.nn.gelu(layers.linear(x, p["mlp"]["fc1"])), p["mlp"]["fc2"])
   return layers.linear(layers.rms_norm(x, p["norm2"], 1e-6), p["out"])
 
 
@@ -249,6 +264,67 @@ def load_tower(folder: str, cfg: TargetConfig) -> dict:
   shapes = {"vision": qwen2_5_vl.param_shapes(cfg)["vision"]}
   files = checkpoints.weight_files(folder)
   return checkpoints.load_params(files, vision_name_map(cfg), shapes, jnp.float32)["vision"]
+
+
+# ----------------------------------------------------------------------------- curve
+
+
+def curve(workdir: str) -> list[dict]:
+  """The held-out rows of workdir/metrics.jsonl ({"step", "wall_s", "eval/acc/*"}), one per step
+  (the newest row of a step evaluated twice, e.g. after a resume)."""
+  rows = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "wall_s" in row:
+        rows[row["step"]] = row
+  return [rows[s] for s in sorted(rows)]
+
+
+def curve_table(rows: list[dict]) -> str:
+  """Markdown: training minutes, step, held-out accuracy of each head."""
+  names = list(CLASSES) + ["object"]
+  out = ["| minutes | step | " + " | ".join(names) + " |",
+         "|---:|---:|" + "---:|" * len(names)]
+  for r in rows:
+    out.append(f"| {r['wall_s'] / 60:.1f} | {r['step']} | "
+               + " | ".join(f"{r[f'eval/acc/{n}']:.3f}" for n in names) + " |")
+  return "\n".join(out)
+
+
+def plot_curve(rows: list[dict], path: str, title: str, target: float = 0.95) -> None:
+  """Held-out accuracy per head vs training minutes, one line per head, drawn with PIL."""
+  from PIL import Image, ImageDraw, ImageFont
+  from infer.bench_table import LINE_COLOURS
+  font, small = ImageFont.load_default(size=13), ImageFont.load_default(size=11)
+  width, height, left, right, top, bottom = 720, 420, 56, 130, 40, 46
+  img = Image.new("RGB", (width, height), "white")
+  draw = ImageDraw.Draw(img)
+  draw.text((width // 2, 10), title, fill="black", font=font, anchor="mt")
+  x0, y0, x1, y1 = left, top, width - right, height - bottom
+  end = max(r["wall_s"] for r in rows) / 60 if rows else 1.0
+  xy = lambda m, a: (x0 + m / max(end, 1e-9) * (x1 - x0), y1 - a * (y1 - y0))
+  for t in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+    draw.line([(x0, xy(0, t)[1]), (x1, xy(0, t)[1])], fill=(230, 230, 230))
+    draw.text((x0 - 6, xy(0, t)[1]), f"{t:.1f}", fill="black", font=small, anchor="rm")
+  step = max(1, int(round(end / 6 / 5)) * 5) if end > 10 else max(1, int(end // 6) or 1)
+  for m in range(0, int(end) + 1, step):
+    draw.line([(xy(m, 0)[0], y1), (xy(m, 0)[0], y1 + 4)], fill="black")
+    draw.text((xy(m, 0)[0], y1 + 7), str(m), fill="black", font=small, anchor="mt")
+  for xs in range(x0, x1, 8):  # the exit criterion
+    draw.line([(xs, xy(0, target)[1]), (min(xs + 4, x1), xy(0, target)[1])], fill=(120, 120, 120))
+  draw.rectangle([x0, y0, x1, y1], outline="black")
+  draw.text(((x0 + x1) / 2, y1 + 24), "training minutes", fill="black", font=small, anchor="mt")
+  for i, name in enumerate(list(CLASSES) + ["object"]):
+    colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+    pts = [xy(r["wall_s"] / 60, r[f"eval/acc/{name}"]) for r in rows]
+    if len(pts) > 1:
+      draw.line(pts, fill=colour, width=2)
+    for x, y in pts:
+      draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    draw.line([(x1 + 12, y0 + 10 + 22 * i), (x1 + 36, y0 + 10 + 22 * i)], fill=colour, width=3)
+    draw.text((x1 + 42, y0 + 10 + 22 * i), name, fill="black", font=font, anchor="lm")
+  img.save(path)
 
 
 # ---------------------------------------------------------------------------- train
@@ -349,10 +425,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage-0 config file."
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints/, metrics.jsonl, stage0/.")
 _EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
                                  "Export the newest checkpoint's tower (after a held-out eval).")
+_PLOT = flags.DEFINE_string("plot", None, "Only draw workdir's held-out curve to this PNG and "
+                            "print it as a table (no training).")
 
 
 def main(argv):
   del argv
+  if _PLOT.value:
+    rows = curve(_WORKDIR.value)
+    plot_curve(rows, _PLOT.value, "Stage 0: held-out accuracy (occupied: all cells; the "
+               "attributes: occupied cells)")
+    print(curve_table(rows))
+    return
   from train import cli
   cli.setup()
   out = train(_CONFIG.value, _WORKDIR.value, _EXPORT_ONLY.value)
