@@ -103,6 +103,8 @@ QWEN_INCONSISTENT = [
     ("vision_config.fullatt_block_indexes", [5], "name blocks beyond depth 2"),
     ("vision_config.window_size", 14, "window_size 14 is smaller than one merged patch"),
     ("image_token_id", 999, "image_token_id 999 is outside the vocabulary"),
+    ("text_config.hidden_act", "relu6", "text hidden_act 'relu6' is not supported"),
+    ("vision_config.hidden_act", "swish", "vision_config.hidden_act 'swish' is not supported"),
     ("vision_config", _DELETE, "missing key 'vision_config'"),
 ]
 
@@ -340,6 +342,26 @@ def test_official_draft_config_bad_value(tmp_path, key, value, words):
   with pytest.raises(vj.CheckpointError) as e:
     vj.load_draft(folder)
   assert str(e.value).startswith(os.path.join(folder, "config.json") + f": {key} {words}"), e.value
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("hidden_act", "relu6", "draft hidden_act 'relu6' is not supported"),
+    ("num_kv_heads", 3, "not a multiple of num_key_value_heads 3"),
+    ("head_dim", 4, "x head_dim 4 != hidden_size 32"),
+])
+def test_draft_sizes_checked_without_a_target(tmp_path, field, value, words):
+  """Checked at load even with no target to compare with (it would fail at the first step)."""
+  cfg = vj.DraftConfig(kind="eagle", hidden_size=32, intermediate_size=48, num_heads=4,
+                       num_kv_heads=4, head_dim=8, vocab_size=40)
+  folder = str(tmp_path / "d")
+  vj.save_draft(folder, cfg, draft.init_params(cfg, jax.random.PRNGKey(0)))
+  raw = _raw(folder)
+  raw["vispec_jax_draft"][field] = value
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(raw, f)
+  with pytest.raises(vj.CheckpointError, match=words) as e:
+    vj.load_draft(folder)
+  assert str(e.value).startswith(os.path.join(folder, "config.json")), e.value
 
 
 NATIVE_BAD = [

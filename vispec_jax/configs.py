@@ -272,6 +272,12 @@ def check_target_config(cfg: "TargetConfig") -> None:
   need(t.num_heads % t.num_kv_heads == 0, f"num_attention_heads {t.num_heads} is not a multiple "
        f"of num_key_value_heads {t.num_kv_heads}")
   need(t.rms_norm_eps > 0 and t.rope_theta > 0, "rms_norm_eps and rope_theta must be > 0")
+  from vispec_jax.layers import ACTIVATIONS  # jax-heavy; only needed here
+  acts = [("text hidden_act", t.hidden_act)]
+  if isinstance(cfg.vision, QwenVisionConfig):
+    acts.append(("vision_config.hidden_act", cfg.vision.hidden_act))
+  for name, act in acts:
+    need(act in ACTIVATIONS, f"{name} {act!r} is not supported; known: {sorted(ACTIVATIONS)}")
   need(0 <= cfg.image_token_id < t.vocab_size, f"image_token_id {cfg.image_token_id} is "
        f"outside the vocabulary (vocab_size {t.vocab_size})")
   v = cfg.vision

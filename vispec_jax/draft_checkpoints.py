@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vispec_jax import checkpoints
+from vispec_jax import checkpoints, layers
 from vispec_jax.checkpoints import TRANSPOSE, CheckpointError, NameMap
 from vispec_jax.configs import ConfigError, check_hf_config, json_repr
 from vispec_jax.draft import DraftConfig, make_drafter, param_shapes
@@ -195,6 +195,21 @@ def _native_config(raw: dict, folder: str) -> DraftConfig:
     raise CheckpointError(f"{path}: bad draft config: {e}") from None
 
 
+def check_config(cfg: DraftConfig) -> None:
+  """Raises CheckpointError if the draft's own sizes cannot work together."""
+  if cfg.kind == "medusa":
+    return
+  if cfg.num_heads * cfg.head_dim != cfg.hidden_size:
+    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} x head_dim {cfg.head_dim} "
+                          f"!= hidden_size {cfg.hidden_size}")
+  if cfg.num_heads % cfg.num_kv_heads:
+    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} is not a multiple of "
+                          f"num_key_value_heads {cfg.num_kv_heads}")
+  if cfg.hidden_act not in layers.ACTIVATIONS:
+    raise CheckpointError(f"draft hidden_act {cfg.hidden_act!r} is not supported; known: "
+                          f"{sorted(layers.ACTIVATIONS)}")
+
+
 def validate(cfg: DraftConfig, text) -> None:
   """Raises CheckpointError if the draft cannot run on a target with TextConfig `text`."""
   checks = [("hidden_size", cfg.hidden_size, text.hidden_size),
@@ -205,12 +220,7 @@ def validate(cfg: DraftConfig, text) -> None:
     if mine != theirs:
       raise CheckpointError(f"draft {name} is {mine} but the target's {name} is {theirs}: this "
                             "draft was made for another target")
-  if cfg.kind != "medusa" and cfg.num_heads * cfg.head_dim != cfg.hidden_size:
-    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} x head_dim {cfg.head_dim} "
-                          f"!= hidden_size {cfg.hidden_size}")
-  if cfg.kind != "medusa" and cfg.num_heads % cfg.num_kv_heads:
-    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} is not a multiple of "
-                          f"num_key_value_heads {cfg.num_kv_heads}")
+  check_config(cfg)
 
 
 def check_embedding(stored: np.ndarray, table, mode: str = "warn", rtol: float = 1e-2) -> None:
@@ -268,6 +278,10 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
   if dtype is None:
     dtype = jnp.float32 if target is None else target.params["text"]["embed"].dtype
   cfg = _native_config(raw, folder) if native else _official_config(raw, header, folder)
+  try:
+    check_config(cfg)
+  except CheckpointError as e:
+    raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {e}") from None
   if text is not None:
     validate(cfg, text)
   name_map = native_name_map(cfg) if native else official_name_map(cfg)
