@@ -8,8 +8,12 @@ older checkpoints and the nested `text_config` layout written by transformers 5)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
 from typing import Any
+
+import numpy as np
 
 
 class ConfigError(ValueError):
@@ -378,13 +382,23 @@ def _qwen2_5_vl_from_hf(raw: dict[str, Any]) -> TargetConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
-  """How to pick tokens. temperature 0 means greedy; top_k 0 and top_p 1 mean no filtering."""
+  """How to pick tokens. temperature 0 means greedy; top_k 0 and top_p 1 mean no filtering.
+
+  Validated on construction (`vj.generate` and `vj.speculative_generate` build one): counts must
+  be integers (not bools or floats), temperature and top_p finite real numbers. NumPy scalars
+  are accepted and stored as Python numbers, so equal configs hash equal.
+  """
   max_new_tokens: int = 128
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
 
   def __post_init__(self):
+    set_ = functools.partial(object.__setattr__, self)
+    set_("max_new_tokens", _integer("max_new_tokens", self.max_new_tokens))
+    set_("top_k", _integer("top_k", self.top_k))
+    set_("temperature", _real("temperature", self.temperature))
+    set_("top_p", _real("top_p", self.top_p))
     if self.max_new_tokens <= 0:
       raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
     if self.temperature < 0:
@@ -393,3 +407,26 @@ class GenerationConfig:
       raise ValueError(f"top_k must be >= 0, got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def _scalar(name: str, value, kinds: tuple[type, ...], what: str):
+  """`value` if it is a (NumPy or 0-d array) scalar of one of `kinds`, else a ValueError;
+  bools are refused (True is not a count or a temperature)."""
+  if hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:  # np/jax 0-d arrays
+    value = value.item()
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
+    raise ValueError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+  return value
+
+
+def _integer(name: str, value) -> int:
+  """A Python int from an int or NumPy integer; bools, floats and strings are refused."""
+  return int(_scalar(name, value, (numbers.Integral,), "an integer"))
+
+
+def _real(name: str, value) -> float:
+  """A finite Python float from an int, float or NumPy number; NaN, inf and bools refused."""
+  value = float(_scalar(name, value, (numbers.Real,), "a number"))
+  if not math.isfinite(value):
+    raise ValueError(f"{name} must be finite, got {value}")
+  return value

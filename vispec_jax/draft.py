@@ -314,3 +314,62 @@ def make_drafter(cfg: DraftConfig):
     return ViSpecDrafter(cfg)
   from vispec_jax.medusa import MedusaDrafter
   return MedusaDrafter(cfg)
+
+
+DRAFTER_METHODS = ("start", "root_hidden", "step", "commit")
+
+
+def _is_drafter(x) -> bool:
+  return all(callable(getattr(x, m, None)) for m in DRAFTER_METHODS)
+
+
+def check_drafter(drafter, params=None, text: TextConfig | None = None) -> None:
+  """Clear errors for the drafter and draft-params arguments of the speculative entry points:
+  the wrong kind of object (draft params, a `Draft`, a `DraftConfig` where the drafter goes),
+  params that do not fit the drafter, a drafter made for another target (`text`)."""
+  if not _is_drafter(drafter):
+    kind = type(drafter).__name__
+    if isinstance(drafter, DraftConfig):
+      hint = "a DraftConfig: pass vj.make_drafter(cfg)"
+    elif hasattr(drafter, "drafter") and hasattr(drafter, "params"):
+      hint = "a Draft: pass draft.drafter, then draft.params"
+    elif isinstance(drafter, (dict, list, tuple)):
+      hint = f"a {kind} (draft params?): the drafter (draft.drafter) goes first, its params second"
+    else:
+      hint = f"a {kind}"
+    raise TypeError(f"drafter must be a drafter object with {', '.join(DRAFTER_METHODS)} "
+                    f"(draft.drafter or vj.make_drafter(cfg)), got {hint}")
+  try:
+    hash(drafter)
+  except TypeError:
+    raise TypeError(f"drafter {type(drafter).__name__} must be hashable (it is a static jit "
+                    "argument): make it a frozen dataclass") from None
+  cfg = getattr(drafter, "cfg", None)
+  if isinstance(cfg, DraftConfig) and text is not None:
+    for field, want in (("vocab_size", text.vocab_size), ("hidden_size", text.hidden_size)):
+      if getattr(cfg, field) != want:
+        raise ValueError(f"the drafter's {field} {getattr(cfg, field)} does not match the "
+                         f"target's {want}: this draft was made for another target")
+  if params is None:
+    return
+  if _is_drafter(params):
+    raise TypeError(f"draft params must be a params pytree, got a drafter "
+                    f"({type(params).__name__}): the arguments are (target, drafter, draft_params, "
+                    f"batch)")
+  if hasattr(params, "drafter") and hasattr(params, "params"):
+    raise TypeError("draft params must be a params pytree, got a Draft: pass draft.params")
+  if isinstance(cfg, DraftConfig):
+    want = jax.tree_util.tree_structure(param_shapes(cfg))
+    got = jax.tree_util.tree_structure(params)
+    if want != got:
+      raise ValueError(f"draft params do not fit the {cfg.kind} drafter: expected the tree "
+                       f"{_top_keys(param_shapes(cfg))}, got {_top_keys(params)}")
+    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(param_shapes(cfg)),
+                            jax.tree.leaves(params)):
+      if tuple(getattr(g, "shape", ())) != tuple(w.shape):
+        raise ValueError(f"draft param {jax.tree_util.keystr(path)} has shape "
+                         f"{tuple(getattr(g, 'shape', ()))}, the drafter expects {tuple(w.shape)}")
+
+
+def _top_keys(tree) -> str:
+  return repr(sorted(tree)) if isinstance(tree, dict) else type(tree).__name__

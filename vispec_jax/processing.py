@@ -8,6 +8,8 @@ length so that a new prompt length rarely means a new compiled program.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from collections.abc import Sequence
 
@@ -64,9 +66,15 @@ def bucket_length(n: int, minimum: int = 32) -> int:
 
 
 def load_image(image) -> Image.Image:
-  """A PIL image or a path -> RGB PIL image, with one clear error for every bad file."""
+  """A PIL image, a path or an HxWx3 uint8 array (NumPy or JAX) -> RGB PIL image, with one
+  clear error for every bad file or array."""
   if isinstance(image, Image.Image):
     img = image
+  elif _is_array(image):
+    img = _array_image(np.asarray(image))
+  elif not isinstance(image, (str, bytes, os.PathLike)):
+    raise InputError(f"an image must be a PIL image, a file path or an HxWx3 uint8 array, got "
+                     f"{type(image).__name__}")
   else:
     path = os.fspath(image)
     if not os.path.exists(path):
@@ -93,6 +101,74 @@ def load_image(image) -> Image.Image:
     a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
     img = Image.fromarray(a.astype(np.uint8))
   return img.convert("RGB")
+
+
+def _is_array(x) -> bool:
+  return isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "shape"))
+
+
+def _array_image(a: np.ndarray) -> Image.Image:
+  if a.ndim != 3 or a.shape[2] != 3:
+    raise InputError(f"an image array must be HxWx3 (RGB, channels last), got shape {a.shape}")
+  if a.dtype != np.uint8:
+    raise InputError(f"an image array must be uint8 (0..255), got {a.dtype}: convert it first, "
+                     f"e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+  return Image.fromarray(a, "RGB")
+
+
+def _is_single(x) -> bool:
+  """One image/frame/path (where a list of them belongs)."""
+  return isinstance(x, (str, bytes, os.PathLike, Image.Image)) or _is_array(x)
+
+
+def per_row(value, rows: int, name: str, item: str) -> list[list]:
+  """`images=` / `videos=` of `prepare`: None, or one entry per prompt, each None or a list of
+  that prompt's items. A flat list (images=[img] instead of [[img]]) is named as such."""
+  if value is None or (isinstance(value, (list, tuple)) and not value):
+    return [[] for _ in range(rows)]
+  example = f"{name}=[[{item}]] for one prompt with one {item}"
+  if _is_single(value) or not isinstance(value, (list, tuple)):
+    raise InputError(f"{name} must be a list with one list of {item}s per prompt ({example}), "
+                     f"got {type(value).__name__}")
+  flat = [i for i, r in enumerate(value) if _is_single(r) and not (item == "video" and _is_array(r))]
+  if flat:
+    raise InputError(f"{name}[{flat[0]}] is a single {item}, not a list: {name} takes one list "
+                     f"per prompt ({example}, not {name}=[{item}])")
+  if len(value) != rows:
+    raise InputError(f"{rows} prompts but {name} given for {len(value)} rows")
+  out = []
+  for i, r in enumerate(value):
+    if r is not None and not isinstance(r, (list, tuple)) and not (item == "video" and _is_array(r)):
+      raise InputError(f"{name}[{i}] must be a list of {item}s (or None), got {type(r).__name__}")
+    out.append([] if r is None else list(r) if isinstance(r, (list, tuple)) else [r])
+  return out
+
+
+def check_options(max_length, video_fps) -> None:
+  """The numeric options of `prepare`."""
+  if max_length is not None and (isinstance(max_length, (bool, np.bool_))
+                                 or not isinstance(max_length, numbers.Integral) or max_length < 1):
+    raise InputError(f"max_length must be a positive integer, got {max_length!r}")
+  if (isinstance(video_fps, (bool, np.bool_)) or not isinstance(video_fps, numbers.Real)
+      or not 0 < video_fps < math.inf):
+    raise InputError(f"video_fps must be a positive finite number, got {video_fps!r}")
+
+
+def video_frames(video, where: str) -> list:
+  """One video of `prepare`: a list of frames (PIL images, paths, HxWx3 arrays) or a TxHxWx3
+  uint8 array."""
+  if _is_array(video):
+    a = np.asarray(video)
+    if a.ndim != 4:
+      raise InputError(f"{where}: a video array must be TxHxWx3, got shape {a.shape}")
+    return list(a)
+  if not isinstance(video, (list, tuple)):
+    raise InputError(f"{where} must be a list of frames (PIL images, paths or HxWx3 arrays) or a "
+                     f"TxHxWx3 array, got {type(video).__name__}; for an animated file use "
+                     f"vispec_jax.processing.load_frames(path)")
+  if not video:
+    raise InputError(f"{where} is a video with no frames")
+  return list(video)
 
 
 def load_frames(path) -> list[Image.Image]:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vispec_jax import decoding, draft as draft_lib, layers, sampling, tree as tree_lib
-from vispec_jax.configs import GenerationConfig
+from vispec_jax.configs import GenerationConfig, TargetConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch
 
@@ -85,7 +85,8 @@ def accept_sampling(tree: tree_lib.Tree, probs: jax.Array, key: jax.Array, max_d
   Walk down from the root; at each node try its children in index order: accept child token x
   with probability q(x) where q is the target distribution after the current node with the
   already rejected siblings removed and renormalised. The bonus token is drawn from the final q.
-  probs: [B, T, V] target (warped) distributions after each node. `residual=False` skips removing
+  probs: [B, T, V] target (warped) distributions after each node; key: one PRNG key per row
+  (or one key, see `sampling.row_keys`). `residual=False` skips removing
   rejected tokens: a deliberately wrong rule, kept so the statistical test can show it fails.
   """
   b, t = tree.tokens.shape
@@ -111,7 +112,7 @@ def accept_sampling(tree: tree_lib.Tree, probs: jax.Array, key: jax.Array, max_d
     cur, a, q, _, key = jax.lax.fori_loop(0, max_depth, level, init)
     bonus = jax.random.categorical(key, jnp.log(jnp.maximum(q, 1e-38)) + jnp.where(q > 0, 0.0, -jnp.inf))
     return cur, a, bonus.astype(jnp.int32)
-  return jax.vmap(row)(tree.tokens, tree.parents, probs, jax.random.split(key, b))
+  return jax.vmap(row)(tree.tokens, tree.parents, probs, sampling.row_keys(key, b))
 
 
 def path_nodes(anc: jax.Array, depths: jax.Array, best: jax.Array, length: int) -> jax.Array:
@@ -162,7 +163,8 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
     embeds: [B, P, E] prompt input embeddings (`target.embed(params, batch)`).
     positions: int32[3, B, P] (mRoPE) or [B, P]; attention_mask: bool[B, P] (left padding);
     next_position: int32[B]; vision_mask: bool[B, P] (vision tokens, for the ViSpec adaptor).
-    key: PRNG key; temperature, top_p: float32 scalars (used when sampling).
+    key: one PRNG key, or one per row ([B] typed, [B, 2] raw; see `sampling.row_keys`);
+    temperature, top_p: float32 scalars (used when sampling).
     Static: cfg (TextConfig), drafter, tree_cfg (TreeConfig), max_new_tokens, greedy, top_k,
     use_top_p, eos_ids (tuple), pad_id, on_tokens (None, or a host function streaming each
     round's emitted tokens, see `decoding.emit`).
@@ -178,7 +180,7 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
   slots = p + max_new_tokens + n_emit + t
 
   hidden, cache, _ = decoding.prefill(tparams, cfg, embeds, positions, attention_mask, slots)
-  key, sub = jax.random.split(key)
+  key, sub = sampling.split_rows(sampling.row_keys(key, b))  # one key per row
   root = sampling.select_tokens(decoder.logits(tparams, hidden[:, -1]), sub, greedy=greedy, **warp)
   ctx = draft_lib.PrefillContext(hidden, embeds, attention_mask, vision_mask, root,
                                  p + max_new_tokens + n_emit + tree_cfg.scratch_slots + n_emit)
@@ -213,7 +215,7 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
     h, cache = decoder.forward(tparams, cfg, x, pos, tree_mask(committed, anc, length), cache,
                                write_index=length)
     logits = decoder.logits(tparams, h)
-    key, sub = jax.random.split(key)
+    key, sub = sampling.split_rows(key)
     if greedy:
       best, a, bonus = accept_greedy(tree, anc, logits)
     else:
@@ -274,6 +276,11 @@ def speculative_fn(config, drafter, tree: tree_lib.TreeConfig = tree_lib.TreeCon
   `on_tokens` streams each round's tokens to a host function (see `generate`).
   """
   gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
+  if not isinstance(config, TargetConfig):
+    raise TypeError(f"config must be the target's TargetConfig (target.config), got "
+                    f"{type(config).__name__}")
+  tree_lib.check_tree(tree, config.text.vocab_size)
+  draft_lib.check_drafter(drafter, text=config.text)
   def fn(tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask, key):
     return speculative_loop(
         tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask, key,
@@ -288,20 +295,25 @@ def speculative_generate(target, drafter, draft_params, batch: Batch,
                          tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),
                          max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                          top_p: float = 1.0, key: jax.Array | None = None,
-                         embeds: jax.Array | None = None, on_tokens=None) -> SpecOutput:
+                         embeds: jax.Array | None = None, on_tokens=None, *, seeds=None,
+                         keys: jax.Array | None = None) -> SpecOutput:
   """Speculative generation with `drafter` (e.g. `vj.make_drafter(cfg)`) and its params.
 
   Greedy output is token-identical to `vj.generate`; with temperature > 0 it is distributed
   exactly as vanilla sampling with the same temperature/top-k/top-p. `embeds` may be passed to
   skip re-encoding the images. `on_tokens` streams each round's accepted tokens, as in
-  `vj.generate`.
+  `vj.generate`. Randomness: `key`, `seeds` or `keys`, as in `vj.generate` (with `seeds` or
+  `keys` a row samples the same tokens alone and in any batch).
   """
-  fn = speculative_fn(target.config, drafter, tree, max_new_tokens, temperature, top_k, top_p,
-                      on_tokens)
+  gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
+  tree_lib.check_tree(tree)
+  draft_lib.check_drafter(drafter, draft_params)
+  decoding.check_request(target, batch, embeds, gen, tree.max_depth)
+  keys = sampling.request_keys(batch.batch_size, key, seeds, keys)
   if embeds is None:
     embeds = target.embed(target.params, batch)
-  if key is None:
-    key = jax.random.PRNGKey(0)
+  fn = speculative_fn(target.config, drafter, tree, max_new_tokens, temperature, top_k, top_p,
+                      on_tokens)
   return fn(target.params["text"], draft_params, embeds, jnp.asarray(batch.positions),
             jnp.asarray(batch.attention_mask), jnp.asarray(batch.next_position),
-            jnp.asarray(batch.vision_index >= 0), key)
+            jnp.asarray(batch.vision_index >= 0), keys)

@@ -271,34 +271,39 @@ def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
   Args:
     prompts: B strings. A prompt may place its images with `<image>` markers (one per image,
       videos after images); otherwise images and videos come before the text.
-    images: per row, a list of PIL images or paths (or None).
-    videos: per row, a list of videos, each a list of frames (PIL images or paths).
+    images: per row, a list of images (or None): PIL images, paths or HxWx3 uint8 arrays.
+      One list per prompt: images=[[img]] for one prompt with one image.
+    videos: per row, a list of videos, each a list of frames (as images) or a TxHxWx3 array.
     max_length: refuse prompts longer than this many tokens (e.g. the cache size).
+  Raises InputError naming the argument (and row) that is wrong.
   """
   if isinstance(prompts, str):
     prompts = [prompts]
+  if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
+    raise InputError(f"prompts must be a list of strings, got {type(prompts).__name__}")
   b = len(prompts)
   if b == 0:
     raise InputError("no prompts given")
-  images = [list(r or []) for r in (images or [[]] * b)]
-  videos = [list(r or []) for r in (videos or [[]] * b)]
-  if len(images) != b or len(videos) != b:
-    raise InputError(f"{b} prompts but images/videos given for {len(images)}/{len(videos)} rows")
+  for i, prompt in enumerate(prompts):
+    if not isinstance(prompt, str):
+      raise InputError(f"prompts[{i}] must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+      raise InputError(f"empty prompt (prompts[{i}])")
+  processing.check_options(max_length, video_fps)
+  images = processing.per_row(images, b, "images", "image")
+  videos = processing.per_row(videos, b, "videos", "video")
   if target.tokenizer is None:
     raise InputError("this checkpoint folder has no tokenizer; cannot prepare text prompts")
   cfg, fam = target.config, target.family
   rows, items, row_items = [], [], []
-  for prompt, imgs, vids in zip(prompts, images, videos):
-    if not isinstance(prompt, str) or not prompt.strip():
-      raise InputError("empty prompt")
+  for row, (prompt, imgs, vids) in enumerate(zip(prompts, images, videos)):
     if (imgs or vids) and cfg.vision is None:
       raise InputError("this model has no vision tower but images were given")
     if vids and not hasattr(fam, "preprocess_video"):
       raise InputError("this model does not take videos")
     its = [fam.preprocess_image(target.image_processor, cfg, processing.load_image(im)) for im in imgs]
-    for frames in vids:
-      if not frames:
-        raise InputError("a video with no frames")
+    for j, video in enumerate(vids):
+      frames = processing.video_frames(video, f"videos[{row}][{j}]")
       its.append(fam.preprocess_video(target.image_processor, cfg,
                                       [processing.load_image(f) for f in frames], fps=video_fps))
     text = _render(target, prompt, [it.kind for it in its], chat)

@@ -39,7 +39,13 @@ class TreeConfig:
   """`paths=None`: EAGLE-2 dynamic tree (depth expansion steps, top_k branching, total_tokens
   nodes including the root). Otherwise a static tree: each path is a tuple of child ranks from
   the root, e.g. ((0,), (1,), (0, 0)) = top-1 and top-2 children, and top-1 grandchild of top-1.
-  Defaults are the ViSpec paper's (depth 3, top_k 8, 30 tokens)."""
+  Defaults are the ViSpec paper's (depth 3, top_k 8, 30 tokens).
+
+  Bounded so that a tree compiles in reasonable time: the drafter is unrolled once per level,
+  so compile time grows linearly with depth (docs/api.md has the measurements). `depth` (or the
+  longest static path) is at most MAX_DEPTH, nodes (total_tokens, or paths + root) at most
+  MAX_NODES, top_k (or a static child rank + 1) at most MAX_NODES. Static paths are stored
+  sorted and deduplicated, so equal trees compare (and hash, as jit static arguments) equal."""
   depth: int = 3
   top_k: int = 8
   total_tokens: int = 30
@@ -47,13 +53,21 @@ class TreeConfig:
 
   def __post_init__(self):
     if self.paths is None:
+      for name in ("depth", "top_k", "total_tokens"):
+        _check_int(name, getattr(self, name))
       if self.depth < 1 or self.top_k < 1:
         raise ValueError(f"tree depth and top_k must be >= 1, got {self.depth}, {self.top_k}")
-      most = 1 + self.top_k + self.depth * self.top_k ** 2
+      if self.depth > MAX_DEPTH:
+        raise ValueError(f"tree depth {self.depth} is more than the maximum {MAX_DEPTH} (compile "
+                         f"time grows with depth)")
+      if self.top_k > MAX_NODES:
+        raise ValueError(f"tree top_k {self.top_k} is more than the maximum {MAX_NODES}")
+      most = min(1 + self.top_k + self.depth * self.top_k ** 2, MAX_NODES)
       if not 2 <= self.total_tokens <= most:
         raise ValueError(f"total_tokens must be in [2, {most}] for depth {self.depth}, top_k "
-                         f"{self.top_k}; got {self.total_tokens}")
+                         f"{self.top_k} (at most {MAX_NODES} nodes); got {self.total_tokens}")
     else:
+      object.__setattr__(self, "paths", _normalize_paths(self.paths))
       static_structure(self.paths)  # validates
 
   @property
@@ -73,8 +87,61 @@ class TreeConfig:
     return sum(len(lv) for lv in static_structure(self.paths)["fed"])
 
 
+MAX_DEPTH = 16   # tokens one round can draft along a path (dynamic: expansion steps)
+MAX_NODES = 128  # tree nodes including the root; also the largest top_k / child rank + 1
+
+
+def _check_int(name: str, value) -> None:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"tree {name} must be an integer, got {type(value).__name__} {value!r}")
+
+
+def _normalize_paths(paths) -> tuple[tuple[int, ...], ...]:
+  """Static tree paths as sorted, deduplicated tuples of ints, within the bounds."""
+  if isinstance(paths, (str, bytes)) or not isinstance(paths, (list, tuple)):
+    raise ValueError(f"tree paths must be a tuple of paths (each a tuple of child ranks, e.g. "
+                     f"((0,), (1,), (0, 0))), got {type(paths).__name__}")
+  out = set()
+  for p in paths:
+    if isinstance(p, (str, bytes)) or not isinstance(p, (list, tuple)):
+      raise ValueError(f"tree path {p!r} must be a tuple of child ranks, e.g. (0, 1)")
+    for r in p:
+      _check_int(f"path {tuple(p)} rank", r)
+    out.add(tuple(int(r) for r in p))
+  if not out:
+    raise ValueError("a static tree needs at least one path")
+  deepest = max(len(p) for p in out)
+  if min(len(p) for p in out) == 0:
+    raise ValueError("tree path () is the root itself: every path needs at least one rank")
+  if deepest > MAX_DEPTH:
+    raise ValueError(f"tree path of length {deepest} is deeper than the maximum {MAX_DEPTH} "
+                     f"(compile time grows with depth)")
+  if len(out) + 1 > MAX_NODES:
+    raise ValueError(f"tree has {len(out) + 1} nodes, more than the maximum {MAX_NODES}")
+  rank = max(max(p) for p in out)
+  if rank >= MAX_NODES:
+    raise ValueError(f"tree child rank {rank} is more than the maximum {MAX_NODES - 1}")
+  return tuple(sorted(out, key=lambda p: (len(p), p)))
+
+
+def check_tree(tree, vocab_size: int | None = None) -> None:
+  """The `tree=` argument of the speculative entry points must be a TreeConfig; its branching
+  must fit the vocabulary (top_k and child ranks pick among the drafter's top tokens)."""
+  if not isinstance(tree, TreeConfig):
+    hint = (f"; for a tree name use vj.tree.from_spec({tree!r})" if isinstance(tree, str) else "")
+    raise TypeError(f"tree must be a vj.TreeConfig (e.g. vj.TreeConfig(depth=3, top_k=8, "
+                    f"total_tokens=30) or vj.tree.chain(4)), got {type(tree).__name__}{hint}")
+  if vocab_size is not None:
+    wide = tree.top_k if tree.paths is None else 1 + max(max(p) for p in tree.paths)
+    if wide > vocab_size:
+      raise ValueError(f"the tree branches {wide} ways but the vocabulary has {vocab_size} tokens")
+
+
 def chain(depth: int) -> TreeConfig:
   """A single path of `depth` top-1 tokens (speculative decoding without branching)."""
+  _check_int("depth", depth)
+  if not 1 <= depth <= MAX_DEPTH:  # before building the paths: chain(10**5) would not fit memory
+    raise ValueError(f"chain depth must be in [1, {MAX_DEPTH}], got {depth}")
   return TreeConfig(paths=tuple((0,) * d for d in range(1, depth + 1)))
 
 
