@@ -6,6 +6,8 @@ states what it changes. Units: steps are optimizer steps; batch sizes are global
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -52,12 +54,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data generation (python -m train.datagen). image_position: the image "after" the question
   # (the reference), "before" it (as vj.prepare places it) or "mixed" (alternating by input).
+  # overwrite: data already under data.dir/data.name made with other settings (inputs, prompts,
+  # target...) is deleted and generated again; without it such a run refuses. Data made with the
+  # same settings is always reused (a restarted run resumes).
   c.datagen = ml_collections.ConfigDict(dict(
       input="synthetic:16", image_size=(224, 224), system_prompt=REFERENCE_SYSTEM,
       instruction=REFERENCE_INSTRUCTION, image_position="after", max_new_tokens=1024,
       batch_size=8, chunk_size=64,
       store_features=False, feature_dtype="float32", worker=0, num_workers=1, progress=True,
       question_key="question", image_key="image", answer_key=placeholder(str),
+      overwrite=False,
       crash_after_chunks=-1,  # tests: SIGKILL after that many chunks
       tfds_data_dir=placeholder(str)))
 
@@ -135,3 +141,158 @@ def set_stage(c: ml_collections.ConfigDict, stage: int) -> ml_collections.Config
   c.loss.mtp_steps = 0 if stage == 1 else 1
   c.draft.kind = "eagle" if stage == 1 else "vispec"
   return c
+
+
+# ------------------------------------------------------------------------------ checks
+# What the trainers and datagen can use, per key; `check` refuses anything else with one message
+# naming the key (before a model is loaded). Keys a config does not have (e.g. the target
+# trainer's config has no `draft`) are skipped.
+
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(lo=None, hi=None, optional=False):
+  def rule(v):
+    if v is None and optional:
+      return None
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (
+        hi is not None and v > hi):
+      bounds = " and ".join(b for b in (f">= {lo}" if lo is not None else "",
+                                         f"<= {hi}" if hi is not None else "") if b)
+      return f"must be an integer{' ' + bounds if bounds else ''}" + (" or None" if optional else "")
+    return None
+  return rule
+
+
+def _real(lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
+  def rule(v):
+    if v is None and optional:
+      return None
+    ok = _number(v) and not (lo is not None and (v <= lo if lo_open else v < lo)) and not (
+        hi is not None and (v >= hi if hi_open else v > hi))
+    if not ok:
+      parts = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else "",
+               f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""]
+      bounds = " and ".join(p for p in parts if p)
+      return f"must be a finite number{' ' + bounds if bounds else ''}" + (
+          " or None" if optional else "")
+    return None
+  return rule
+
+
+def _choice(*options):
+  return lambda v: None if v in options else f"must be one of {list(options)}"
+
+
+def _text(v):
+  return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
+
+
+def _sizes(n=None, optional=False):
+  """A tuple of positive integers (of length n)."""
+  def rule(v):
+    if v is None and optional:
+      return None
+    ok = isinstance(v, (tuple, list)) and len(v) > 0 and (n is None or len(v) == n) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    return None if ok else (f"must be {n} positive integers" if n else
+                            "must be a non-empty tuple of positive integers")
+  return rule
+
+
+def _increasing(v):
+  msg = _sizes()(v)
+  return msg or (None if list(v) == sorted(set(v)) else "must be strictly increasing")
+
+
+def _mesh(v):
+  ok = isinstance(v, (tuple, list)) and len(v) == 3 and all(
+      isinstance(x, int) and not isinstance(x, bool) and (x >= 1 or x == -1) for x in v)
+  return None if ok else "must be (data, fsdp, tensor): 3 positive integers, one may be -1"
+
+
+def _weights(v):
+  bad = [k for k, x in dict(v).items() if not _number(x) or x < 0]
+  return f"must be finite numbers >= 0 (bad: {bad})" if bad else None
+
+
+def _scales(v):
+  if v is None:
+    return None
+  if not hasattr(v, "items"):
+    return "must be a dict {top-level params key: lr multiplier} or None"
+  return _weights(v)
+
+
+def _datagen_input(v):
+  if not isinstance(v, str) or not v.strip():
+    return "must be a .jsonl file, tfds:NAME:SPLIT or synthetic:N"
+  if v.startswith("synthetic:"):
+    n = v.split(":", 1)[1]
+    return None if n.isdigit() and int(n) >= 1 else "synthetic:N needs an integer N >= 1"
+  return None
+
+
+def _float_dtype(v):
+  return None if v in ("float32", "bfloat16", "float16") else "must be float32, bfloat16 or float16"
+
+
+SEED_MAX = 2**32 - 1  # jax.random.PRNGKey keeps 32 bits
+RULES = {
+    "seed": _int(0, SEED_MAX),
+    "target.folder": _text, "target.dtype": _choice("float32", "bfloat16"),
+    "draft.kind": _choice("eagle", "vispec", "medusa"), "draft.dtype": _choice("float32", "bfloat16"),
+    "datagen.input": _datagen_input, "datagen.image_size": _sizes(2, optional=True),
+    "datagen.image_position": _choice("after", "before", "mixed"),
+    "datagen.max_new_tokens": _int(1), "datagen.batch_size": _int(1), "datagen.chunk_size": _int(1),
+    "datagen.feature_dtype": _float_dtype, "datagen.num_workers": _int(1),
+    "datagen.worker": _int(0), "datagen.question_key": _text, "datagen.image_key": _text,
+    "datagen.overwrite": _choice(False, True),
+    "data.dir": _text, "data.name": _text, "data.features": _choice("online", "precomputed"),
+    "data.max_len": _int(1), "data.buckets": _increasing, "data.eval_fraction": _real(0, 1, hi_open=True),
+    "data.shuffle_seed": _int(0, SEED_MAX), "data.worker_count": _int(0), "data.prefetch": _int(0),
+    "data.limit": _int(1, optional=True),
+    "batch_size": _int(1), "num_epochs": _real(0, lo_open=True), "total_steps": _int(1, optional=True),
+    "warmup_epochs": _real(0), "warmup_steps": _int(0, optional=True),
+    "optim.lr": _real(0), "optim.b1": _real(0, 1, hi_open=True), "optim.b2": _real(0, 1, hi_open=True),
+    "optim.eps": _real(0, lo_open=True), "optim.weight_decay": _real(0),
+    "optim.clip_value": _real(0, optional=True), "optim.clip_norm": _real(0, optional=True),
+    "optim.lr_scales": _scales,
+    "loss.weights": _weights, "loss.mtp_steps": _int(0), "loss.mask_offset": _int(0),
+    "noise.scale": _real(0), "noise.ref_len": _int(1),
+    "mesh": _mesh,
+    "log_every": _int(1), "eval_every": _int(0), "eval_batches": _int(1), "eval_depth": _int(1),
+    "eval_tau.prompts": _int(0), "eval_tau.max_new_tokens": _int(1), "eval_tau.depth": _int(1),
+    "eval_tau.top_k": _int(1), "eval_tau.total_tokens": _int(2),
+    "checkpoint.every": _int(1), "checkpoint.keep": _int(1),
+    "stop_at_step": _int(1, optional=True),
+    "heldout.scenes": _int(1), "heldout.max_new_tokens": _int(1), "heldout.batch_size": _int(1),
+    "export.dtype": _choice("float32", "bfloat16", "float16"),
+}
+
+
+def _lookup(config, key: str):
+  node = config
+  for part in key.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      raise KeyError(key)
+    node = node[part]
+  return node
+
+
+def check(config) -> None:
+  """Refuses a config value the trainers or datagen cannot use: a ValueError naming the key
+  (`config.batch_size must be an integer >= 1, got 0`). Cheap; run before loading anything."""
+  for key, rule in RULES.items():
+    try:
+      value = _lookup(config, key)
+    except KeyError:
+      continue
+    message = rule(value)
+    if message:
+      raise ValueError(f"config.{key} {message}, got {value!r}")
+  dg = config.get("datagen")
+  if dg is not None and dg.worker >= dg.num_workers:
+    raise ValueError(f"config.datagen.worker must be < datagen.num_workers ({dg.num_workers}), "
+                     f"got {dg.worker}")

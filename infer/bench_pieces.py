@@ -25,7 +25,7 @@ def run_pieces(args) -> list[dict]:
   import jax.numpy as jnp
 
   import vispec_jax as vj
-  from vispec_jax import decoding, draft, speculative, testing
+  from vispec_jax import decoding, draft, sharding, speculative, testing
   from vispec_jax.models import decoder
   from infer.bench import BENCH_PROMPT, write_bench_checkpoint
 
@@ -70,7 +70,9 @@ def run_pieces(args) -> list[dict]:
                                                                        i, jnp.float32)), -1).sum())
 
   def draft_tokens(t):
-    dcache = (jnp.zeros((b, slots, dcfg.num_kv_heads, dcfg.head_dim), embeds.dtype),) * 2
+    sizes = {"batch": b, "length": slots, "kv_heads": dcfg.num_kv_heads, "head_dim": dcfg.head_dim}
+    shape = tuple(sizes[a] for a in sharding.CACHE_AXES)  # the library's KV cache layout
+    dcache = (jnp.zeros(shape, embeds.dtype),) * 2
     def fn(i, c):
       x = draft.fuse(dparams, decoder.embed_tokens(head, jnp.full((b, t), 5, jnp.int32) + i,
                                                    embeds.dtype),

@@ -69,6 +69,22 @@ def test_kill_and_resume_writes_every_input_once(tiny_qwen_dir, tmp_path):
     np.testing.assert_array_equal(a["tokens"], b["tokens"])
   # A third run finds the finished dataset and generates nothing.
   assert datagen.run(config) == out
+  # While a run holds this worker's lock, a second one fails at once.
+  from train import loop
+  lock = os.path.join(str(tmp_path), "t.worker-0.lock")
+  with loop.exclusive(lock, "x"):
+    with pytest.raises(loop.WorkdirInUse, match="datagen output"):
+      datagen.run(config)
+  # Other settings on the built dataset: refused (naming them), not the old data returned...
+  config.datagen.input = "synthetic:4"
+  with pytest.raises(ValueError, match=r"other settings \(input: 'synthetic:10' there, "
+                                       r"'synthetic:4' now\).*datagen.overwrite=True"):
+    datagen.run(config)
+  # ...or, when asked, deleted and generated again.
+  config.datagen.overwrite = True
+  assert datagen.run(config) == out
+  records, _ = read_all(config)
+  assert [int(r["index"]) for r in records] == list(range(4))
 
 
 def test_records_rebuild_the_targets_inputs(tiny_qwen_dir, tmp_path):
@@ -119,6 +135,20 @@ def test_bad_inputs_are_named(tiny_qwen_dir, tmp_path):
     datagen.load_inputs(str(path), None)
   with pytest.raises(FileNotFoundError, match="datagen input not found"):
     datagen.load_inputs(str(tmp_path / "missing.jsonl"), None)
+  testing.scene_image().save(tmp_path / "a.png")
+  for line, message in [
+      ('{"question": "q", "image": 3}', r":1: image must be a path \(a non-empty string\) or null, got 3"),
+      ('{"question": "q", "image": ["a.png"]}', r":1: image must be a path"),
+      ('{"question": "q", "image": "nope.png"}', r":1: image not found: .*nope.png"),
+      ('{"question": "q", "answer": 7}', r":1: answer must be a string or null, got 7"),
+      ('{"question": "\\udcff q"}', r":1: question is not valid Unicode text"),
+      ('{"question": "q", "answer": "\\ud800"}', r":1: answer is not valid Unicode text"),
+      ('{"question": "q", "images": ["a.png"]}', r"unknown key 'images' \(did you mean 'image'\?\)"),
+      ('[1, 2]', r":1: needs a non-empty \"question\""),
+  ]:
+    path.write_text(line + "\n")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+      datagen.load_inputs(str(path), None)
   # Finished chunks made with other settings are never mixed in.
   config = make_config(tiny_qwen_dir, tmp_path / "out")
   datagen.check_signature(config)

@@ -55,7 +55,7 @@ def test_missing_models_is_one_line(tmp_path):
 
 
 def test_bad_options_are_one_line(tiny_qwen_dir, draft_dir):
-  for args, message in ((["--max-new-tokens", 0], "max_new_tokens"), (["--kind", "x"], "--kind"),
+  for args, message in ((["--max-new-tokens", 0], "--max-new-tokens"), (["--kind", "x"], "--kind"),
                         (["--tree", "bushy"], "unknown tree 'bushy'")):
     r = demo("--model", tiny_qwen_dir, "--draft", draft_dir, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

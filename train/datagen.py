@@ -38,7 +38,11 @@ Resuming: inputs are cut into chunks of `datagen.chunk_size`; each generated chu
 A restarted run reuses finished chunks and generates the rest; the TFDS build itself (which
 writes to an `incomplete.*` folder and renames it) runs once every chunk exists. Killed at any
 point and restarted, every input ends up in the dataset exactly once. Independent workers can
-share the chunks: `--config.datagen.worker=i --config.datagen.num_workers=n`.
+share the chunks: `--config.datagen.worker=i --config.datagen.num_workers=n`. The settings that
+decide the records are kept in `signature.json` next to the chunks: a run with other settings is
+refused (naming them) instead of returning the old data, or with `datagen.overwrite=True` the
+old data is deleted and generated again. A second run of the same worker fails at once (a lock
+file, docs/errors.md).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from PIL import Image
 
@@ -90,22 +94,49 @@ class _Synthetic:
 
 
 class _Jsonl:
+  """A .jsonl input, every line checked when it is opened (before the target is loaded): a
+  non-empty "question" string, "image" a path (relative to the file) of an existing file or
+  null, "answer" a string or null."""
+
   def __init__(self, path: str):
+    from infer import cli
     if not os.path.isfile(path):
       raise FileNotFoundError(f"datagen input not found: {path}")
     self.root = os.path.dirname(os.path.abspath(path))
-    with open(path) as f:
-      self.rows = []
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not JSON: {e}") from None
-        if not isinstance(row.get("question"), str) or not row["question"].strip():
-          raise ValueError(f"{path}:{n}: needs a non-empty \"question\" string")
-        self.rows.append(row)
+    try:
+      with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    self.rows = []
+    for n, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{n}"
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not JSON: {e}") from None
+      if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row[
+          "question"].strip():
+        raise ValueError(f"{where}: needs a non-empty \"question\" string")
+      for wrong, right in (("images", "image"), ("prompt", "question"), ("answers", "answer")):
+        if wrong in row:
+          raise ValueError(f"{where}: unknown key {wrong!r} (did you mean {right!r}?)")
+      cli.check_text(f"{where}: question", row["question"])
+      image, answer = row.get("image"), row.get("answer")
+      if image is not None:
+        if not isinstance(image, str) or not image:
+          raise ValueError(f"{where}: image must be a path (a non-empty string) or null, got "
+                           f"{json.dumps(image)}")
+        full = image if os.path.isabs(image) else os.path.join(self.root, image)
+        if not os.path.isfile(full):
+          raise FileNotFoundError(f"{where}: image not found: {full}")
+      if answer is not None:
+        if not isinstance(answer, str):
+          raise ValueError(f"{where}: answer must be a string or null, got {json.dumps(answer)}")
+        cli.check_text(f"{where}: answer", answer)
+      self.rows.append(row)
 
   def __len__(self):
     return len(self.rows)
@@ -338,24 +369,63 @@ def chunk_path(config, k: int) -> str:
 
 
 SIGNATURE_KEYS = ("input", "image_size", "system_prompt", "instruction", "image_position",
-                  "max_new_tokens", "chunk_size", "store_features", "feature_dtype", "answer_key")
+                  "max_new_tokens", "chunk_size", "store_features", "feature_dtype", "answer_key",
+                  "question_key", "image_key")
+
+
+def signature(config) -> dict:
+  """The settings that decide the data (written to <data.dir>/<name>_chunks/signature.json).
+  The target: its folder when it generates the answers; when the answers are kept
+  (`answer_key`) only its tokenizer and config matter, so `target_files` is a digest of the
+  folder's small files (config, tokenizer, processor, chat template), not its path."""
+  sig = {k: config.datagen.get(k) for k in SIGNATURE_KEYS}
+  sig["image_size"] = list(sig["image_size"]) if sig["image_size"] else None
+  folder = config.target.folder
+  if config.datagen.get("answer_key"):
+    sig["target_files"] = _small_files_digest(folder) if os.path.isdir(folder) else folder
+  else:
+    sig["target"] = folder
+  return sig
+
+
+def _small_files_digest(folder: str) -> str:
+  import hashlib
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(folder)):
+    path = os.path.join(folder, name)
+    if name.endswith((".json", ".jinja", ".txt", ".model")) and os.path.isfile(path):
+      with open(path, "rb") as f:
+        h.update(name.encode() + b"\0" + f.read() + b"\0")
+  return h.hexdigest()[:16]
 
 
 def check_signature(config) -> None:
-  """Finished chunks are reused only by a run with the same inputs and generation settings."""
+  """Data (chunks and the built dataset) is reused only by a run with the same inputs and
+  generation settings. Data made with other settings is refused, or with
+  `datagen.overwrite=True` deleted and generated again. Data without a signature (built before
+  signatures were written) is taken as made with these settings, and signed."""
   os.makedirs(chunk_dir(config), exist_ok=True)
-  sig = {k: config.datagen[k] for k in SIGNATURE_KEYS}
-  sig["image_size"] = list(sig["image_size"]) if sig["image_size"] else None
-  sig["target"] = config.target.folder
+  sig = signature(config)
   path = os.path.join(chunk_dir(config), "signature.json")
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    if old != sig:
-      diff = sorted(k for k in set(old) | set(sig) if old.get(k) != sig.get(k))
-      raise ValueError(f"{chunk_dir(config)} holds chunks generated with other settings "
-                       f"({', '.join(diff)}); delete it or choose another data.name")
-    return
+    diff = sorted(k for k in old if k in sig and old[k] != sig[k])  # others: not compared
+    if not diff:
+      return
+    where = f"data.dir {config.data.dir}, data.name {config.data.name}"
+    if not config.datagen.get("overwrite"):
+      raise ValueError(
+          f"{where} holds data generated with other settings ("
+          + ", ".join(f"{k}: {old.get(k)!r} there, {sig.get(k)!r} now" for k in diff)
+          + "); add --config.datagen.overwrite=True to delete it and generate again, or choose "
+          "another data.name")
+    logging.warning("%s was generated with other settings (%s): deleting it (datagen.overwrite)",
+                    where, ", ".join(diff))
+    shutil.rmtree(chunk_dir(config))
+    shutil.rmtree(os.path.join(config.data.dir, "vispec_draft_data", config.data.name),
+                  ignore_errors=True)
+    os.makedirs(chunk_dir(config))
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(sig, f, indent=1)
@@ -497,18 +567,38 @@ def build(config, generator: Generator) -> str:
 
 def run(config) -> str | None:
   """Generates the missing chunks, then (when all exist) builds the dataset. Returns its folder,
-  or None when other workers still have chunks to write."""
-  if os.path.isfile(os.path.join(dataset_dir(config), "dataset_info.json")):
-    logging.info("dataset already built: %s", dataset_dir(config))
-    return dataset_dir(config)
-  gen = Generator(config)
-  generate_chunks(config, gen)
-  n = gen.num_inputs
-  num_chunks = -(-n // config.datagen.chunk_size)
-  if not all(os.path.exists(chunk_path(config, k)) for k in range(num_chunks)):
-    logging.info("this worker is done; other workers' chunks are still missing")
-    return None
-  out = build(config, gen)
+  or None when other workers still have chunks to write.
+
+  Checked first, before the target is loaded: the config (configs/common.py:check), the
+  inputs, and the settings of data already there (check_signature). A second run of the same
+  worker on the same data fails at once (a lock file next to the chunks); workers building the
+  dataset at the same time take turns."""
+  from configs import common
+  from train import loop
+  common.check(config)
+  cfg = config.datagen
+  if not cfg.input.startswith(("synthetic:", "tfds:")):
+    load_inputs(cfg.input, cfg)  # a missing file or a bad line: before the target is loaded
+  os.makedirs(config.data.dir, exist_ok=True)
+  lock = os.path.join(config.data.dir, f"{config.data.name}.worker-{cfg.worker}.lock")
+  with loop.exclusive(lock, f"datagen output {config.data.dir} ({config.data.name}, worker "
+                            f"{cfg.worker})"):
+    check_signature(config)
+    if os.path.isfile(os.path.join(dataset_dir(config), "dataset_info.json")):
+      logging.info("dataset already built: %s", dataset_dir(config))
+      return dataset_dir(config)
+    gen = Generator(config)
+    generate_chunks(config, gen)
+    n = gen.num_inputs
+    num_chunks = -(-n // cfg.chunk_size)
+    if not all(os.path.exists(chunk_path(config, k)) for k in range(num_chunks)):
+      logging.info("this worker is done; other workers' chunks are still missing")
+      return None
+  with loop.exclusive(os.path.join(config.data.dir, f"{config.data.name}.build.lock"),
+                      "the dataset build", wait=True):
+    if os.path.isfile(os.path.join(dataset_dir(config), "dataset_info.json")):
+      return dataset_dir(config)  # another worker built it meanwhile
+    out = build(config, gen)
   logging.info("wrote %d records to %s", n, out)
   return out
 
@@ -523,6 +613,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Training config file (with .datagen).")
+  from train import cli as _cli
+  config_flags.DEFINE_config_file("config", None, "Training config file (with .datagen).",
+                                  lock_config=True)
+  flags.mark_flags_as_required(["config"])
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  _cli.run(main)

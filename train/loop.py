@@ -9,9 +9,12 @@ position, so a restarted run continues exactly (same params, optimizer state and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -100,6 +103,49 @@ def device_batch(mesh, batch: dict) -> dict:
           for k, v in batch.items()}
 
 
+# ------------------------------------------------------------------------- workdir
+
+
+class WorkdirInUse(ValueError):
+  """Another run holds the workdir (or the datagen worker's chunks)."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str, what: str, wait: bool = False):
+  """Holds an exclusive lock on the file `path` (`fcntl.flock`) while the block runs; another
+  holder makes it raise WorkdirInUse at once, naming `what` and the holder (or, with `wait`,
+  wait for it). The lock goes with the process: a killed run leaves no stale lock (the file
+  stays, unlocked)."""
+  f = open(path, "a+", encoding="utf-8")
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      raise WorkdirInUse(f"{what} is in use by another run ({holder}); wait for it to end or "
+                         f"choose another") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    yield
+  finally:
+    f.close()  # releases the lock
+
+
+def workdir_lock(workdir: str):
+  """Creates `workdir` (refusing a file) and locks it for this run: a second run on the same
+  workdir fails at once. Each process of a multi-process run locks its own file
+  (`run-<process index>.lock`), so the processes of one run share a workdir."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir} is a file, not a folder")
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, f"run-{jax.process_index()}.lock")
+  return exclusive(path, f"--workdir {workdir}")
+
+
 # ----------------------------------------------------------------------- checkpoints
 
 
@@ -143,6 +189,8 @@ class Logger:
     self.main = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.bar = None
+    if self.main:
+      drop_redone_rows(self.path, start)
     if self.main and progress:
       from tqdm import tqdm
       self.bar = tqdm(total=total, initial=start, unit="step", desc="train", dynamic_ncols=True)
@@ -169,6 +217,31 @@ class Logger:
   def close(self):
     if self.bar is not None:
       self.bar.close()
+
+
+def drop_redone_rows(path: str, step: int) -> None:
+  """A run resumed from the checkpoint of `step` redoes the steps after it: drop their rows
+  (and a line cut short by a crash) from the metrics file, atomically, so none is logged twice."""
+  if not os.path.isfile(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+      kept.append(line)
+  if len(kept) == len(lines):
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("".join(l + "\n" for l in kept))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def _scalar(v):

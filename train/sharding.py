@@ -35,8 +35,11 @@ def make_mesh(shape: Sequence[int]) -> Mesh:
   """A (data, fsdp, tensor) mesh over all devices (Auto axes); one entry may be -1."""
   shape = tuple(shape)
   if len(shape) != 3:
-    raise ValueError(f"mesh shape needs 3 entries (data, fsdp, tensor), got {shape}")
-  return vs.make_mesh(dict(zip(MESH_AXES, shape)))
+    raise ValueError(f"config.mesh needs 3 entries (data, fsdp, tensor), got {shape}")
+  try:
+    return vs.make_mesh(dict(zip(MESH_AXES, shape)))
+  except ValueError as e:
+    raise ValueError(f"config.mesh {shape}: {e}") from None
 
 
 def param_shardings(params, mesh: Mesh, head_dim, table=None):

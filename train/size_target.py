@@ -17,8 +17,8 @@ with one 224 x 224 image each.
 
 from __future__ import annotations
 
-import argparse
 import functools
+import re
 import time
 
 import jax
@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import scenes_target
+from infer import cli as checks
 from train import loop, target, target_folder, targets
 import vispec_jax as vj
-from vispec_jax import draft as draft_lib
+from vispec_jax import draft as draft_lib, sharding as vs
 from vispec_jax.configs import TargetConfig
 from vispec_jax.models import decoder
 
@@ -85,8 +86,9 @@ def decode_times(tgt, cache_len: int, rounds: int) -> dict:
   for name, fn in decode_fns(cfg, cache_len).items():
     if name.startswith("draft"):
       fns[name] = functools.partial(fn, dparams, head)
-      caches[name] = tuple(jnp.zeros((1, cache_len, dcfg.num_kv_heads, dcfg.head_dim))
-                           for _ in range(2))
+      sizes = {"batch": 1, "length": cache_len, "kv_heads": dcfg.num_kv_heads,
+               "head_dim": dcfg.head_dim}
+      caches[name] = tuple(jnp.zeros(tuple(sizes[a] for a in vs.CACHE_AXES)) for _ in range(2))
     else:
       fns[name] = functools.partial(fn, params)
       caches[name] = decoder.init_cache(cfg, 1, cache_len)
@@ -128,7 +130,13 @@ def train_rate(tgt, batch: int, length: int, steps: int) -> float:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m train.size_target", description=__doc__.split("\n")[0])
+  """Bad options: one `error:` line, exit 2 (infer/cli.py)."""
+  return checks.run(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+  ap = checks.ArgumentParser(prog="python -m train.size_target",
+                             description=__doc__.split("\n")[0])
   ap.add_argument("--tokenizer", required=True)
   ap.add_argument("--candidates", nargs="+", default=["256x8x4x2x768"])
   ap.add_argument("--cache", type=int, default=768, help="KV cache slots (prompt + answer)")
@@ -137,6 +145,14 @@ def main(argv=None) -> int:
   ap.add_argument("--train-len", type=int, default=640)
   ap.add_argument("--train-steps", type=int, default=3, help="0: skip the training measurement")
   args = ap.parse_args(argv)
+  for flag in ("--cache", "--rounds", "--train-batch", "--train-len"):
+    checks.check_int(flag, getattr(args, flag[2:].replace("-", "_")), 1)
+  checks.check_int("--train-steps", args.train_steps, 0)
+  for cand in args.candidates:
+    if not re.fullmatch(r"[1-9]\d*(x[1-9]\d*){4}", cand):
+      raise checks.UsageError(f"--candidates {cand!r}: expected HIDDEN x LAYERS x HEADS x "
+                              "KV_HEADS x MLP, e.g. 256x8x4x2x768")
+  checks.check_folder("--tokenizer", args.tokenizer)
   tok = target_folder.load_tokenizer(args.tokenizer)
   print(f"vocab {len(tok)}, cache {args.cache}, {jax.devices()[0].device_kind}")
   names = ["step"] + [f"verify{n}" for n in TREES] + ["draft1", f"draft{LEVEL}"]

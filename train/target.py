@@ -30,10 +30,11 @@ import os
 import jax
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from train import data, datagen, lm, loop, sharding, target_eval, target_folder, targets
+from configs import common
+from train import cli, data, datagen, lm, loop, sharding, target_eval, target_folder, targets
 import vispec_jax as vj
 from vispec_jax.configs import TargetConfig
 
@@ -89,8 +90,14 @@ def heldout(config, workdir: str, folder: str) -> dict:
 def train(config, workdir: str, export_only: bool = False) -> dict:
   """Trains (or, with `export_only`, restores the newest checkpoint); exports and checks the
   model when the run is complete or `export_only`. Returns {"step", "metrics", "eval",
-  "target" (folder or None), "heldout"}."""
-  os.makedirs(workdir, exist_ok=True)
+  "target" (folder or None), "heldout"}. The config is checked first (configs/common.py:check);
+  the workdir is locked while it runs (a second run on it fails at once: loop.workdir_lock)."""
+  common.check(config)
+  with loop.workdir_lock(workdir):
+    return _train(config, workdir, export_only)
+
+
+def _train(config, workdir: str, export_only: bool) -> dict:
   if config.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
   mesh = sharding.make_mesh(config.mesh)
@@ -182,7 +189,6 @@ _EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
 
 def main(argv):
   del argv
-  from train import cli
   cli.setup()
   out = train(_CONFIG.value, _WORKDIR.value, _EXPORT_ONLY.value)
   logging.info("finished at step %d; target: %s", out["step"], out["target"])
@@ -190,4 +196,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

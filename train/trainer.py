@@ -30,6 +30,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from configs import common
 from train import data, datagen, loop, model, sharding, targets
 import vispec_jax as vj
 from vispec_jax import draft as draft_lib
@@ -137,8 +138,15 @@ def speculative_tau(config, target, dcfg, params, records, image_hw) -> dict:
 
 
 def train(config, workdir: str) -> dict:
-  """Trains a draft; returns {"step", "metrics": last logged, "eval": last eval, "draft"}."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains a draft; returns {"step", "metrics": last logged, "eval": last eval, "draft"}.
+  The config is checked first (configs/common.py:check); the workdir is locked while it runs
+  (a second run on it fails at once: loop.workdir_lock)."""
+  common.check(config)
+  with loop.workdir_lock(workdir):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
   if config.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
   pid, nproc = jax.process_index(), jax.process_count()
