@@ -32,9 +32,9 @@ def runs(tiny_qwen_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh,q_shard,up_shard,cache_shard", [
     # 4 heads do not split 8 ways: replicated; the 2 kv heads split only 2 ways or not at all
-    ("data=1,tensor=8", [64, 64], [64, 16], [8, 32, 2, 16]),
-    ("data=2,tensor=4", [64, 16], [64, 32], [4, 32, 2, 16]),
-    ("data=8,tensor=1", [64, 64], [64, 128], [1, 32, 2, 16]),
+    ("data=1,tensor=8", [64, 64], [64, 16], [8, 2, 32, 16]),
+    ("data=2,tensor=4", [64, 16], [64, 32], [4, 2, 32, 16]),
+    ("data=8,tensor=1", [64, 64], [64, 128], [1, 2, 32, 16]),
 ])
 def test_mesh_gives_identical_tokens(runs, mesh, q_shard, up_shard, cache_shard):
   reference, out = runs["none"], runs[mesh]
@@ -44,8 +44,8 @@ def test_mesh_gives_identical_tokens(runs, mesh, q_shard, up_shard, cache_shard)
   assert out["spec"] == out["vanilla"]
   assert out["shards"]["q_kernel"] == q_shard
   assert out["shards"]["mlp_up"] == up_shard
-  assert out["shards"]["kv_cache"] == cache_shard  # [B, S, K, D] per device
-  assert reference["shards"]["kv_cache"] == [8, 32, 2, 16]
+  assert out["shards"]["kv_cache"] == cache_shard  # [B, K, S, D] per device
+  assert reference["shards"]["kv_cache"] == [8, 2, 32, 16]
 
 
 @pytest.mark.slow

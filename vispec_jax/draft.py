@@ -167,7 +167,7 @@ def log_probs(head: Params, hidden) -> jax.Array:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DraftState:
-  cache: Any              # [(k, v)] one layer, each [B, S, K, D]
+  cache: Any              # [(k, v)] one layer, each [B, K, S, D]
   prompt_valid: jax.Array  # bool[B, P]: prompt slots that count as keys
   length: jax.Array       # int32[B]: next committed slot
   position: jax.Array     # int32[B]: 1-D position id of the next committed slot
@@ -238,7 +238,7 @@ class EagleDrafter:
       next_embeds: e_{i+1}, the input embedding of the NEXT token [B, P, E].
       attention_mask: bool[B, P] real (not padding) slots.
       image_slots: bool[B, P], slot i is an image position iff token i+1 is a vision token.
-      cache: optional (k, v) [B, S, K, D] written at slots [0, P).
+      cache: optional (k, v) [B, K, S, D] written at slots [0, P).
     Returns:
       (hidden [B, P, E], keys bool[B, P], positions int32[B, P], extra, cache).
     """
@@ -246,7 +246,7 @@ class EagleDrafter:
     x, keys, extra = self.prompt_inputs(params, features, next_embeds, attention_mask,
                                         image_slots)
     positions = prompt_positions(attention_mask)
-    slots = p if cache is None else cache[0].shape[1]
+    slots = p if cache is None else cache[0].shape[2]
     causal = jnp.arange(slots)[None, :] <= jnp.arange(p)[:, None]
     mask = causal[None] & jnp.pad(keys, ((0, 0), (0, slots - p)))[:, None, :]
     h, cache = layer_forward(params, self.cfg, x, positions, mask, cache,
@@ -260,7 +260,7 @@ class EagleDrafter:
     b, p, e = ctx.embeds.shape
     cfg = self.cfg
     image_slots = jnp.pad(ctx.vision_mask[:, 1:], ((0, 0), (0, 1))) & ctx.attention_mask
-    cache = (sharding.constrain(jnp.zeros((b, ctx.cache_len, cfg.num_kv_heads, cfg.head_dim),
+    cache = (sharding.constrain(jnp.zeros((b, cfg.num_kv_heads, ctx.cache_len, cfg.head_dim),
                                           ctx.embeds.dtype), sharding.CACHE_AXES),) * 2
     h, keys, positions, extra, cache = self.prompt_forward(
         params, ctx.features, shifted_embeds(head, ctx), ctx.attention_mask, image_slots, cache)
@@ -272,7 +272,7 @@ class EagleDrafter:
            scratch_mask):
     """Feeds one tree level (see tree.py); its nodes are written at scratch slots offset..."""
     b, n = tokens.shape
-    slots = state.cache[0][0].shape[1]
+    slots = state.cache[0][0].shape[2]
     width = scratch_mask.shape[-1]
     x = fuse(params, decoder.embed_tokens(head, tokens, parent_hidden.dtype),
              self.features_in(params, state, parent_hidden))
@@ -290,7 +290,7 @@ class EagleDrafter:
     """Appends the round's committed positions: features [B, n, E] of root + accepted tokens,
     next_tokens [B, n] (the token after each), of which the first n_valid[B] are real."""
     b, n = next_tokens.shape
-    slots = state.cache[0][0].shape[1]
+    slots = state.cache[0][0].shape[2]
     x = fuse(params, decoder.embed_tokens(head, next_tokens, features.dtype),
              self.features_in(params, state, features))
     new = jnp.arange(slots)[None, :] - state.length[:, None]  # [B, S]

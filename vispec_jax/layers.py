@@ -109,38 +109,100 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------------ attention
 
 
-def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+ATTENTION_BLOCK = 256  # cache slots per block of the blocked (flash-decoding style) attention
+
+
+def _fold_queries(q: jax.Array, kv_heads: int) -> jax.Array:
+  """[B, T, N, D] -> [B, K, T*G, D]: each kv head's queries as one row block, so both attention
+  einsums are plain batched matmuls over a [B, K, S, D] cache (no transposed copy of K or V)."""
+  b, t, n, d = q.shape
+  return q.reshape(b, t, kv_heads, n // kv_heads, d).transpose(0, 2, 1, 3, 4).reshape(
+      b, kv_heads, t * (n // kv_heads), d)
+
+
+def _masked_logits(qf: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+  """fp32 logits [B, K, T*G, S] of folded queries against keys [B, K, S, D]; mask [B, T, S]."""
+  b, kh, q, d = qf.shape
+  t, s = mask.shape[-2], k.shape[2]
+  logits = jnp.einsum("bkqd,bksd->bkqs", qf, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+  logits = logits.reshape(b, kh, t, q // t, s)
+  mask = jnp.broadcast_to(mask, (b, t, s))
+  return jnp.where(mask[:, None, :, None, :], logits, NEG_INF).reshape(b, kh, q, s)
+
+
+def live_slots(mask: jax.Array) -> jax.Array:
+  """int32 scalar: 1 + the highest key slot any query of any row may attend (0 if none)."""
+  visible = jnp.any(mask.reshape(-1, mask.shape[-1]), axis=0)
+  return jnp.max(jnp.where(visible, jnp.arange(mask.shape[-1], dtype=jnp.int32) + 1, 0))
+
+
+def _blocked_attention(qf, k, v, mask, block: int):
+  """Online-softmax attention over cache blocks of `block` slots, stopping after the block that
+  holds the last live slot (`live_slots(mask)`), so a step costs what the live length costs, not
+  the allocated one. Blocks past a row's last key add exactly zero weight, so a row's result does
+  not depend on how many blocks the batch needs."""
+  b, kh, q, d = qf.shape
+  s = k.shape[2]
+  n_blocks = jnp.maximum((live_slots(mask) + block - 1) // block, 1)
+
+  def body(i, carry):
+    m, l, acc = carry
+    start = jnp.minimum(i * block, s - block)  # the last block may overlap the one before it
+    kb = jax.lax.dynamic_slice_in_dim(k, start, block, axis=2)
+    vb = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
+    mb = jax.lax.dynamic_slice_in_dim(jnp.broadcast_to(mask, (b,) + mask.shape[1:]), start, block,
+                                      axis=2)
+    mb = mb & (start + jnp.arange(block) >= i * block)  # slots before i * block: already counted
+    logits = _masked_logits(qf, kb, mb)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+    p = jnp.exp(logits - m_new[..., None])
+    scale = jnp.exp(m - m_new)
+    l = l * scale + jnp.sum(p, axis=-1)
+    pv = jnp.einsum("bkqs,bksd->bkqd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
+    return m_new, l, acc * scale[..., None] + pv
+
+  init = (jnp.full((b, kh, q), NEG_INF, jnp.float32), jnp.zeros((b, kh, q), jnp.float32),
+          jnp.zeros((b, kh, q, d), jnp.float32))
+  _, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
+  return acc / l[..., None]
+
+
+def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                  block: int | None = None) -> jax.Array:
   """Grouped-query attention with an arbitrary boolean mask.
 
   Args:
-    q: [B, T, N, D]; k, v: [B, S, K, D] with N a multiple of K.
+    q: [B, T, N, D]; k, v: [B, K, S, D] (the cache layout) with N a multiple of K.
     mask: bool[B, T, S] (or broadcastable), True where a query may attend a key.
+    block: attend block by block (of min(block, S) slots) up to the last live slot
+      (`_blocked_attention`; every cached attention); None: one softmax over all S slots.
   Returns:
     [B, T, N, D] in q's dtype; logits and softmax in fp32.
   """
   b, t, n, d = q.shape
-  kh = k.shape[2]
-  qg = q.reshape(b, t, kh, n // kh, d)
-  logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-  logits = logits * (d ** -0.5)
-  logits = jnp.where(mask[:, None, None, :, :], logits, NEG_INF)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  kh, s = k.shape[1], k.shape[2]
+  qf = _fold_queries(q, kh)
+  if block is not None:
+    out = _blocked_attention(qf, k, v, mask, min(block, s))
+  else:
+    probs = jax.nn.softmax(_masked_logits(qf, k, mask), axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
+  out = out.astype(q.dtype).reshape(b, kh, t, n // kh, d).transpose(0, 2, 1, 3, 4)
   return out.reshape(b, t, n, d)
 
 
 def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-  """Writes new[B, T, ...] into cache[B, S, ...] at slot `index`.
+  """Writes new[B, K, T, D] into cache[B, K, S, D] at slot `index`.
 
   `index` is a scalar (all rows write at the same slot: one in-place dynamic-update-slice) or
   int[B] (each row at its own slot, e.g. after speculative rounds of different lengths).
   """
   index = jnp.asarray(index, jnp.int32)
-  zeros = (0,) * (cache.ndim - 2)
+  new = new.astype(cache.dtype)
   if index.ndim == 0:
-    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, index) + zeros)
-  return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (i,) + zeros))(
-      cache, new.astype(cache.dtype), index)
+    return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=2)
+  return jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n, i, axis=1))(
+      cache, new, index)
 
 
 def self_attention(x: jax.Array, p: Params, *, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -149,9 +211,10 @@ def self_attention(x: jax.Array, p: Params, *, num_heads: int, num_kv_heads: int
                    write_index: jax.Array | None = None):
   """Attention block: q/k/v projections, RoPE, optional KV cache, output projection.
 
-  Without a cache, keys are the T new tokens (mask: [B, T, T]). With a cache (k, v: [B, S, K, D])
-  the new keys/values are written at `write_index` first and queries attend over all S slots
-  (mask: [B, T, S]); this is how prefill, decode and tree verification share one code path.
+  Without a cache, keys are the T new tokens (mask: [B, T, T]). With a cache (k, v: [B, K, S, D])
+  the new keys/values are written at `write_index` first and queries attend over the S slots
+  (mask: [B, T, S]) block by block up to the last live one; this is how prefill, decode, tree
+  verification and the draft share one code path.
   Returns (output [B, T, E], new cache or None).
   """
   b, t, _ = x.shape
@@ -160,12 +223,13 @@ def self_attention(x: jax.Array, p: Params, *, num_heads: int, num_kv_heads: int
   v = linear(x, p["v"]).reshape(b, t, num_kv_heads, head_dim)
   if cos is not None:  # None: no rotary embedding (e.g. CLIP)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
+  block = None
   if cache is not None:
-    k_cache = write_cache(cache[0], k, write_index)
-    v_cache = write_cache(cache[1], v, write_index)
-    cache = (k_cache, v_cache)
-    k, v = k_cache, v_cache
-  out = dot_attention(q, k, v, mask)
+    cache = (write_cache(cache[0], k, write_index), write_cache(cache[1], v, write_index))
+    k, v = cache
+    block = ATTENTION_BLOCK
+  out = dot_attention(q, k, v, mask, block)
   return linear(out.reshape(b, t, num_heads * head_dim), p["o"]), cache
 
 

@@ -132,7 +132,7 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...], rules=RULES) -> jax.Ar
   return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
 
 
-CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")  # every KV cache: [B, S, K, D]
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # every KV cache: [B, K, S, D]
 
 
 def heads_granule(head_dim: int) -> dict[str, int]:
@@ -198,7 +198,7 @@ def bytes_per_device(shapes, mesh, head_dim: int | Mapping[str, int] = 1, rules=
 
 
 def kv_cache_bytes_per_device(text_cfg, batch: int, length: int, mesh, itemsize: int = 2) -> int:
-  """KV cache of a decoder ([B, S, K, D] per layer, k and v): batch over data, kv heads over
+  """KV cache of a decoder ([B, K, S, D] per layer, k and v): batch over data, kv heads over
   tensor when they divide."""
   b = batch // mesh.shape["data"] if batch % mesh.shape["data"] == 0 else batch
   k = text_cfg.num_kv_heads

@@ -132,9 +132,10 @@ def gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def compact_cache(cache, base: jax.Array, path: jax.Array):
-  """Moves each row's accepted tree slots base + path[j] to base + j (all layers)."""
-  src = base[:, None] + path
-  return [tuple(layers.write_cache(c, gather_rows(c, src), base) for c in kv) for kv in cache]
+  """Moves each row's accepted tree slots base + path[j] to base + j (all layers; [B, K, S, D])."""
+  src = (base[:, None] + path)[:, None, :, None]  # [B, 1, n, 1]
+  return [tuple(layers.write_cache(c, jnp.take_along_axis(c, src, axis=2), base) for c in kv)
+          for kv in cache]
 
 
 def tree_mask(committed: jax.Array, anc: jax.Array, base: jax.Array) -> jax.Array:

@@ -5,7 +5,8 @@ blocks of attention + gated MLP, a final RMSNorm and an (optionally tied) lm_hea
 
 Params: {"embed": [V, E], "layers": [{"input_norm", "attn": {q,k,v,o}, "post_norm",
 "mlp": {gate, up, down}}, ...], "norm": {"scale"}, "lm_head": {"kernel": [E, V]} (absent if tied)}.
-KV cache: a list with one (k, v) pair per layer, each [B, S, K, D].
+KV cache: a list with one (k, v) pair per layer, each [B, K, S, D] (kv heads before slots, so
+attention reads it without transposed copies).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from vispec_jax import layers, sharding
 from vispec_jax.configs import TextConfig
 
 Params = layers.Params
-KVCache = list  # [(k [B, S, K, D], v [B, S, K, D]) per layer]
+KVCache = list  # [(k [B, K, S, D], v [B, K, S, D]) per layer]
 
 
 def init_cache(cfg: TextConfig, batch: int, length: int, dtype=jnp.float32) -> KVCache:
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
   zeros = lambda: sharding.constrain(jnp.zeros(shape, dtype), sharding.CACHE_AXES)
   return [(zeros(), zeros()) for _ in range(cfg.num_layers)]
 
