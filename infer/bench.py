@@ -9,6 +9,9 @@
     python -m infer.bench length --target DIR --draft NAME=DIR ... [--lengths 64 128 256 512]
         [--scenes 4] --out length.png [--json out.json]
     python -m infer.bench facts --target DIR [--scenes 32] [--control] [--json out.json]
+    python -m infer.bench batch [--target DIR] [--draft DIR] [--batch 1 4 16 32]
+        [--new-tokens 128 512] [--tree chain6] [--repeats 3] [--json out.json] [--markdown]
+    python -m infer.bench gpu --out DIR [--tiny] [--budget-s 420]
 
 `vanilla`: tokens/s of `vj.generate` (greedy) against transformers' PyTorch
 `Qwen2_5_VLForConditionalGeneration.generate` on the same random checkpoint folder (a
@@ -242,9 +245,14 @@ def _main(argv) -> int:
   for module in (bench_spec, bench_pieces, bench_cost):
     module.add_parser(sub)
   bench_table.add_parsers(sub)
+  from infer import bench_batch, bench_gpu  # batch: infer/bench_batch.py, gpu: infer/bench_gpu.py
+  bench_batch.add_parser(sub)
+  bench_gpu.add_parser(sub)
   args = parser.parse_args(argv)
   if args.command in bench_table.COMMANDS:
     return bench_table.main(args)
+  if args.command in ("batch", "gpu"):
+    return {"batch": bench_batch, "gpu": bench_gpu}[args.command].main(args)
   validate(args)
   if args.command in runners:
     if args.command == "spec":

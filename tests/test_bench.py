@@ -139,3 +139,34 @@ def test_table_bad_input_is_one_line(tiny_qwen_dir, draft_dirs, tmp_path, capsys
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_batch(tiny_qwen_dir, draft_dirs, tmp_path):
+  out = tmp_path / "batch.json"
+  r = bench_fast("batch", "--target", tiny_qwen_dir, "--draft", draft_dirs["eagle"], "--batch", 1,
+                 2, "--new-tokens", 8, "--tree", "chain3", "--repeats", 1, "--markdown",
+                 "--json", out)
+  assert r.returncode == 0, r.stdout + r.stderr
+  result = json.loads(out.read_text())
+  assert result["draft_kind"] == "eagle" and result["split"] == "test"
+  rows = result["rows"]
+  assert [(row["batch"], row["new_tokens"]) for row in rows] == [(1, 8), (2, 8)]
+  for row in rows:
+    assert row["identical"] is True and row["tokens_spec"] == row["tokens_vanilla"]
+    assert row["batch"] <= row["tokens_vanilla"] <= row["batch"] * 8  # EOS may end rows early
+    assert row["vanilla_tok_s"] > 0 and row["spec_tok_s"] > 0 and row["tau"] >= 0
+    assert row["speedup"] == pytest.approx(row["spec_tok_s"] / row["vanilla_tok_s"])
+  assert "| vanilla tokens/s | speculative tokens/s | speedup | tau |" in r.stdout
+  assert r.stdout.count("| 2 | 8 |") == 1
+
+
+def test_batch_bad_options(tiny_qwen_dir, tmp_path, capsys):
+  from infer import bench as bench_main
+  cases = [(["--batch", "0"], "--batch must be"), (["--draft", str(tmp_path / "nope")],
+                                                   "--draft folder not found"),
+           (["--tree", "bushy"], "--tree: unknown tree 'bushy'")]
+  for args, message in cases:
+    rc = bench_main.main(["batch", "--target", tiny_qwen_dir, "--draft", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,162 @@
+"""`python -m infer.bench batch`: vanilla vs speculative greedy tokens/s against the batch size.
+
+    python -m infer.bench batch [--target DIR] [--draft DIR] [--batch 1 4 16 32]
+        [--new-tokens 128 512] [--tree chain6] [--repeats 3] [--split test] [--json out.json]
+        [--markdown]
+
+For every (batch B, new tokens N): the held-out scenes SPLIT_SEEDS[split] + i, i < B, one scene
+per row (image + question, prompted as infer/bench_table.py does), decoded greedily with EOS
+honoured by `vj.generate` and by `vj.speculative_generate` with the draft and --tree. The images
+are encoded once outside the timings. Both programs are compiled (one untimed call each), then
+--repeats timed runs alternate vanilla and speculative, each ended by `jax.block_until_ready`;
+the median is reported. tokens/s = tokens actually generated (sum of the rows' lengths) / time;
+speedup = speculative tokens/s / vanilla tokens/s; tau = accepted draft tokens / target forwards,
+pooled over rows. Every speculative output must be token-identical to vanilla (exit status 1
+otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from infer import bench_table, cli
+
+DEFAULT_TARGET = "models/scenes/target"
+DEFAULT_DRAFT = "models/scenes/vispec"
+
+
+def add_parser(sub):
+  p = sub.add_parser("batch", help="vanilla vs speculative tokens/s against the batch size "
+                                   "(held-out scenes, greedy)")
+  p.add_argument("--target", default=DEFAULT_TARGET, help="target folder")
+  p.add_argument("--draft", default=DEFAULT_DRAFT, help="draft folder (ViSpec, EAGLE or Medusa)")
+  p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 32])
+  p.add_argument("--new-tokens", type=int, nargs="+", default=[128, 512])
+  p.add_argument("--tree", default="chain6", help="dynamic, dynamic-dDkKtT or chainN")
+  p.add_argument("--repeats", type=int, default=3, help="timed runs of each (median)")
+  p.add_argument("--split", choices=["validation", "test"], default="test",
+                 help="held-out seed range of the scenes (vispec_jax/scenes.py SPLIT_SEEDS)")
+  p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+  p.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
+  return p
+
+
+def check_args(args):
+  """Everything checkable before loading; returns the tree."""
+  cli.check_folder("--target", args.target)
+  cli.check_folder("--draft", args.draft)
+  for b in args.batch:
+    cli.check_int("--batch", b, 1)
+  for n in args.new_tokens:
+    cli.check_int("--new-tokens", n, 1)
+  cli.check_int("--repeats", args.repeats, 1)
+  if args.json:
+    cli.check_output("--json", args.json)
+  return bench_table.parse_tree(args.tree)
+
+
+def _timed(fn, times: list[float]):
+  """fn() (ending in block_until_ready), its seconds appended to `times`."""
+  t0 = time.perf_counter()
+  out = fn()
+  times.append(time.perf_counter() - t0)
+  return out
+
+
+def measure(target, d, batch, embeds, tree, n: int, repeats: int) -> dict:
+  """One (batch, new tokens) configuration: warm-up, alternating timed runs, the row."""
+  import jax
+  import numpy as np
+
+  import vispec_jax as vj
+
+  def vanilla():
+    return jax.block_until_ready(vj.generate(target, batch, n, embeds=embeds))
+
+  def spec():
+    return jax.block_until_ready(vj.speculative_generate(
+        target, d.drafter, d.params, batch, tree=tree, max_new_tokens=n, embeds=embeds))
+
+  ref, out = vanilla(), spec()  # compile both
+  times = {"vanilla": [], "spec": []}
+  for _ in range(repeats):  # alternate: machine noise hits both alike
+    ref = _timed(vanilla, times["vanilla"])
+    out = _timed(spec, times["spec"])
+  tv, ts = statistics.median(times["vanilla"]), statistics.median(times["spec"])
+  tokens_v, tokens_s = int(np.asarray(ref.lengths).sum()), int(np.asarray(out.lengths).sum())
+  forwards = int(np.asarray(out.stats.target_forwards).sum())
+  return {
+      "batch": int(batch.input_ids.shape[0]), "new_tokens": n,
+      "tokens_vanilla": tokens_v, "tokens_spec": tokens_s,
+      "vanilla_tok_s": tokens_v / tv, "spec_tok_s": tokens_s / ts,
+      "speedup": (tokens_s / ts) / (tokens_v / tv),
+      "tau": int(np.asarray(out.stats.accepted).sum()) / max(forwards, 1),
+      "identical": vj.trim(out) == vj.trim(ref),
+      "seconds": times,
+  }
+
+
+COLUMNS = [("batch", "batch", "{}"), ("new tokens", "new_tokens", "{}"),
+           ("tokens", "tokens_vanilla", "{}"), ("vanilla tokens/s", "vanilla_tok_s", "{:.1f}"),
+           ("speculative tokens/s", "spec_tok_s", "{:.1f}"), ("speedup", "speedup", "{:.2f}x"),
+           ("tau", "tau", "{:.2f}"), ("identical", "identical", "{}")]
+
+
+def format_row(r: dict, markdown: bool) -> str:
+  cells = [fmt.format(r[k]) for _, k, fmt in COLUMNS]
+  if markdown:
+    return "| " + " | ".join(cells) + " |"
+  return "  ".join(c.rjust(len(h)) for c, (h, _, _) in zip(cells, COLUMNS))
+
+
+def header(markdown: bool) -> str:
+  head = [h for h, _, _ in COLUMNS]
+  if markdown:
+    return "| " + " | ".join(head) + " |\n|" + "|".join("---:" for _ in head) + "|"
+  return "  ".join(head)
+
+
+def run_batch(args) -> dict:
+  import jax
+
+  import vispec_jax as vj
+  from vispec_jax import scenes as scenes_lib
+  tree = check_args(args)
+  # bench_table's loader (target, draft with its Medusa depth check); scenes are batched here.
+  load_args = argparse.Namespace(target=args.target, split=args.split, scenes=0, tree=args.tree)
+  target, drafts, _ = bench_table.load(load_args, {"draft": args.draft}, tree)
+  d = drafts["draft"]
+  base = bench_table.SPLIT_SEEDS[args.split]
+  examples = [scenes_lib.sample(base + i) for i in range(max(args.batch))]
+  print(f"batch: {os.path.abspath(args.target)} + {d.config.kind} draft "
+        f"{os.path.abspath(args.draft)}, tree {args.tree}, greedy, EOS honoured, held-out "
+        f"scenes ({args.split}, seeds from {base}), median of {args.repeats} "
+        f"({jax.default_backend()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f})", flush=True)
+  print(header(args.markdown), flush=True)
+  rows = []
+  for b in args.batch:
+    rows_examples = examples[:b]
+    batch = vj.prepare(target, [e["question"] for e in rows_examples],
+                       images=[[e["image"]] for e in rows_examples])
+    embeds = target.embed(target.params, batch)
+    for n in args.new_tokens:
+      rows.append(measure(target, d, batch, embeds, tree, n, args.repeats))
+      print(format_row(rows[-1], args.markdown), flush=True)
+  return {"benchmark": "batch", "target": os.path.abspath(args.target),
+          "draft": os.path.abspath(args.draft), "draft_kind": d.config.kind, "tree": args.tree,
+          "split": args.split, "repeats": args.repeats, "backend": jax.default_backend(),
+          "jax": jax.__version__, "cpu_count": os.cpu_count(), "rows": rows}
+
+
+def main(args) -> int:
+  """Runs `batch` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
+  import json
+  result = run_batch(args)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return 0 if all(r["identical"] for r in result["rows"]) else 1
