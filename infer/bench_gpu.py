@@ -231,6 +231,7 @@ def run_gpu(args) -> dict:
     target, dcfg, dparams = models[m]
     if (m, b) not in vanilla:
       batch = vj.prepare(target, [BENCH_PROMPT] * b)
+      result["setup"]["prompt_tokens"] = int(batch.prompt_lengths[0])
 
       def run_vanilla(batch=batch):
         return np.asarray(jax.block_until_ready(vj.generate(target, batch, n).tokens))
