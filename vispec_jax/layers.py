@@ -174,8 +174,8 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   Args:
     q: [B, T, N, D]; k, v: [B, K, S, D] (the cache layout) with N a multiple of K.
     mask: bool[B, T, S] (or broadcastable), True where a query may attend a key.
-    block: attend block by block (of min(block, S) slots) up to the last live slot
-      (`_blocked_attention`; every cached attention); None: one softmax over all S slots.
+    block: attend block by block (of at most `block` slots, at least two blocks) up to the last
+      live slot (`_blocked_attention`; every cached attention); None: one softmax over all S.
   Returns:
     [B, T, N, D] in q's dtype; logits and softmax in fp32.
   """
@@ -183,7 +183,9 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   kh, s = k.shape[1], k.shape[2]
   qf = _fold_queries(q, kh)
   if block is not None:
-    out = _blocked_attention(qf, k, v, mask, min(block, s))
+    # At least two blocks: a block spanning the whole cache makes the slice a no-op, and XLA then
+    # copies each layer's whole loop-carried cache every step (seen in the CPU HLO).
+    out = _blocked_attention(qf, k, v, mask, max(1, min(block, -(-s // 2))))
   else:
     probs = jax.nn.softmax(_masked_logits(qf, k, mask), axis=-1).astype(v.dtype)
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
