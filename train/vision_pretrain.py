@@ -43,10 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from train import loop, sharding, target_folder, targets
+from train import cli, loop, sharding, target_folder, targets
 from vispec_jax import checkpoints, layers, scenes
 from vispec_jax.configs import TargetConfig
 from vispec_jax.models import qwen2_5_vl
@@ -420,29 +420,32 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
   return out
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage-0 config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints/, metrics.jsonl, stage0/.")
-_EXPORT_ONLY = flags.DEFINE_bool("export_only", False,
-                                 "Export the newest checkpoint's tower (after a held-out eval).")
-_PLOT = flags.DEFINE_string("plot", None, "Only draw workdir's held-out curve to this PNG and "
-                            "print it as a table (no training).")
+def _define_flags() -> None:
+  """Flags exist only when this module is the program: train.target defines the same names,
+  and both modules are imported by one test process."""
+  config_flags.DEFINE_config_file("config", None, "Stage-0 config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "checkpoints/, metrics.jsonl, stage0/.")
+  flags.DEFINE_bool("export_only", False,
+                    "Export the newest checkpoint's tower (after a held-out eval).")
+  flags.DEFINE_string("plot", None, "Only draw workdir's held-out curve to this PNG and "
+                      "print it as a table (no training).")
 
 
 def main(argv):
   del argv
-  if _PLOT.value:
-    rows = curve(_WORKDIR.value)
-    plot_curve(rows, _PLOT.value, "Stage 0: held-out accuracy (occupied: all cells; the "
+  f = flags.FLAGS
+  if f.plot:
+    rows = curve(f.workdir)
+    plot_curve(rows, f.plot, "Stage 0: held-out accuracy (occupied: all cells; the "
                "attributes: occupied cells)")
     print(curve_table(rows))
     return
-  from train import cli
   cli.setup()
-  out = train(_CONFIG.value, _WORKDIR.value, _EXPORT_ONLY.value)
+  out = train(f.config, f.workdir, f.export_only)
   logging.info("finished at step %d; export: %s", out["step"], out["export"])
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

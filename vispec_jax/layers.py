@@ -174,18 +174,18 @@ def dot_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   Args:
     q: [B, T, N, D]; k, v: [B, K, S, D] (the cache layout) with N a multiple of K.
     mask: bool[B, T, S] (or broadcastable), True where a query may attend a key.
-    block: attend block by block (of at most `block` slots, at least two blocks) up to the last
-      live slot (`_blocked_attention`; every cached attention); None: one softmax over all S.
+    block: for S > 2 * block, attend block by block up to the last live slot
+      (`_blocked_attention`; cached attention); otherwise (or None) one softmax over all S.
   Returns:
     [B, T, N, D] in q's dtype; logits and softmax in fp32.
   """
   b, t, n, d = q.shape
   kh, s = k.shape[1], k.shape[2]
   qf = _fold_queries(q, kh)
-  if block is not None:
-    # At least two blocks: a block spanning the whole cache makes the slice a no-op, and XLA then
-    # copies each layer's whole loop-carried cache every step (seen in the CPU HLO).
-    out = _blocked_attention(qf, k, v, mask, max(1, min(block, -(-s // 2))))
+  if block is not None and s > 2 * block:
+    # Only for long caches: on a 2-core CPU the block loop's overhead made a step with a
+    # 256-slot cache slower than one softmax over it (docs/benchmarks.md section 8).
+    out = _blocked_attention(qf, k, v, mask, block)
   else:
     probs = jax.nn.softmax(_masked_logits(qf, k, mask), axis=-1).astype(v.dtype)
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=jnp.float32)
