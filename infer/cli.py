@@ -18,6 +18,7 @@ option; they raise `UsageError` (a ValueError).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -96,6 +97,24 @@ def run(fn: Callable[[], int | None]) -> int:
 
 
 # ------------------------------------------------------------------------------ checks
+
+
+def read_jsonl(path: str, error: type[Exception] = UsageError) -> list[tuple[str, object]]:
+  """The non-blank lines of a UTF-8 JSON-lines file as ("path:line", parsed value); a file that
+  is not UTF-8 or a line that is not JSON raises `error`, naming the file and line."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise error(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+  rows = []
+  for n, line in enumerate(lines, 1):
+    if line.strip():
+      try:
+        rows.append((f"{path}:{n}", json.loads(line)))
+      except json.JSONDecodeError as e:
+        raise error(f"{path}:{n}: not valid JSON ({e.msg})") from None
+  return rows
 
 
 def check_int(flag: str, value: int, lo: int | None = None, hi: int | None = INT32_MAX) -> int:

@@ -154,20 +154,8 @@ PROMPT_KEYS = ("prompt", "images", "videos")
 
 def read_prompts(path: str) -> list[dict]:
   """The --prompts file: JSON lines of {"prompt", "images", "videos"}; clear errors by line."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except UnicodeDecodeError as e:
-    raise UsageError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
   rows = []
-  for n, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    where = f"{path}:{n}"
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UsageError(f"{where}: not valid JSON ({e.msg})") from None
+  for where, row in cli.read_jsonl(path):
     if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
       raise UsageError(f'{where}: expected {{"prompt": "...", "images": [...]}} with a non-empty prompt')
     unknown = sorted(set(row) - set(PROMPT_KEYS))

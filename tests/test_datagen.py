@@ -128,7 +128,7 @@ def test_records_rebuild_the_targets_inputs(tiny_qwen_dir, tmp_path):
 def test_bad_inputs_are_named(tiny_qwen_dir, tmp_path):
   path = tmp_path / "bad.jsonl"
   path.write_text('{"question": "ok"}\n{"question": \n')
-  with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
     datagen.load_inputs(str(path), None)
   path.write_text('{"image": "x.png"}\n')
   with pytest.raises(ValueError, match=r":1: needs a non-empty \"question\""):

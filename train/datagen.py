@@ -103,20 +103,8 @@ class _Jsonl:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"datagen input not found: {path}")
     self.root = os.path.dirname(os.path.abspath(path))
-    try:
-      with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-      raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     self.rows = []
-    for n, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{n}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not JSON: {e}") from None
+    for where, row in cli.read_jsonl(path, ValueError):
       if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row[
           "question"].strip():
         raise ValueError(f"{where}: needs a non-empty \"question\" string")
