@@ -245,14 +245,15 @@ def _main(argv) -> int:
   for module in (bench_spec, bench_pieces, bench_cost):
     module.add_parser(sub)
   bench_table.add_parsers(sub)
-  from infer import bench_batch, bench_gpu  # batch: infer/bench_batch.py, gpu: infer/bench_gpu.py
-  bench_batch.add_parser(sub)
-  bench_gpu.add_parser(sub)
+  from infer import bench_batch, bench_facts, bench_gpu
+  own_checks = {"batch": bench_batch, "facts": bench_facts, "gpu": bench_gpu}  # check their args
+  for module in own_checks.values():
+    module.add_parser(sub)
   args = parser.parse_args(argv)
   if args.command in bench_table.COMMANDS:
     return bench_table.main(args)
-  if args.command in ("batch", "gpu"):
-    return {"batch": bench_batch, "gpu": bench_gpu}[args.command].main(args)
+  if args.command in own_checks:
+    return own_checks[args.command].main(args)
   validate(args)
   if args.command in runners:
     if args.command == "spec":
