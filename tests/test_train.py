@@ -201,7 +201,10 @@ def test_two_processes_match_one(runs):
   b = restore_params(runs.workdir("multihost"), 10)
   del a["adaptor"]["k"]["bias"], b["adaptor"]["k"]["bias"]
   diff = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
-  assert max(jax.tree.leaves(diff)) <= 1e-5
+  # 3e-5, was 1e-5: with the [B, K, S, D] attention (folded queries) the same rounding noise
+  # reaches the draft layer's key kernel at 1.8e-5 after 10 Adam steps (per-step losses still
+  # agree within 1e-5 above, and every batch is the same).
+  assert max(jax.tree.leaves(diff)) <= 3e-5
 
 
 def restore_params(workdir, step):
