@@ -144,14 +144,14 @@ def _blocked_attention(qf, k, v, mask, block: int):
   b, kh, q, d = qf.shape
   s = k.shape[2]
   n_blocks = jnp.maximum((live_slots(mask) + block - 1) // block, 1)
+  mask = jnp.broadcast_to(mask, (b,) + mask.shape[1:])  # once, not per block
 
   def body(i, carry):
     m, l, acc = carry
     start = jnp.minimum(i * block, s - block)  # the last block may overlap the one before it
     kb = jax.lax.dynamic_slice_in_dim(k, start, block, axis=2)
     vb = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
-    mb = jax.lax.dynamic_slice_in_dim(jnp.broadcast_to(mask, (b,) + mask.shape[1:]), start, block,
-                                      axis=2)
+    mb = jax.lax.dynamic_slice_in_dim(mask, start, block, axis=2)
     mb = mb & (start + jnp.arange(block) >= i * block)  # slots before i * block: already counted
     logits = _masked_logits(qf, kb, mb)
     m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
