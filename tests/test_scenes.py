@@ -28,11 +28,17 @@ def test_same_seed_same_image_and_text():
   json.dumps(a["scene"])  # the scene dict is JSON-able (stored in the dataset)
 
 
-def test_scene_contents():
+@pytest.mark.parametrize("style", sorted(scenes.STYLES))
+def test_scene_contents(style):
   kinds = set()
+  shapes, sizes = scenes.STYLES[style]["shapes"], scenes.STYLES[style]["sizes"]
   for seed in range(60):
-    image, scene = scenes.make_scene(seed)
+    image, scene = scenes.make_scene(seed, style=style)
+    assert scene.get("style", scenes.DEFAULT_STYLE) == style
+    assert scenes.style_of(scene) is scenes.STYLES[style]
     objs = scene["objects"]
+    for o in objs:
+      assert o["shape"] in shapes and o["radius"] == round(sizes[o["size"]] * scene["size"] / 3, 2)
     assert scenes.MIN_OBJECTS <= len(objs) <= scenes.MAX_OBJECTS
     assert len({(o["row"], o["col"]) for o in objs}) == len(objs)  # one object per cell
     assert len({(o["colour"], o["shape"]) for o in objs}) == len(objs)  # names are unique
@@ -50,12 +56,29 @@ def test_scene_contents():
     bg = np.array(scenes.BACKGROUNDS[scene["background"]])
     assert 0.4 < (px == bg).all(-1).mean() < 1
   assert kinds == set(scenes.TEXTURES)
-  assert scenes.make_scene(3, size=112)[0].size == (112, 112)
+  assert scenes.make_scene(3, size=112, style=style)[0].size == (112, 112)
 
 
-def test_answers_are_long(tokenizer):
+def test_styles():
+  """The default style draws the classic scenes (no "style" key: what the shipped models were
+  trained on); "bold" the same layout with bigger objects and no hexagon; unknown ones fail."""
+  classic, bold = scenes.random_scene(5), scenes.random_scene(5, style="bold")
+  assert "style" not in classic and bold["style"] == "bold"
+  assert [(o["row"], o["col"]) for o in classic["objects"]] == [
+      (o["row"], o["col"]) for o in bold["objects"]]
+  assert scenes.random_scene(5, style="classic") == classic
+  for seed in range(40):
+    ex = scenes.sample(seed, style="bold")
+    assert "hexagon" not in ex["question"] + ex["answer"]
+  assert min(scenes.STYLES["bold"]["sizes"].values()) > max(scenes.SIZES.values()) / 2
+  with pytest.raises(ValueError, match="unknown scene style 'neon'"):
+    scenes.make_scene(1, style="neon")
+
+
+@pytest.mark.parametrize("style", sorted(scenes.STYLES))
+def test_answers_are_long(tokenizer, style):
   assert 500 < len(tokenizer) <= 2048
-  lengths = scenes.answer_lengths(tokenizer, HELD_OUT)
+  lengths = scenes.answer_lengths(tokenizer, HELD_OUT, style=style)
   for kind, v in lengths.items():
     assert min(v) >= 300, (kind, min(v))
     assert max(v) < 700, (kind, max(v))

@@ -18,7 +18,7 @@ tokens long with the scenes tokenizer (checked in tests/test_scenes.py).
 
 Command line:
     python -m vispec_jax.scenes tokenizer --out DIR [--samples 4000] [--vocab-size 2048]
-    python -m vispec_jax.scenes show --seed 3 [--kind describe] [--out scene.png]
+    python -m vispec_jax.scenes show --seed 3 [--kind describe] [--style bold] [--out scene.png]
     python -m vispec_jax.scenes stats --tokenizer DIR [--samples 500]
 """
 
@@ -42,6 +42,17 @@ BACKGROUNDS = {"white": (250, 250, 250), "grey": (175, 175, 175), "black": (20, 
                "beige": (230, 220, 190)}
 SHAPES = ["circle", "square", "triangle", "star", "diamond", "hexagon", "cross"]
 SIZES = {"small": 0.2, "medium": 0.3, "large": 0.42}  # radius as a fraction of the cell side
+# Scene styles: the shapes drawn and the sizes' radii. "classic" (the default) is what the shipped
+# models were trained on. "bold" (issue 16) draws bigger objects and drops the hexagon: at
+# "small" a classic solid circle and hexagon differ in 106 pixels (square/hexagon 110), which a
+# vision tower of 14-pixel patches took 45 minutes of training to start telling apart
+# (docs/embedded-model.md "Stage 0"). A non-default style is recorded in the scene dict.
+STYLES = {
+    "classic": {"shapes": SHAPES, "sizes": SIZES},
+    "bold": {"shapes": [s for s in SHAPES if s != "hexagon"],
+             "sizes": {"small": 0.26, "medium": 0.35, "large": 0.46}},
+}
+DEFAULT_STYLE = "classic"
 TEXTURES = ["solid", "striped", "dotted", "outlined"]
 ROWS = ["top", "middle", "bottom"]
 COLS = ["left", "centre", "right"]
@@ -86,19 +97,31 @@ def _scene_rng(seed: int) -> np.random.Generator:
   return np.random.default_rng([int(seed), 0x5CE7E])
 
 
-def random_scene(seed: int, size: int = 224) -> dict:
+def check_style(style: str) -> str:
+  if style not in STYLES:
+    raise ValueError(f"unknown scene style {style!r}; expected one of {sorted(STYLES)}")
+  return style
+
+
+def style_of(scene: dict) -> dict:
+  """The shapes and sizes of the scene's style (STYLES)."""
+  return STYLES[scene.get("style", DEFAULT_STYLE)]
+
+
+def random_scene(seed: int, size: int = 224, style: str = DEFAULT_STYLE) -> dict:
   """The scene dict of `seed` (no drawing)."""
+  shapes, sizes = STYLES[check_style(style)]["shapes"], STYLES[style]["sizes"]
   rng = _scene_rng(seed)
   n = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
   cells = sorted(rng.choice(9, size=n, replace=False).tolist())
   cell = size / 3
-  pairs = [(c, s) for c in COLOURS for s in SHAPES]
+  pairs = [(c, s) for c in COLOURS for s in shapes]
   chosen = rng.choice(len(pairs), size=n, replace=False)
   objects = []
   for k, idx in zip(cells, chosen):
     colour, shape = pairs[int(idx)]
-    size_name = list(SIZES)[int(rng.integers(len(SIZES)))]
-    radius = SIZES[size_name] * cell
+    size_name = list(sizes)[int(rng.integers(len(sizes)))]
+    radius = sizes[size_name] * cell
     slack = max(0.0, cell / 2 - radius - 2)
     row, col = divmod(k, 3)
     cx = (col + 0.5) * cell + float(rng.uniform(-slack, slack))
@@ -107,7 +130,10 @@ def random_scene(seed: int, size: int = 224) -> dict:
                     "texture": TEXTURES[int(rng.integers(len(TEXTURES)))], "row": row, "col": col,
                     "cx": round(cx, 2), "cy": round(cy, 2), "radius": round(radius, 2)})
   background = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
-  return {"seed": int(seed), "size": int(size), "background": background, "objects": objects}
+  scene = {"seed": int(seed), "size": int(size), "background": background, "objects": objects}
+  if style != DEFAULT_STYLE:
+    scene["style"] = style
+  return scene
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float):
@@ -181,9 +207,9 @@ def render(scene: dict) -> Image.Image:
   return Image.fromarray(img, "RGB")
 
 
-def make_scene(seed: int, size: int = 224) -> tuple[Image.Image, dict]:
-  """(PIL RGB image of `size` x `size`, scene dict) for `seed`: deterministic."""
-  scene = random_scene(seed, size)
+def make_scene(seed: int, size: int = 224, style: str = DEFAULT_STYLE) -> tuple[Image.Image, dict]:
+  """(PIL RGB image of `size` x `size`, scene dict) for `seed` in a style: deterministic."""
+  scene = random_scene(seed, size, style)
   return render(scene), scene
 
 
@@ -301,7 +327,7 @@ def s_colour_counts(scene, rng):
 
 
 def s_shape_counts(scene, rng):
-  return _group_counts(scene, "shape", SHAPES, rng)
+  return _group_counts(scene, "shape", style_of(scene)["shapes"], rng)
 
 
 def s_size_counts(scene, rng):
@@ -450,14 +476,14 @@ _SECTIONS = {
 }
 
 
-def question_for(kind: str, rng) -> tuple[str, dict]:
-  """(question text, its parameters) for a kind; parameters are drawn from the vocabulary,
-  never from the scene."""
+def question_for(kind: str, rng, shapes=SHAPES) -> tuple[str, dict]:
+  """(question text, its parameters) for a kind; parameters are drawn from the vocabulary
+  (colours, the style's `shapes`), never from the scene."""
   params = {}
   if kind == "colour":
     params["colour"] = _pick(rng, list(COLOURS))
   elif kind == "shape":
-    params["shape"] = _pick(rng, SHAPES)
+    params["shape"] = _pick(rng, shapes)
   elif kind not in QUESTIONS:
     raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS}")
   return _pick(rng, QUESTIONS[kind]).format(**params), params
@@ -466,7 +492,7 @@ def question_for(kind: str, rng) -> tuple[str, dict]:
 def describe(scene: dict, question_kind: str, rng: np.random.Generator) -> tuple[str, str]:
   """(question, long answer) of one kind about a scene; the question is drawn from `rng` alone
   and the answer depends on the scene (and, for phrasing, on `rng`)."""
-  question, p = question_for(question_kind, rng)
+  question, p = question_for(question_kind, rng, style_of(scene)["shapes"])
   focus = ([lambda s, r: _focus(s, question_kind, p[question_kind], r)]
            if question_kind in ("colour", "shape") else [])
   sentences = []
@@ -475,10 +501,11 @@ def describe(scene: dict, question_kind: str, rng: np.random.Generator) -> tuple
   return question, " ".join(sentences)
 
 
-def sample(seed: int, size: int = 224, kind: str | None = None, kinds=None) -> dict:
+def sample(seed: int, size: int = 224, kind: str | None = None, kinds=None,
+           style: str = DEFAULT_STYLE) -> dict:
   """One example: {"image": PIL, "scene", "question", "answer", "kind", "seed"}; the kind
   (unless given) and the phrasing are drawn from the seed too."""
-  image, scene = make_scene(seed, size)
+  image, scene = make_scene(seed, size, style)
   rng = np.random.default_rng([int(seed), 0xA45])
   kinds = list(kinds or KINDS)
   if kind is None:
@@ -540,11 +567,11 @@ def save_tokenizer(tokenizer, out: str) -> str:
   return write_folder(out, tokenizer.save_pretrained)
 
 
-def answer_lengths(tokenizer, seeds, kinds=None) -> dict[str, list[int]]:
+def answer_lengths(tokenizer, seeds, kinds=None, style: str = DEFAULT_STYLE) -> dict[str, list[int]]:
   """Token counts of the answers of every kind for the given scene seeds."""
   texts = {k: [] for k in (kinds or KINDS)}
   for seed in seeds:
-    scene = random_scene(seed, 224)
+    scene = random_scene(seed, 224, style)
     rng = np.random.default_rng([seed, 0x57A7])
     for k, v in texts.items():
       v.append(describe(scene, k, rng)[1])
@@ -566,6 +593,7 @@ def main(argv=None) -> int:
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--kind", choices=KINDS)
   s.add_argument("--size", type=int, default=224)
+  s.add_argument("--style", choices=sorted(STYLES), default=DEFAULT_STYLE)
   s.add_argument("--out", default=None, help="PNG path for the image")
   st = sub.add_parser("stats", help="answer length statistics (tokens) per question kind")
   st.add_argument("--tokenizer", required=True)
@@ -578,7 +606,7 @@ def main(argv=None) -> int:
     path = save_tokenizer(tok, args.out)
     print(f"tokenizer with {len(tok)} tokens (vocab limit {args.vocab_size}) saved to {path}")
   elif args.cmd == "show":
-    ex = sample(args.seed, args.size, args.kind)
+    ex = sample(args.seed, args.size, args.kind, style=args.style)
     if args.out:
       ex["image"].save(args.out)
       print(f"image: {args.out}")
