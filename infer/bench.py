@@ -188,7 +188,7 @@ def run_vanilla(args) -> dict:
 def validate(args) -> None:
   """The options of every subcommand (except table/length: bench_table.check_args), checked
   before anything is loaded or measured; each error names the option."""
-  from vispec_jax import tree as tree_lib
+  from vispec_jax.engine import tree as tree_lib
   for flag in ("new_tokens", "repeats", "iters", "cache", "itemsize"):
     if hasattr(args, flag):
       cli.check_int("--" + flag.replace("_", "-"), getattr(args, flag), 1)

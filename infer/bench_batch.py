@@ -38,7 +38,7 @@ def add_parser(sub):
   p.add_argument("--tree", default="chain6", help="dynamic, dynamic-dDkKtT or chainN")
   p.add_argument("--repeats", type=int, default=3, help="timed runs of each (median)")
   p.add_argument("--split", choices=["validation", "test"], default="test",
-                 help="held-out seed range of the scenes (vispec_jax/scenes.py SPLIT_SEEDS)")
+                 help="held-out seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
   p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
   p.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
   return p
@@ -123,7 +123,7 @@ def run_batch(args) -> dict:
   import jax
 
   import vispec_jax as vj
-  from vispec_jax import scenes as scenes_lib
+  from proj.scenes import generator as scenes_lib
   tree = check_args(args)
   # bench_table's loader (target, draft with its Medusa depth check); scenes are batched here.
   load_args = argparse.Namespace(target=args.target, split=args.split, scenes=0, tree=args.tree)

@@ -1,6 +1,6 @@
 """`python -m infer.bench cost`: predicted speedup of speculative decoding on accelerators.
 
-The roofline model of vispec_jax/cost_model.py, for the benchmark model (fp32 on CPU here), a
+The roofline model of infer/cost_model.py, for the benchmark model (fp32 on CPU here), a
 Qwen2.5-VL-7B target and any `--target` folder (e.g. the shipped scenes target), each with its
 ViSpec draft, in bf16 on an H100 and a TPU v5e chip, for the given trees (default a chain of 4
 and the EAGLE-2 tree) at the given tau values (measured ones: `infer.bench spec` and the
@@ -13,11 +13,13 @@ import dataclasses
 import json
 import os
 
-TREES = ("chain4", "dynamic-d3k8t30")  # default --trees (any vispec_jax.tree.from_spec name)
+TREES = ("chain4", "dynamic-d3k8t30")  # default --trees (any vispec_jax.engine.tree.from_spec name)
 
 
 def run_cost(args) -> list[dict]:
-  from vispec_jax import cost_model, draft, tree as tree_lib
+  from vispec_jax import draft
+  from infer import cost_model
+  from vispec_jax.engine import tree as tree_lib
   from vispec_jax.configs import TargetConfig
   from infer.bench import BENCH_INTERMEDIATE, BENCH_MODEL, BENCH_VOCAB
   from infer.memory import QWEN2_5_VL_7B
@@ -58,7 +60,7 @@ def add_parser(sub):
   p = sub.add_parser("cost", help="predicted speedup on accelerators (roofline cost model)")
   p.add_argument("--devices", nargs="+", default=["h100", "tpu-v5e"], choices=["h100", "tpu-v5e"])
   p.add_argument("--trees", nargs="+", default=list(TREES),
-                 help="dynamic, dynamic-dDkKtT or chainN (vispec_jax.tree.from_spec)")
+                 help="dynamic, dynamic-dDkKtT or chainN (vispec_jax.engine.tree.from_spec)")
   p.add_argument("--target", nargs="+", default=None, metavar="DIR",
                  help="also these target folders (their config.json), e.g. models/scenes/target")
   p.add_argument("--tau", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0])

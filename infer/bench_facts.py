@@ -3,11 +3,11 @@
     python -m infer.bench facts --target DIR [--scenes 32] [--split validation]
         [--max-new-tokens 512] [--batch-size 8] [--control] [--json out.json]
 
-Held-out scenes (`vispec_jax.scenes.sample(SPLIT_SEEDS[split] + i)`, i < --scenes; validation
+Held-out scenes (`proj.scenes.generator.sample(SPLIT_SEEDS[split] + i)`, i < --scenes; validation
 and test seeds are never trained on), each prompted as infer/demo.py does
 (`vj.prepare(target, [question], images=[[image]])`, no system prompt), answered greedily with
 `vj.generate` (--batch-size rows per call), and every answer's facts checked against its scene
-with `vispec_jax.scene_facts.check`: precision (true facts / facts stated) and recall (the
+with `proj.scenes.facts.check`: precision (true facts / facts stated) and recall (the
 scene's true facts stated / all its true facts, in the classes the answer talks about), pooled
 over the scenes (sums) and as the mean of the per-scene values, per fact class too.
 `--control` answers again with every scene's question paired with the next scene's image
@@ -23,7 +23,7 @@ import json
 import os
 import sys
 
-from vispec_jax.scenes import SPLIT_SEEDS
+from proj.scenes.generator import SPLIT_SEEDS
 
 
 def add_parser(sub):
@@ -32,7 +32,7 @@ def add_parser(sub):
   p.add_argument("--target", required=True, help="target folder")
   p.add_argument("--scenes", type=int, default=32, help="held-out scenes")
   p.add_argument("--split", choices=list(SPLIT_SEEDS), default="validation",
-                 help="seed range of the scenes (vispec_jax/scenes.py SPLIT_SEEDS)")
+                 help="seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
   p.add_argument("--max-new-tokens", type=int, default=512)
   p.add_argument("--batch-size", type=int, default=8, help="rows per generate call")
   p.add_argument("--control", action="store_true",
@@ -70,7 +70,7 @@ def measure(target, examples: list[dict], max_new_tokens: int, batch_size: int,
             control: bool) -> dict:
   """{"own": pooled, ["control": pooled]}; each pooled result (scene_facts.pool) also lists the
   scenes: seed, kind, precision, recall, facts stated / correct, false facts, the answer."""
-  from vispec_jax import scene_facts
+  from proj.scenes import facts as scene_facts
   questions = [e["question"] for e in examples]
   images = {"own": [e["image"] for e in examples]}
   if control:
@@ -113,7 +113,7 @@ def main(args) -> int:
   try:
     check_args(args)
     import vispec_jax as vj
-    from vispec_jax import scenes
+    from proj.scenes import generator as scenes
     target = vj.load_target(args.target)
     base = SPLIT_SEEDS[args.split]
     examples = [scenes.sample(base + i) for i in range(args.scenes)]

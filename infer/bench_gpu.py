@@ -192,7 +192,8 @@ def run_gpu(args) -> dict:
   import numpy as np
 
   import vispec_jax as vj
-  from vispec_jax import draft, testing, tree as tree_lib
+  from vispec_jax import draft, testing
+  from vispec_jax.engine import tree as tree_lib
   from infer.bench import BENCH_PROMPT
   n = args.new_tokens if args.new_tokens is not None else (12 if args.tiny else 128)
   repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 3)

@@ -25,7 +25,8 @@ def run_pieces(args) -> list[dict]:
   import jax.numpy as jnp
 
   import vispec_jax as vj
-  from vispec_jax import decoding, draft, sharding, speculative, testing
+  from vispec_jax import draft, sharding, testing
+  from vispec_jax.engine import decoding, speculative
   from vispec_jax.models import decoder
   from infer.bench import BENCH_PROMPT, write_bench_checkpoint
 

@@ -13,7 +13,7 @@ tree (default `vj.TreeConfig()`, the EAGLE-2 dynamic tree of depth 3, top_k 8, 3
 `length` sweeps the maximum output length and draws speedup and tau against it (a PNG, two
 panels, one line per draft).
 
-Scenes: `vispec_jax.scenes.sample(seed)` for seeds SPLIT_SEEDS[split] + i, i < --scenes (the
+Scenes: `proj.scenes.generator.sample(seed)` for seeds SPLIT_SEEDS[split] + i, i < --scenes (the
 same examples as the TFDS build's split, made directly, so no build is needed; `test` is held
 out from training). Each is prompted as infer/demo.py does: `vj.prepare(target, [question],
 images=[[image]])`, no system prompt.
@@ -45,7 +45,7 @@ import statistics
 import time
 
 from infer import cli
-from vispec_jax.scenes import SPLIT_SEEDS
+from proj.scenes.generator import SPLIT_SEEDS
 COMMANDS = ("table", "length")
 LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
                 (140, 86, 75), (227, 119, 194), (23, 190, 207)]
@@ -55,8 +55,8 @@ LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (1
 
 
 def parse_tree(spec: str):
-  """--tree -> TreeConfig (vispec_jax.tree.from_spec), the error naming the option."""
-  from vispec_jax import tree as tree_lib
+  """--tree -> TreeConfig (vispec_jax.engine.tree.from_spec), the error naming the option."""
+  from vispec_jax.engine import tree as tree_lib
   return cli.prefixed("--tree", tree_lib.from_spec, spec)
 
 
@@ -107,7 +107,7 @@ def add_parsers(sub):
                    help="a draft folder and its row name (repeat for several)")
     p.add_argument("--scenes", type=int, default=scenes, help="held-out scenes (batch 1 each)")
     p.add_argument("--split", choices=list(SPLIT_SEEDS), default="test",
-                   help="seed range of the scenes (vispec_jax/scenes.py SPLIT_SEEDS)")
+                   help="seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
     p.add_argument("--tree", default="dynamic",
                    help="dynamic (default: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of everything (median)")
@@ -144,7 +144,7 @@ class Scene:
 def load(args, drafts: dict[str, str], tree):
   """Target, {name: Draft} and the prepared scenes."""
   import vispec_jax as vj
-  from vispec_jax import scenes as scenes_lib
+  from proj.scenes import generator as scenes_lib
   target = vj.load_target(args.target)
   if getattr(args, "ignore_eos", False):
     target = dataclasses.replace(target,

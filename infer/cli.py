@@ -1,5 +1,5 @@
 """What every command line of the project shares (infer.generate, infer.demo, infer.bench,
-infer.memory, train, train.datagen, train.target): bad input is one `error: ...` line on stderr
+infer.memory, train, train.datagen, proj.scenes.train_target): bad input is one `error: ...` line on stderr
 and exit status 2, never a traceback; a closed stdout (`| head`) ends the command quietly.
 
     def main(argv=None) -> int:

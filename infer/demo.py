@@ -3,11 +3,11 @@
     python -m infer.demo [--seed 7] [--kind describe] [--out demo.png] [--json]
     python -m infer.demo --model DIR --draft DIR     # any target + draft pair
 
-Draws a procedural scene (vispec_jax/scenes.py), asks its question, generates the answer greedily
+Draws a procedural scene (proj/scenes/generator.py), asks its question, generates the answer greedily
 with `vj.generate` and with `vj.speculative_generate` (ViSpec draft), checks that the two are
 token-identical, and reports tau, tokens per target forward and the speedup measured in this run
 (after one warm-up call of each, which compiles; the image is encoded once, outside the timings).
-It checks the facts the answer states against the scene (vispec_jax/scene_facts.py) and prints
+It checks the facts the answer states against the scene (proj/scenes/facts.py) and prints
 the verdict: facts correct of facts stated (precision), recall, the false ones.
 Writes the image next to the answer with the accepted draft tokens in green (`--out`).
 By default it runs the models the project trains and ships in models/scenes (docs/embedded-model.md).
@@ -50,7 +50,8 @@ def parse_args(argv):
 
 def validate(args):
   """Every option checked before a model is loaded (each error names it); returns the tree."""
-  from vispec_jax import scenes, tree as tree_lib
+  from proj.scenes import generator as scenes
+  from vispec_jax.engine import tree as tree_lib
   cli.check_seed("--seed", args.seed)
   cli.check_int("--max-new-tokens", args.max_new_tokens, 1)
   cli.check_int("--repeats", args.repeats, 1)
@@ -72,7 +73,7 @@ def run(args) -> dict:
   import numpy as np
 
   import vispec_jax as vj
-  from vispec_jax import scene_facts, scenes
+  from proj.scenes import facts as scene_facts, generator as scenes
   tree = validate(args)
   example = scenes.sample(args.seed, kind=args.kind)
   target = vj.load_target(args.model)

@@ -142,7 +142,7 @@ def validate(args):
 
 def make_tree(args):
   """The --tree, --tree-depth, --tree-top-k, --tree-tokens options -> vj.TreeConfig."""
-  from vispec_jax import tree as tree_lib
+  from vispec_jax.engine import tree as tree_lib
   if args.tree == "chain":
     return cli.prefixed("--tree chain --tree-depth", tree_lib.chain, args.tree_depth)
   return cli.prefixed("--tree-depth/--tree-top-k/--tree-tokens", tree_lib.TreeConfig,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from vispec_jax import draft, testing, tree
+from vispec_jax import draft, testing
+from vispec_jax.engine import tree
 
 TEMPERATURE, MAX_NEW = 0.8, 16
 NEEDLE = ("How many circles are in the picture?", [testing.scene_image(112, 84, 3)])

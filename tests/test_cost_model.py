@@ -2,7 +2,8 @@
 
 import pytest
 
-from vispec_jax import cost_model, tree as tree_lib
+from infer import cost_model
+from vispec_jax.engine import tree as tree_lib
 
 # 1 layer, hidden 4, 2 heads x 2 dims, 1 kv head, MLP 8, vocab 10.
 STACK = cost_model.Stack(layers=1, hidden=4, intermediate=8, heads=2, kv_heads=1, head_dim=2,

@@ -159,7 +159,7 @@ def test_bad_inputs_are_named(tiny_qwen_dir, tmp_path):
 
 def test_tfds_input_with_kept_answers(tiny_qwen_dir, tmp_path):
   """A TFDS dataset as input (the scenes dataset), keeping its answers (no generation)."""
-  from vispec_jax import scenes_tfds
+  from proj.scenes import tfds_builder as scenes_tfds
   tfds_dir = str(tmp_path / "tfds")
   scenes_tfds.build(tfds_dir, train=3, validation=0)
   config = make_config(tiny_qwen_dir, tmp_path / "out", input="tfds:scenes_dataset:train",

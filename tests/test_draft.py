@@ -19,8 +19,8 @@ import pytest
 
 import vispec_jax as vj
 from vispec_jax import checkpoints, draft, layers
-from vispec_jax.draft_checkpoints import official_name_map
-from vispec_jax.vispec_draft import ViSpecDrafter
+from vispec_jax.draft.checkpoints import official_name_map
+from vispec_jax.draft.vispec import ViSpecDrafter
 
 H, NH, FF, V = 32, 4, 48, 40
 HD = H // NH

@@ -11,7 +11,7 @@ import pytest
 
 import vispec_jax as vj
 from vispec_jax import draft, layers, testing
-from vispec_jax.vispec_draft import image_runs
+from vispec_jax.draft.vispec import image_runs
 
 from tests.test_draft import official_config, official_state_dict, write_official
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from vispec_jax import decoding, sampling, testing
+from vispec_jax import testing
+from vispec_jax.engine import decoding, sampling
 
 
 @pytest.fixture(scope="module")

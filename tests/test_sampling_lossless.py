@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from vispec_jax import decoding, draft, layers, sampling, speculative, target as target_lib, tree
+from vispec_jax import draft, layers, target as target_lib
+from vispec_jax.engine import decoding, sampling, speculative, tree
 from vispec_jax.configs import QwenVisionConfig, TargetConfig, TextConfig
 from vispec_jax.models import decoder
 

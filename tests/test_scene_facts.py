@@ -1,12 +1,12 @@
-"""vispec_jax.scene_facts: the facts of an answer checked against its scene (issue 16)."""
+"""proj.scenes.facts: the facts of an answer checked against its scene (issue 16)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from vispec_jax import scene_facts as sf
-from vispec_jax import scenes
+from proj.scenes import facts as sf
+from proj.scenes import generator as scenes
 
 
 def _obj(row, col, size, colour, shape, texture):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from vispec_jax import scenes
+from proj.scenes import generator as scenes
 from vispec_jax.testing import SPECIAL_TOKENS
 
 HELD_OUT = range(10_000_000, 10_000_120)  # seeds the tokenizer never saw
@@ -163,7 +163,7 @@ def test_tfds_build_and_read(tmp_path):
   import grain
   import tensorflow_datasets as tfds
 
-  from vispec_jax import scenes_tfds
+  from proj.scenes import tfds_builder as scenes_tfds
   data_dir = str(tmp_path / "tfds")
   assert scenes_tfds.main(["--data-dir", data_dir, "--train", "8", "--validation", "4",
                            "--test", "0"]) == 0

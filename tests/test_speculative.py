@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from vispec_jax import draft, speculative, testing, tree
+from vispec_jax import draft, testing
+from vispec_jax.engine import speculative, tree
 
 TREES = {
     "dynamic": tree.TreeConfig(),

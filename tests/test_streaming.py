@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from vispec_jax import decoding, draft, testing
+from vispec_jax import draft, testing
+from vispec_jax.engine import decoding
 
 MAX_NEW = 12
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from configs import common, scenes_draft, scenes_target, tiny_qwen
+from configs import common, tiny_qwen
+from proj.scenes.configs import draft as scenes_draft, target as scenes_target
 from train import cli as train_cli, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,7 +186,7 @@ def test_command_lines(tmp_path):
   cases = {
       "train --help": (("train", "--help"), 0, "--workdir"),
       "datagen --help": (("train.datagen", "--help"), 0, "--config"),
-      "target --help": (("train.target", "--help"), 0, "--export_only"),
+      "target --help": (("proj.scenes.train_target", "--help"), 0, "--export_only"),
       "missing config": (("train", "--config", "configs/nope.py", "--workdir", str(tmp_path)), 2,
                          "error: --config configs/nope.py: file not found"),
       "no workdir": (("train", *tiny), 2, "--workdir"),

@@ -132,7 +132,7 @@ def test_loss_fn_is_the_weighted_terms(batch):
   p_all = jax.nn.softmax(batch["f"] @ head["embed"].T)
   zs, ps, ms = [], [], []
   for k in range(3):
-    h = vj.medusa.head_forward(params, k, batch["f"])
+    h = vj.draft.medusa.head_forward(params, k, batch["f"])
     zs.append(h @ head["embed"].T)
     ps.append(model.shift_left(p_all, k + 1))
     ms.append(model.position_mask(batch, k + 1, 2))

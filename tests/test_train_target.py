@@ -1,4 +1,4 @@
-"""The scenes target trainer (train/target.py) on a tiny model: scenes TFDS data -> datagen
+"""The scenes target trainer (proj/scenes/train_target.py) on a tiny model: scenes TFDS data -> datagen
 records -> training from scratch -> export -> `vj.load_target` + generation, the held-out check,
 and an exact resume from a time-boxed stop."""
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from configs import scenes_target
-from train import target
-from vispec_jax import scenes, scenes_tfds
+from proj.scenes.configs import target as scenes_target
+from proj.scenes import train_target as target
+from proj.scenes import generator as scenes, tfds_builder as scenes_tfds
 
 STEPS = 16
 
@@ -95,8 +95,8 @@ def test_resume_is_exact(runs):
 
 
 def test_scenes_draft_config_stages():
-  """configs/scenes_draft.py: each draft kind with its stage's losses, on the target's records."""
-  from configs import scenes_draft
+  """proj/scenes/configs/draft.py: each draft kind with its stage's losses, on the target's records."""
+  from proj.scenes.configs import draft as scenes_draft
   eagle, vispec = scenes_draft.get_config("stage=1"), scenes_draft.get_config("")
   medusa = scenes_draft.get_config("draft=medusa,records=64")
   assert (eagle.draft.kind, vispec.draft.kind, medusa.draft.kind) == ("eagle", "vispec", "medusa")

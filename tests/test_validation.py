@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import vispec_jax as vj
-from vispec_jax import decoding, draft, sampling, testing, tree
+from vispec_jax import draft, testing
+from vispec_jax.engine import decoding, sampling, tree
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Stage 0 (train/vision_pretrain.py) on a tiny tower: labels from the scene, the loss falls, an
+"""Stage 0 (proj/scenes/vision_pretrain.py) on a tiny tower: labels from the scene, the loss falls, an
 exact resume from a time-boxed stop, held-out metrics for every attribute, and the export under
 the target checkpoint's own `visual.*` names."""
 
@@ -10,9 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import scenes_vision
-from train import loop, sharding, target_folder, vision_pretrain as vp
-from vispec_jax import checkpoints, scenes
+from proj.scenes.configs import vision as scenes_vision
+from train import loop, sharding
+from proj.scenes import target_folder, vision_pretrain as vp
+from vispec_jax import checkpoints
+from proj.scenes import generator as scenes
 import vispec_jax as vj
 
 STEPS = 6
@@ -134,7 +136,7 @@ def test_export_uses_the_target_checkpoint_names(runs, tiny_qwen_dir, tmp_path):
   names = tensor_names(folder)
   c = tiny_config(tiny_qwen_dir, str(tmp_path))
   cfg = vp.target_config(c)
-  # a target checkpoint as train.target writes it, for the same dimensions
+  # a target checkpoint as proj.scenes.train_target writes it, for the same dimensions
   target = vj.init_target(cfg, jax.random.PRNGKey(0))
   tok = target_folder.load_tokenizer(tiny_qwen_dir)
   written = target_folder.write(str(tmp_path / "target"), target_folder.hf_config(tok, c.model),

@@ -1,5 +1,5 @@
 """Process setup and error handling shared by the absl command-line entry points (train,
-train.datagen, train.target).
+train.datagen, proj.scenes.train_target).
 
 `run(main)` is `absl.app.run(main)` with the project's CLI rules (infer/cli.py): a bad flag,
 a config file that does not load, an unknown config key or a value out of range is one

@@ -2,7 +2,7 @@
 over the batch's images, then the decoder) and the next-token loss on answer tokens.
 
 Shared by the draft trainer (the frozen target's features, `model.target_features`) and the
-target trainer (`train/target.py`, which trains these same weights from scratch).
+target trainer (`proj/scenes/train_target.py`, which trains these same weights from scratch).
 
 Batch keys (train/data.py): ids, attention_mask, answer, positions [B, R, L], vision_index and,
 with images, pixels.

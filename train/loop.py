@@ -1,5 +1,5 @@
 """What every training loop here shares (the draft trainer `train/trainer.py` and the target
-trainer `train/target.py`): the optimizer and its schedule, sharded state, batches on devices,
+trainer `proj/scenes/train_target.py`): the optimizer and its schedule, sharded state, batches on devices,
 the orbax CheckpointManager that resumes, metrics logging, and the loop itself (`fit`: steps,
 logging, evaluation, checkpoints, SIGTERM, time-boxed stops).
 

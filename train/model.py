@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from train import lm, losses
 from vispec_jax import draft as draft_lib, sharding as vs
-from vispec_jax.medusa import head_forward
+from vispec_jax.draft.medusa import head_forward
 from vispec_jax.models import decoder
 
 

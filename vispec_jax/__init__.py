@@ -14,16 +14,17 @@ Public surface:
 
 from vispec_jax.checkpoints import CheckpointError
 from vispec_jax.configs import ConfigError, GenerationConfig, TargetConfig, TextConfig, QwenVisionConfig
-from vispec_jax.decoding import GenerateOutput, generate, trim
+from vispec_jax.engine.decoding import GenerateOutput, generate, trim
 from vispec_jax.draft import DraftConfig, EagleDrafter, make_drafter
-from vispec_jax.draft_checkpoints import Draft, load_draft, save_draft
-from vispec_jax.medusa import MedusaDrafter
-from vispec_jax.vispec_draft import ViSpecDrafter
+from vispec_jax.draft.checkpoints import Draft, load_draft, save_draft
+from vispec_jax.draft.medusa import MedusaDrafter
+from vispec_jax.draft.vispec import ViSpecDrafter
 from vispec_jax.processing import Batch, InputError, load_image
-from vispec_jax.speculative import SpecOutput, SpecStats, speculative_fn, speculative_generate
-from vispec_jax.streaming import TextStreamer
+from vispec_jax.engine.speculative import SpecOutput, SpecStats, speculative_fn, speculative_generate
+from vispec_jax.engine.streaming import TextStreamer
+from vispec_jax.engine import tree  # vj.tree.from_spec, vj.tree.chain
 from vispec_jax.target import Target, init_target, load_target, prepare
-from vispec_jax.tree import TreeConfig
+from vispec_jax.engine.tree import TreeConfig
 
 __all__ = [
     "Batch", "CheckpointError", "ConfigError", "Draft", "DraftConfig", "EagleDrafter",

@@ -22,6 +22,14 @@ Params = dict[str, Any]
 NEG_INF = -1e30  # additive mask value; finite so fully-masked rows give uniform, not NaN
 
 
+def linear_shapes(n_in: int, n_out: int, bias: bool, dtype) -> Params:
+  """The params of one `linear` as ShapeDtypeStruct leaves: kernel [n_in, n_out] (+ bias)."""
+  p = {"kernel": jax.ShapeDtypeStruct((n_in, n_out), dtype)}
+  if bias:
+    p["bias"] = jax.ShapeDtypeStruct((n_out,), dtype)
+  return p
+
+
 def linear(x: jax.Array, p: Params) -> jax.Array:
   """x[..., in] @ kernel[in, out] (+ bias)."""
   y = jnp.einsum("...i,io->...o", x, p["kernel"].astype(x.dtype))

@@ -81,7 +81,7 @@ def resolve_layer(index: int, cfg: ClipVisionConfig) -> int:
 
 def param_shapes(cfg: ClipVisionConfig, dtype=jnp.float32) -> Params:
   from vispec_jax.models import decoder
-  lin = decoder._linear_shapes  # pylint: disable=protected-access
+  lin = layers.linear_shapes
   e, f = cfg.hidden_size, cfg.intermediate_size
   ln = lambda: {"scale": jax.ShapeDtypeStruct((e,), dtype), "bias": jax.ShapeDtypeStruct((e,), dtype)}
   block = lambda: {

@@ -72,13 +72,6 @@ def logits(params: Params, hidden: jax.Array) -> jax.Array:
                     preferred_element_type=jnp.float32)
 
 
-def _linear_shapes(n_in: int, n_out: int, bias: bool, dtype) -> Params:
-  p = {"kernel": jax.ShapeDtypeStruct((n_in, n_out), dtype)}
-  if bias:
-    p["bias"] = jax.ShapeDtypeStruct((n_out,), dtype)
-  return p
-
-
 def param_shapes(cfg: TextConfig, dtype=jnp.float32) -> Params:
   """Shapes of every parameter (ShapeDtypeStruct leaves): the single declaration that init,
   checkpoint loading and sharding read."""
@@ -87,18 +80,18 @@ def param_shapes(cfg: TextConfig, dtype=jnp.float32) -> Params:
   norm = lambda: {"scale": jax.ShapeDtypeStruct((e,), dtype)}
   layer = lambda: {
       "input_norm": norm(),
-      "attn": {"q": _linear_shapes(e, nd, cfg.qkv_bias, dtype),
-               "k": _linear_shapes(e, kd, cfg.qkv_bias, dtype),
-               "v": _linear_shapes(e, kd, cfg.qkv_bias, dtype),
-               "o": _linear_shapes(nd, e, False, dtype)},
+      "attn": {"q": layers.linear_shapes(e, nd, cfg.qkv_bias, dtype),
+               "k": layers.linear_shapes(e, kd, cfg.qkv_bias, dtype),
+               "v": layers.linear_shapes(e, kd, cfg.qkv_bias, dtype),
+               "o": layers.linear_shapes(nd, e, False, dtype)},
       "post_norm": norm(),
-      "mlp": {"gate": _linear_shapes(e, f, False, dtype), "up": _linear_shapes(e, f, False, dtype),
-              "down": _linear_shapes(f, e, False, dtype)},
+      "mlp": {"gate": layers.linear_shapes(e, f, False, dtype), "up": layers.linear_shapes(e, f, False, dtype),
+              "down": layers.linear_shapes(f, e, False, dtype)},
   }
   p = {"embed": jax.ShapeDtypeStruct((cfg.vocab_size, e), dtype),
        "layers": [layer() for _ in range(cfg.num_layers)], "norm": norm()}
   if not cfg.tie_word_embeddings:
-    p["lm_head"] = _linear_shapes(e, cfg.vocab_size, False, dtype)
+    p["lm_head"] = layers.linear_shapes(e, cfg.vocab_size, False, dtype)
   return p
 
 

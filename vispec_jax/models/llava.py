@@ -293,7 +293,7 @@ def encode_vision(params: Params, cfg: LlavaVisionConfig, items) -> list[jax.Arr
 def param_shapes(cfg: TargetConfig, dtype=jnp.float32) -> Params:
   from vispec_jax.models import decoder
   v = cfg.vision
-  lin = decoder._linear_shapes  # pylint: disable=protected-access
+  lin = layers.linear_shapes
   e_in, e = v.clip.hidden_size * len(v.feature_layers), v.out_hidden_size
   vision = {"tower": clip.param_shapes(v.clip, dtype),
             "projector": {"linear_1": lin(e_in, e, v.projector_bias, dtype),

@@ -202,7 +202,7 @@ def rope_index(tokens: np.ndarray, cfg: TargetConfig, image_grids, video_grids,
 def param_shapes(cfg: TargetConfig, dtype=jnp.float32) -> Params:
   from vispec_jax.models import decoder
   v = cfg.vision
-  lin = decoder._linear_shapes  # pylint: disable=protected-access
+  lin = layers.linear_shapes
   e, f = v.hidden_size, v.intermediate_size
   block = lambda: {
       "norm1": {"scale": jax.ShapeDtypeStruct((e,), dtype)},

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from vispec_jax import sampling
+from vispec_jax.engine import sampling
 from vispec_jax.configs import GenerationConfig, TargetConfig, TextConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch, InputError

@@ -1,6 +1,6 @@
 """The held-out check of a scenes target: do its answers follow the image?
 
-    python -m train.target_eval --model FOLDER --input tfds:scenes_dataset:validation \
+    python -m proj.scenes.target_eval --model FOLDER --input tfds:scenes_dataset:validation \
         --tfds-data-dir data/tfds [--scenes 16] [--max-new-tokens 640]
 
 On scenes it never trained on (image, question, reference answer), prompted as
@@ -96,7 +96,7 @@ def evaluate(target, inputs, scenes: int, max_new_tokens: int, batch_size: int =
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m train.target_eval", description=__doc__.split("\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m proj.scenes.target_eval", description=__doc__.split("\n")[0])
   ap.add_argument("--model", required=True, help="an exported target folder")
   ap.add_argument("--input", default="tfds:scenes_dataset:validation")
   ap.add_argument("--tfds-data-dir", default="data/tfds")

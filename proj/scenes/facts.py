@@ -4,7 +4,7 @@
     report.precision, report.recall, report.false_facts, report.verdict()
 
 The answer is split into sentences and each sentence is parsed with the sentence templates of
-`vispec_jax.scenes` (the vocabulary is imported from there, so a new colour or shape is parsed
+`proj.scenes.generator` (the vocabulary is imported from there, so a new colour or shape is parsed
 without an edit here). A sentence yields atomic facts, each a hashable tuple whose first element is
 its class:
 
@@ -54,7 +54,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from vispec_jax import scenes
+from proj.scenes import generator as scenes
 
 ATTRIBUTES = ("colour", "shape", "size", "texture")
 SHARED_KEYS = ("colour", "shape", "texture")  # what "share the <key> <value>" sentences name

@@ -2,7 +2,7 @@
 experiment's model dimensions, and writing params + tokenizer + processor so that
 `vj.load_target(folder)` and `python -m infer.generate --model folder` read it.
 
-The dimensions live in the training config (`config.model`, see configs/scenes_target.py); the
+The dimensions live in the training config (`config.model`, see proj/scenes/configs/target.py); the
 config.json is the tiny test layout of `vispec_jax.testing` with those sizes filled in, so the
 special-token ids, chat template and preprocessor settings are the ones the library's tests use.
 """
@@ -33,10 +33,10 @@ def hf_config(tokenizer, m) -> dict:
 
 
 def load_tokenizer(path: str):
-  """The scenes tokenizer folder (`python -m vispec_jax.scenes tokenizer --out path`)."""
+  """The scenes tokenizer folder (`python -m proj.scenes.generator tokenizer --out path`)."""
   from transformers import PreTrainedTokenizerFast
   if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-    raise FileNotFoundError(f"no tokenizer at {path}: run `python -m vispec_jax.scenes tokenizer "
+    raise FileNotFoundError(f"no tokenizer at {path}: run `python -m proj.scenes.generator tokenizer "
                             f"--out {path}` first")
   tok = PreTrainedTokenizerFast.from_pretrained(path)
   if tok.chat_template is None:

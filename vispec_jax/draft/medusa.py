@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers
-from vispec_jax.draft import DraftConfig, PrefillContext, log_probs
+from vispec_jax.draft.base import DraftConfig, PrefillContext, log_probs
 
 
 def head_forward(params, i: int, features: jax.Array) -> jax.Array:

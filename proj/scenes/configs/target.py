@@ -1,17 +1,17 @@
 """The embedded target: a Qwen2.5-VL-architecture VLM trained from scratch on the scenes dataset
 (issue 8; docs/embedded-model.md "The target").
 
-    python -m vispec_jax.scenes_tfds --data-dir data/tfds --train 20000 --validation 500 --test 500
-    python -m vispec_jax.scenes tokenizer --out data/scenes-tokenizer
-    python -m train.target --config configs/scenes_target.py --workdir runs/target
-    python -m train.target --config configs/scenes_target.py:model=tiny,runlocal --workdir /tmp/t
+    python -m proj.scenes.tfds_builder --data-dir data/tfds --train 20000 --validation 500 --test 500
+    python -m proj.scenes.generator tokenizer --out data/scenes-tokenizer
+    python -m proj.scenes.train_target --config proj/scenes/configs/target.py --workdir runs/target
+    python -m proj.scenes.train_target --config proj/scenes/configs/target.py:model=tiny,runlocal --workdir /tmp/t
 
 arg keys: model (a key of SIZES), runlocal (a few steps, for a smoke test).
 """
 
 from configs import common
 
-# Model dimensions (train/target_folder.py:hf_config). Text: hidden x layers, heads (head_dim =
+# Model dimensions (proj/scenes/target_folder.py:hf_config). Text: hidden x layers, heads (head_dim =
 # hidden / heads), kv_heads (GQA), intermediate (gated MLP). Vision: a small Qwen2.5-VL tower
 # (window attention, last block full), 2x2 merge: a 224 x 224 image is 16 x 16 patches of 14
 # pixels -> 64 tokens.
@@ -19,7 +19,7 @@ SIZES = {
     "tiny": dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vision_depth=1,
                  vision_hidden=16, vision_heads=1, vision_intermediate=32),
     # 3.70M params (text 2.56M, vision 1.14M): deep and narrow, sized by
-    # `python -m train.size_target` (docs/embedded-model.md "The target").
+    # `python -m proj.scenes.size_target` (docs/embedded-model.md "The target").
     "base": dict(hidden=128, layers=12, heads=2, kv_heads=1, intermediate=384, vision_depth=4,
                  vision_hidden=128, vision_heads=2, vision_intermediate=256),
 }
@@ -35,7 +35,7 @@ def get_config(arg=None):
   if arg.model not in SIZES:
     raise ValueError(f"unknown model size {arg.model!r}; known: {sorted(SIZES)}")
   c.model = dict(SIZES[arg.model], **COMMON_DIMS)
-  c.tokenizer = "data/scenes-tokenizer"   # python -m vispec_jax.scenes tokenizer --out ...
+  c.tokenizer = "data/scenes-tokenizer"   # python -m proj.scenes.generator tokenizer --out ...
 
   # Records: train.datagen over the scenes TFDS train split, keeping its answers (no generation),
   # no system prompt or instruction, the image before the question in even records and after it
@@ -67,7 +67,7 @@ def get_config(arg=None):
 
   # At the end (and with --export_only): workdir/target, an HF-style folder (dtype of the
   # stored weights), then the held-out check on `heldout.scenes` validation scenes with greedy
-  # answers of up to `heldout.max_new_tokens` tokens (train/target_eval.py).
+  # answers of up to `heldout.max_new_tokens` tokens (proj/scenes/target_eval.py).
   c.export = dict(dtype="float32")
   c.heldout = dict(input="tfds:scenes_dataset:validation", scenes=16, max_new_tokens=640,
                    batch_size=8)

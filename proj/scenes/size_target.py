@@ -4,14 +4,14 @@ the time of one decode step (1 token, KV cache), of verifying a tree of 5 (a cha
 decoder layer + the shared lm_head, for 1 token and for a tree level of 8), and training
 throughput.
 
-    python -m train.size_target --tokenizer data/scenes-tokenizer \
+    python -m proj.scenes.size_target --tokenizer data/scenes-tokenizer \
         --candidates 256x8x4x2x768 384x12x6x2x1024 [--cache 768] [--rounds 40] [--train-batch 8]
 
 A candidate is HIDDEN x LAYERS x HEADS x KV_HEADS x MLP; the vision tower is configs/
 scenes_target.py's "base" one. Each column is "ms ratio-to-step". Decode times are medians over
 `rounds` rounds that call every function once in turn (jitted, cache donated,
 block_until_ready, batch 1), so the ratios compare like with like on a shared machine. Training: tokens/s of the real train step
-(train/target.py:train_step) on random batches of `--train-batch` rows of `--train-len` tokens
+(proj/scenes/train_target.py:train_step) on random batches of `--train-batch` rows of `--train-len` tokens
 with one 224 x 224 image each.
 """
 
@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import scenes_target
+from proj.scenes.configs import target as scenes_target
 from infer import cli as checks
-from train import loop, target, target_folder, targets
+from train import loop, targets
+from proj.scenes import train_target as target, target_folder
 import vispec_jax as vj
 from vispec_jax import draft as draft_lib, sharding as vs
 from vispec_jax.configs import TargetConfig
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-  ap = checks.ArgumentParser(prog="python -m train.size_target",
+  ap = checks.ArgumentParser(prog="python -m proj.scenes.size_target",
                              description=__doc__.split("\n")[0])
   ap.add_argument("--tokenizer", required=True)
   ap.add_argument("--candidates", nargs="+", default=["256x8x4x2x768"])

@@ -1,10 +1,10 @@
 """Trains the scenes target from scratch: a Qwen2.5-VL-architecture VLM (our port) that reads a
 scene image and a question and writes the long answer; cross-entropy on answer tokens only.
 
-    python -m train.target --config configs/scenes_target.py --workdir DIR [--config.key=value]
-    python -m train.target --config configs/scenes_target.py --workdir DIR --export_only
+    python -m proj.scenes.train_target --config proj/scenes/configs/target.py --workdir DIR [--config.key=value]
+    python -m proj.scenes.train_target --config proj/scenes/configs/target.py --workdir DIR --export_only
 
-  tokenizer            config.tokenizer (`python -m vispec_jax.scenes tokenizer`)
+  tokenizer            config.tokenizer (`python -m proj.scenes.generator tokenizer`)
   workdir/init         config.json from config.model + random weights (config.seed), the
                        tokenizer and processor: the folder datagen reads, written once
   records              train.datagen over the scenes TFDS split, keeping its answers
@@ -15,7 +15,7 @@ scene image and a question and writes the long answer; cross-entropy on answer t
                        also with every row given another row's image (`eval/*_swapped`)
   at the end, or with --export_only (newest checkpoint)
                        workdir/target: an HF-style folder (`vj.load_target`, `infer.generate`),
-                       then the held-out check on validation scenes (train/target_eval.py),
+                       then the held-out check on validation scenes (proj/scenes/target_eval.py),
                        written to workdir/heldout.json
 
 A restarted run resumes from the newest checkpoint (params, AdamW state, next batch).
@@ -34,7 +34,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from configs import common
-from train import cli, data, datagen, lm, loop, sharding, target_eval, target_folder, targets
+from train import cli, data, datagen, lm, loop, sharding, targets
+from proj.scenes import target_eval, target_folder
 import vispec_jax as vj
 from vispec_jax.configs import TargetConfig
 

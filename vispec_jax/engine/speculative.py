@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vispec_jax import decoding, draft as draft_lib, layers, sampling, tree as tree_lib
+from vispec_jax import draft as draft_lib, layers
+from vispec_jax.engine import decoding, sampling, tree as tree_lib
 from vispec_jax.configs import GenerationConfig, TargetConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch

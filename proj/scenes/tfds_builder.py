@@ -1,10 +1,10 @@
-"""The scenes dataset (`vispec_jax.scenes`) as a TFDS builder, written as ArrayRecord shards and
+"""The scenes dataset (`proj.scenes.generator`) as a TFDS builder, written as ArrayRecord shards and
 read without TensorFlow (`tfds.data_source`, grain).
 
-    python -m vispec_jax.scenes_tfds --data-dir DIR --train 20000 --validation 500 --test 500
+    python -m proj.scenes.tfds_builder --data-dir DIR --train 20000 --validation 500 --test 500
 
     import tensorflow_datasets as tfds
-    import vispec_jax.scenes_tfds  # registers "scenes_dataset" (optional once built: TFDS
+    import proj.scenes.tfds_builder  # registers "scenes_dataset" (optional once built: TFDS
                                    # also finds a built dataset in data_dir by its name)
     src = tfds.data_source("scenes_dataset", split="validation", data_dir=DIR)
     ex = src[0]  # {"image": uint8[224, 224, 3], "question": bytes, "answer": bytes,
@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vispec_jax import scenes
+from proj.scenes import generator as scenes
 
 NAME = "scenes_dataset"
 
@@ -130,7 +130,7 @@ def decode_text(x) -> str:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m vispec_jax.scenes_tfds",
+  ap = argparse.ArgumentParser(prog="python -m proj.scenes.tfds_builder",
                                description="Build the scenes TFDS dataset (ArrayRecord).")
   ap.add_argument("--data-dir", required=True)
   ap.add_argument("--train", type=int, default=20_000)
@@ -151,5 +151,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   # Build with the importable module's class (grain workers and pickles find it by name).
-  from vispec_jax import scenes_tfds as _module
+  from proj.scenes import tfds_builder as _module
   sys.exit(_module.main())

@@ -2,18 +2,19 @@
 objective from the scene's ground truth (per grid cell: occupied, colour, shape, size, texture;
 docs/embedded-model.md "Stage 0").
 
-    python -m train.vision_pretrain --config configs/scenes_vision.py --workdir /work/runs/stage0
-    python -m train.vision_pretrain --config configs/scenes_vision.py --workdir /work/runs/stage0 \
+    python -m proj.scenes.vision_pretrain --config proj/scenes/configs/vision.py --workdir /work/runs/stage0
+    python -m proj.scenes.vision_pretrain --config proj/scenes/configs/vision.py --workdir /work/runs/stage0 \
         --export_only --config.export.dir=models/scenes/stage0
-    python -m train.vision_pretrain --config configs/scenes_vision.py:model=tiny,runlocal --workdir /tmp/v
+    python -m proj.scenes.vision_pretrain --config proj/scenes/configs/vision.py:model=tiny,runlocal --workdir /tmp/v
 
-arg keys: model (a key of configs/scenes_target.py SIZES: the target's tower dimensions),
+arg keys: model (a key of proj/scenes/configs/target.py SIZES: the target's tower dimensions),
 runlocal (a few steps, for a smoke test).
 """
 
 from ml_collections.config_dict import placeholder
 
-from configs import common, scenes_target
+from configs import common
+from proj.scenes.configs import target as scenes_target
 
 
 def get_config(arg=None):
@@ -24,7 +25,7 @@ def get_config(arg=None):
   del c.eval_depth, c.export_draft, c.num_epochs, c.warmup_epochs
   if arg.model not in scenes_target.SIZES:
     raise ValueError(f"unknown model size {arg.model!r}; known: {sorted(scenes_target.SIZES)}")
-  # The target's dimensions (its config.json comes from them, train/target_folder.py:hf_config);
+  # The target's dimensions (its config.json comes from them, proj/scenes/target_folder.py:hf_config);
   # only the vision part is trained here.
   c.model = dict(scenes_target.SIZES[arg.model], **scenes_target.COMMON_DIMS)
   # A folder with the target's tokenizer (special-token ids of config.json) and

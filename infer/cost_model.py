@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vispec_jax import tree as tree_lib
+from vispec_jax.engine import tree as tree_lib
 from vispec_jax.configs import TextConfig
 
 

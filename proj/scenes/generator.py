@@ -17,9 +17,9 @@ transformer can learn it) whose content only the image determines. Answers are a
 tokens long with the scenes tokenizer (checked in tests/test_scenes.py).
 
 Command line:
-    python -m vispec_jax.scenes tokenizer --out DIR [--samples 4000] [--vocab-size 2048]
-    python -m vispec_jax.scenes show --seed 3 [--kind describe] [--style bold] [--out scene.png]
-    python -m vispec_jax.scenes stats --tokenizer DIR [--samples 500]
+    python -m proj.scenes.generator tokenizer --out DIR [--samples 4000] [--vocab-size 2048]
+    python -m proj.scenes.generator show --seed 3 [--kind describe] [--style bold] [--out scene.png]
+    python -m proj.scenes.generator stats --tokenizer DIR [--samples 500]
 """
 
 from __future__ import annotations
@@ -582,7 +582,7 @@ def answer_lengths(tokenizer, seeds, kinds=None, style: str = DEFAULT_STYLE) -> 
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m vispec_jax.scenes", description=__doc__.split("\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m proj.scenes.generator", description=__doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("tokenizer", help="train the scenes BPE tokenizer and save it to --out")
   t.add_argument("--out", required=True)

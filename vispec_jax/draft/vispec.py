@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers
-from vispec_jax.draft import DraftState, EagleDrafter, fuse
+from vispec_jax.draft.base import DraftState, fuse
+from vispec_jax.draft.eagle import EagleDrafter
 
 Params = layers.Params
 

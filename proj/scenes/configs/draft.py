@@ -1,11 +1,11 @@
 """Drafts for the embedded scenes target (issue 8; docs/embedded-model.md "The drafts").
 
-    python -m train.datagen --config configs/scenes_draft.py --config.target.folder=runs/target/target
-    python -m train --config configs/scenes_draft.py:stage=1 --workdir runs/eagle \
+    python -m train.datagen --config proj/scenes/configs/draft.py --config.target.folder=runs/target/target
+    python -m train --config proj/scenes/configs/draft.py:stage=1 --workdir runs/eagle \
         --config.target.folder=runs/target/target
-    python -m train --config configs/scenes_draft.py --workdir runs/vispec \
+    python -m train --config proj/scenes/configs/draft.py --workdir runs/vispec \
         --config.target.folder=runs/target/target --config.draft.init_from=runs/eagle/draft
-    python -m train --config configs/scenes_draft.py:draft=medusa --workdir runs/medusa \
+    python -m train --config proj/scenes/configs/draft.py:draft=medusa --workdir runs/medusa \
         --config.target.folder=runs/target/target
 
 arg keys: stage (1: EAGLE draft + stage-1 losses, 2: ViSpec + stage-2 losses), draft (override
@@ -23,7 +23,7 @@ def get_config(arg=None):
   if arg.draft:
     c.draft.kind = arg.draft
   c.draft.overrides.num_q = arg.num_q
-  c.target.folder = "runs/target/target"   # python -m train.target ... (export)
+  c.target.folder = "runs/target/target"   # python -m proj.scenes.train_target ... (export)
 
   # The target answers scenes questions greedily, prompted as vj.prepare / infer.demo do: no
   # system prompt or instruction, the image before the question, on the last `records` scenes of

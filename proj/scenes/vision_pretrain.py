@@ -1,12 +1,12 @@
 """Stage 0 of issue 16: trains the scenes target's vision tower to see, before any language.
 
-    python -m train.vision_pretrain --config configs/scenes_vision.py --workdir DIR [--config.key=value]
-    python -m train.vision_pretrain --config configs/scenes_vision.py --workdir DIR --export_only
+    python -m proj.scenes.vision_pretrain --config proj/scenes/configs/vision.py --workdir DIR [--config.key=value]
+    python -m proj.scenes.vision_pretrain --config proj/scenes/configs/vision.py --workdir DIR --export_only
 
 The tower is the target's own (Qwen2.5-VL: patch embed, window-attention blocks, 2x2 merger;
 dimensions from `config.model`, the target's config), fed through the target's processor
 (`train/targets.py:VisionAdapter`). The objective comes straight from the scene's ground truth
-(`vispec_jax/scenes.py` knows every object): for each cell of the 3x3 grid, whether it holds an
+(`proj/scenes/generator.py` knows every object): for each cell of the 3x3 grid, whether it holds an
 object and that object's colour, shape, size and texture. A small probe head (one learned query
 per cell attending over the merged tokens, an MLP, one linear layer; dropped after this stage)
 reads them out:
@@ -46,8 +46,10 @@ import optax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from train import cli, loop, sharding, target_folder, targets
-from vispec_jax import checkpoints, layers, scenes
+from train import cli, loop, sharding, targets
+from proj.scenes import target_folder
+from vispec_jax import checkpoints, layers
+from proj.scenes import generator as scenes
 from vispec_jax.configs import TargetConfig
 from vispec_jax.models import qwen2_5_vl
 
@@ -124,7 +126,7 @@ class SceneBatches:
 
 
 def target_config(config) -> TargetConfig:
-  """The target's TargetConfig for `config.model` (the same config.json train.target writes)."""
+  """The target's TargetConfig for `config.model` (the same config.json proj.scenes.train_target writes)."""
   tokenizer = target_folder.load_tokenizer(config.folder)
   return TargetConfig.from_hf(target_folder.hf_config(tokenizer, config.model))
 
@@ -421,7 +423,7 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
 
 
 def _define_flags() -> None:
-  """Flags exist only when this module is the program: train.target defines the same names,
+  """Flags exist only when this module is the program: proj.scenes.train_target defines the same names,
   and both modules are imported by one test process."""
   config_flags.DEFINE_config_file("config", None, "Stage-0 config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "checkpoints/, metrics.jsonl, stage0/.")
