@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 from infer import cli
+from vispec_jax import models
 
 # The vanilla benchmark's model: big enough that matmuls, not Python overhead, dominate a step.
 BENCH_MODEL = dict(hidden=512, layers=8, heads=8, kv_heads=4, vision_depth=4, vision_hidden=256)
@@ -64,7 +65,7 @@ def write_bench_checkpoint(folder: str, seed: int = 0) -> str:
   # Token ids above the tokenizer's few hundred are valid model outputs; we compare ids, not text.
   raw["text_config"]["vocab_size"] = BENCH_VOCAB
   raw["text_config"]["intermediate_size"] = BENCH_INTERMEDIATE
-  target = init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(seed))
+  target = init_target(models.config_from_hf(raw), jax.random.PRNGKey(seed))
   checkpoints.save_hf(target.params, target.family.name_map(target.config),
                       os.path.join(folder, "model.safetensors"))
   with open(os.path.join(folder, "config.json"), "w") as f:

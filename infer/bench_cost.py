@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from vispec_jax import models
 
 TREES = ("chain4", "dynamic-d3k8t30")  # default --trees (any vispec_jax.engine.tree.from_spec name)
 
@@ -24,7 +25,7 @@ def run_cost(args) -> list[dict]:
   from infer.bench import BENCH_INTERMEDIATE, BENCH_MODEL, BENCH_VOCAB
   from infer.memory import QWEN2_5_VL_7B
 
-  qwen_7b = TargetConfig.from_hf(QWEN2_5_VL_7B).text
+  qwen_7b = models.config_from_hf(QWEN2_5_VL_7B).text
   bench = dataclasses.replace(  # the text model of infer.bench's checkpoint (shapes only)
       qwen_7b, vocab_size=BENCH_VOCAB, hidden_size=BENCH_MODEL["hidden"],
       num_layers=BENCH_MODEL["layers"], num_heads=BENCH_MODEL["heads"],
@@ -33,7 +34,7 @@ def run_cost(args) -> list[dict]:
   targets = {"bench-61M": bench, "qwen2.5-vl-7b": qwen_7b}
   for folder in args.target or []:  # e.g. the shipped scenes target
     with open(os.path.join(folder, "config.json")) as f:
-      targets[os.path.basename(os.path.normpath(folder))] = TargetConfig.from_hf(json.load(f)).text
+      targets[os.path.basename(os.path.normpath(folder))] = models.config_from_hf(json.load(f)).text
   rows = []
   print(f"{'device':<18}{'target':<15}{'tree':<17}{'tau':>5}{'step ms':>9}{'verify':>8}"
         f"{'draft':>8}{'commit':>8}{'speedup':>9}")

@@ -33,6 +33,7 @@ import sys
 import time
 
 from infer import cli
+from vispec_jax import models
 
 BATCHES = (1, 8, 32)
 TREES = ("chain4", "dynamic", "chain6")
@@ -126,10 +127,9 @@ def make_model(raw: dict, seed: int = 0):
   import vispec_jax as vj
   from vispec_jax import draft, testing
   from vispec_jax.configs import TargetConfig
-  from vispec_jax.target import family_module
-  cfg = TargetConfig.from_hf(raw)
+  cfg = models.config_from_hf(raw)
   cfg = dataclasses.replace(cfg, eos_token_ids=())  # every row generates exactly new_tokens
-  fam = family_module(cfg)
+  fam = models.family(cfg)
   key = jax.random.PRNGKey(seed)
   params = device_init(fam.param_shapes(cfg, jnp.bfloat16), key)
   target = vj.Target(cfg, params, testing.tiny_tokenizer(), fam.make_image_processor(None, cfg))

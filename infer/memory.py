@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from infer import cli
 from vispec_jax import draft, sharding
 from vispec_jax.configs import TargetConfig
-from vispec_jax.target import family_module
+from vispec_jax import models
 
 # Qwen/Qwen2.5-VL-7B-Instruct config.json (the fields that set shapes).
 QWEN2_5_VL_7B = {
@@ -37,8 +37,8 @@ MESHES = ["data=1", "tensor=4", "data=2,tensor=2", "tensor=8", "data=2,tensor=4"
 
 
 def report(raw: dict, batch: int, length: int, dtype=jnp.bfloat16, meshes=MESHES) -> list[dict]:
-  cfg = TargetConfig.from_hf(raw)
-  shapes = family_module(cfg).param_shapes(cfg, dtype)
+  cfg = models.config_from_hf(raw)
+  shapes = models.family(cfg).param_shapes(cfg, dtype)
   dcfg = draft.DraftConfig.for_target(cfg.text, kind="vispec")
   dshapes = draft.param_shapes(dcfg, dtype)
   itemsize = jnp.dtype(dtype).itemsize

@@ -181,7 +181,7 @@ def test_bad_config(tiny_dir, tmp_path, edit, fragment):
 def test_next_needs_default_strategy():
   raw = testing.tiny_llava_config(testing.tiny_llava_tokenizer(), next=True, strategy="full")
   with pytest.raises(vj.ConfigError, match="LLaVA-NeXT needs"):
-    vj.TargetConfig.from_hf(raw)
+    vj.models.config_from_hf(raw)
 
 
 def test_missing_tensor_is_named(tiny_dir, tmp_path):

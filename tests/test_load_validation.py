@@ -163,10 +163,10 @@ def test_valid_configs_still_load(tiny_qwen_dir, tiny_llava_dir):
   transformers allows it (kv heads, head_dim, rope_scaling) still means the default."""
   vj.load_target(tiny_llava_dir)
   raw = _raw(tiny_qwen_dir)
-  base = vj.TargetConfig.from_hf(raw)
+  base = vj.models.config_from_hf(raw)
   raw["text_config"].update(num_key_value_heads=None, head_dim=None, rope_scaling=None)
   raw["pad_token_id"] = None
-  cfg = vj.TargetConfig.from_hf(raw)
+  cfg = vj.models.config_from_hf(raw)
   assert cfg.text.num_kv_heads == cfg.text.num_heads and cfg.text.head_dim == base.text.head_dim
 
 

@@ -31,7 +31,7 @@ def setup():
                     num_kv_heads=1, head_dim=16, mrope_section=(2, 3, 3), qkv_bias=True)
   vision = QwenVisionConfig(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32)
   cfg = TargetConfig("qwen2_5_vl", text, vision, image_token_id=V - 1, eos_token_ids=(), pad_token_id=0)
-  shapes = target_lib.family_module(cfg).param_shapes(cfg)
+  shapes = vj.models.family(cfg).param_shapes(cfg)
   params = layers.init_params(shapes, jax.random.PRNGKey(3), std=0.5)  # peaky distributions
   t = target_lib.Target(cfg, params)
   p = len(PROMPT)

@@ -22,6 +22,7 @@ from PIL import Image
 
 import vispec_jax as vj
 from vispec_jax import testing
+from vispec_jax import models
 
 TINY = {"tiny:qwen": lambda d: testing.make_tiny_qwen(d),
         "tiny:llava": lambda d: testing.make_tiny_llava(d),
@@ -79,8 +80,7 @@ class VisionAdapter:
 
   @property
   def family(self):
-    from vispec_jax.target import family_module
-    return family_module(self.config)
+    return models.family(self.config)
 
   @property
   def num_tokens(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -19,18 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vispec_jax import checkpoints, layers, processing
+from vispec_jax import checkpoints, layers, models, processing
 from vispec_jax.configs import ConfigError, TargetConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch, InputError
-
-FAMILIES = {"qwen2_5_vl": "vispec_jax.models.qwen2_5_vl", "llava": "vispec_jax.models.llava",
-            "llava_next": "vispec_jax.models.llava"}
-
-
-def family_module(cfg: TargetConfig):
-  return importlib.import_module(FAMILIES[cfg.family])
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Target:
@@ -43,7 +34,7 @@ class Target:
 
   @property
   def family(self):
-    return family_module(self.config)
+    return models.family(self.config)
 
   def embed(self, params, batch: Batch) -> jax.Array:
     """Input embeddings [B, P, E]: token embeddings with vision tokens scattered in."""
@@ -90,7 +81,7 @@ def _forward(params, cfg, embeds, positions, attention_mask):
 def init_target(cfg: TargetConfig, key: jax.Array, dtype=jnp.float32, tokenizer=None,
                 image_processor=None) -> Target:
   """A randomly initialised target (tests, training from scratch)."""
-  fam = family_module(cfg)
+  fam = models.family(cfg)
   params = layers.init_params(fam.param_shapes(cfg, dtype), key)
   if image_processor is None and cfg.vision is not None:
     image_processor = fam.make_image_processor(None, cfg)
@@ -110,12 +101,12 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
   raw = checkpoints.read_config(folder)
   config_file = os.path.join(folder, "config.json")
   try:
-    cfg = TargetConfig.from_hf(raw)
+    cfg = models.config_from_hf(raw)
   except ConfigError as e:  # name the file itself, not just "config.json"
     msg = str(e)
     msg = msg[len("config.json: "):] if msg.startswith("config.json: ") else msg
     raise ConfigError(f"{config_file}: {msg}") from None
-  fam = family_module(cfg)
+  fam = models.family(cfg)
   files = checkpoints.weight_files(folder)
   shapes = fam.param_shapes(cfg, dtype)
   shardings = None

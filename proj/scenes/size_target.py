@@ -33,6 +33,7 @@ import vispec_jax as vj
 from vispec_jax import draft as draft_lib, sharding as vs
 from vispec_jax.configs import TargetConfig
 from vispec_jax.models import decoder
+from vispec_jax import models
 
 TREES = (5, 16, 30)  # tree tokens verified per round
 LEVEL = 8            # tree nodes a draft step expands (top_k)
@@ -161,7 +162,7 @@ def _main(argv) -> int:
         + " ".join(f"{n:>12s}" for n in names) + f" {'train tok/s':>11s}")
   for cand in args.candidates:
     raw = target_folder.hf_config(tok, model_dims(cand))
-    tgt = vj.init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(0))
+    tgt = vj.init_target(models.config_from_hf(raw), jax.random.PRNGKey(0))
     t = decode_times(tgt, args.cache, args.rounds)
     rate = train_rate(tgt, args.train_batch, args.train_len, args.train_steps) if args.train_steps else 0
     cells = " ".join(f"{t[n]:6.2f} {t[n] / t['step']:5.2f}" for n in names)

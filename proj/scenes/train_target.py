@@ -38,6 +38,7 @@ from train import cli, data, datagen, lm, loop, sharding, targets
 from proj.scenes import target_eval, target_folder
 import vispec_jax as vj
 from vispec_jax.configs import TargetConfig
+from vispec_jax import models
 
 
 def init_folder(config, workdir: str, tokenizer) -> str:
@@ -52,7 +53,7 @@ def init_folder(config, workdir: str, tokenizer) -> str:
         raise ValueError(f"{path} was written for other model dimensions or another tokenizer "
                          "than this config's; use another workdir")
   else:
-    fresh = vj.init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(config.seed))
+    fresh = vj.init_target(models.config_from_hf(raw), jax.random.PRNGKey(config.seed))
     target_folder.write(folder, raw, jax.device_get(fresh.params),
                         fresh.family.name_map(fresh.config), tokenizer)
   return folder

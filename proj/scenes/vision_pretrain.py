@@ -52,6 +52,7 @@ from vispec_jax import checkpoints, layers
 from proj.scenes import generator as scenes
 from vispec_jax.configs import TargetConfig
 from vispec_jax.models import qwen2_5_vl
+from vispec_jax import models
 
 GRID = 3  # scenes.py: a 3 x 3 grid of cells, one object at most per cell
 ATTRIBUTES = {"colour": list(scenes.COLOURS), "shape": list(scenes.SHAPES),
@@ -128,7 +129,7 @@ class SceneBatches:
 def target_config(config) -> TargetConfig:
   """The target's TargetConfig for `config.model` (the same config.json proj.scenes.train_target writes)."""
   tokenizer = target_folder.load_tokenizer(config.folder)
-  return TargetConfig.from_hf(target_folder.hf_config(tokenizer, config.model))
+  return models.config_from_hf(target_folder.hf_config(tokenizer, config.model))
 
 
 def make_adapter(config, cfg: TargetConfig) -> targets.VisionAdapter:

@@ -16,6 +16,7 @@ import sys
 
 import jax
 import numpy as np
+from vispec_jax import models
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -115,7 +116,7 @@ def make_tiny_qwen(folder: str, seed: int = 0, **config_kwargs) -> str:
   os.makedirs(folder, exist_ok=True)
   tok = tiny_tokenizer()
   raw = tiny_qwen_config(tok, **config_kwargs)
-  target = init_target(TargetConfig.from_hf(raw), jax.random.PRNGKey(seed))
+  target = init_target(models.config_from_hf(raw), jax.random.PRNGKey(seed))
   checkpoints.save_hf(target.params, target.family.name_map(target.config),
                       os.path.join(folder, "model.safetensors"))
   with open(os.path.join(folder, "config.json"), "w") as f:
@@ -221,12 +222,11 @@ def make_tiny_llava(folder: str, next: bool = False, seed: int = 0, std: float =
   `vj.load_target` and by transformers; returns its path."""
   from vispec_jax import checkpoints
   from vispec_jax.configs import TargetConfig
-  from vispec_jax.target import family_module
   os.makedirs(folder, exist_ok=True)
   tok = tiny_llava_tokenizer()
   raw = tiny_llava_config(tok, next=next, **config_kwargs)
-  cfg = TargetConfig.from_hf(raw)
-  fam = family_module(cfg)
+  cfg = models.config_from_hf(raw)
+  fam = models.family(cfg)
   path = os.path.join(folder, "model.safetensors")
   checkpoints.save_hf(numpy_init(fam.param_shapes(cfg), seed, std), fam.name_map(cfg), path)
   # CLIP's post_layernorm is unused by LLaVA (not in our params); write it so transformers
