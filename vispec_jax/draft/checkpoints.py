@@ -35,8 +35,9 @@ import numpy as np
 
 from vispec_jax import checkpoints, layers
 from vispec_jax.checkpoints import TRANSPOSE, CheckpointError, NameMap
-from vispec_jax.configs import ConfigError, check_hf_config, json_repr
+from vispec_jax.configs import ConfigError
 from vispec_jax.draft import DraftConfig, make_drafter, param_shapes
+from vispec_jax.models.hf_config import check_hf_config, json_repr
 
 FORMAT_KEY = "vispec_jax_draft"
 WEIGHTS = "model.safetensors"

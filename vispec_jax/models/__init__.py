@@ -1,11 +1,16 @@
 """Target model families and their registry. Each family module exposes the same small functional
-surface (param_shapes, init, load, encode_vision, ...); `family(cfg)` picks it, and
-`config_from_hf(raw)` parses a Hugging Face config.json into a TargetConfig."""
+surface (HF_TYPES, config_from_hf, param_shapes, name_map, make_image_processor,
+preprocess_image, tower_input, encode_item, encode_vision, positions, vision_placeholder);
+`family(cfg)` picks it, and `config_from_hf(raw)` parses a Hugging Face config.json into a
+TargetConfig with the family that claims its model_type or architecture."""
 
-from vispec_jax.configs import TargetConfig
-from vispec_jax.models import llava, qwen2_5_vl
+from typing import Any
 
-FAMILIES = {"qwen2_5_vl": qwen2_5_vl, "llava": llava, "llava_next": llava}
+from vispec_jax.configs import ConfigError, TargetConfig
+from vispec_jax.models import hf_config, llava, qwen2_5_vl
+
+FAMILIES = {name: m for m in (qwen2_5_vl, llava) for name in m.HF_TYPES}
+HF_TYPES = {name: arch for m in (qwen2_5_vl, llava) for name, arch in m.HF_TYPES.items()}
 
 
 def family(cfg: TargetConfig):
@@ -13,6 +18,22 @@ def family(cfg: TargetConfig):
   return FAMILIES[cfg.family]
 
 
-def config_from_hf(raw: dict) -> TargetConfig:
-  """A TargetConfig from the dict of a Hugging Face config.json (a ConfigError if unusable)."""
-  return TargetConfig.from_hf(raw)
+def config_from_hf(raw: dict[str, Any]) -> TargetConfig:
+  """A TargetConfig from the dict of a Hugging Face config.json.
+
+  Keys we do not read are ignored, as transformers ignores them (real configs carry many:
+  use_cache, initializer_range, torch_dtype, ...); an unknown architecture, or a key we need
+  that is missing or has an unsupported value, is a ConfigError. Every key we read is checked
+  first (`hf_config.check_hf_config`), the parsed sizes after (`hf_config.check_target_config`).
+  """
+  hf_config.check_hf_config(raw)
+  archs = raw.get("architectures") or []
+  model_type = raw.get("model_type")
+  name = next((t for t, a in HF_TYPES.items() if model_type == t or a in archs), None)
+  if name is None:
+    known = ", ".join(f"{t} ({a})" for t, a in HF_TYPES.items())
+    raise ConfigError(f"unknown architecture: model_type={model_type!r}, architectures={archs!r}; "
+                      f"supported: {known}")
+  cfg = FAMILIES[name].config_from_hf(raw)
+  hf_config.check_target_config(cfg)
+  return cfg

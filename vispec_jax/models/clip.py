@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers
+from vispec_jax.checkpoints import TRANSPOSE, Transform
 from vispec_jax.configs import ClipVisionConfig
 
 Params = layers.Params
@@ -80,7 +81,6 @@ def resolve_layer(index: int, cfg: ClipVisionConfig) -> int:
 
 
 def param_shapes(cfg: ClipVisionConfig, dtype=jnp.float32) -> Params:
-  from vispec_jax.models import decoder
   lin = layers.linear_shapes
   e, f = cfg.hidden_size, cfg.intermediate_size
   ln = lambda: {"scale": jax.ShapeDtypeStruct((e,), dtype), "bias": jax.ShapeDtypeStruct((e,), dtype)}
@@ -100,7 +100,6 @@ def param_shapes(cfg: ClipVisionConfig, dtype=jnp.float32) -> Params:
 
 def add_hf_names(nm, cfg: ClipVisionConfig, path: tuple, prefix: str):
   """Registers transformers' CLIPVisionModel tensor names (`{prefix}embeddings.*`, ...)."""
-  from vispec_jax.checkpoints import TRANSPOSE, Transform
   conv = (cfg.hidden_size, cfg.in_channels, cfg.patch_size, cfg.patch_size)
   nm.add(prefix + "embeddings.patch_embedding.weight", path + ("patch_embed", "kernel"),
          Transform(lambda a: a.reshape(a.shape[0], -1).T, lambda a: a.T.reshape(conv)))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers, sharding
+from vispec_jax.checkpoints import TRANSPOSE
 from vispec_jax.configs import TextConfig
 
 Params = layers.Params
@@ -98,7 +99,6 @@ def param_shapes(cfg: TextConfig, dtype=jnp.float32) -> Params:
 def add_hf_names(name_map, cfg: TextConfig, path: tuple = ("text",), prefix: str = "model.",
                  lm_head: str = "lm_head.weight"):
   """Registers the Hugging Face LLaMA/Qwen2 tensor names (canonical spelling) in `name_map`."""
-  from vispec_jax.checkpoints import TRANSPOSE  # local: checkpoints imports nothing of ours
   name_map.add(f"{prefix}embed_tokens.weight", path + ("embed",))
   name_map.add(f"{prefix}norm.weight", path + ("norm", "scale"))
   for i in range(cfg.num_layers):

@@ -28,12 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vispec_jax import layers, processing
+from vispec_jax import checkpoints, layers, processing
 from vispec_jax.configs import (ClipVisionConfig, ConfigError, LlavaVisionConfig, TargetConfig,
                                 TextConfig)
-from vispec_jax.models import clip
+from vispec_jax.models import clip, decoder, hf_config
+from vispec_jax.processing import VisionInput
 
 Params = layers.Params
+HF_TYPES = {"llava": "LlavaForConditionalGeneration",  # model_type -> architecture
+            "llava_next": "LlavaNextForConditionalGeneration"}
 
 PREPEND_BOS = True  # LLaMA tokenizers start a prompt with <s>; the LLaVA processors add it too
 
@@ -122,8 +125,7 @@ def config_from_hf(raw: dict) -> TargetConfig:
              or "LlavaNextForConditionalGeneration" in (raw.get("architectures") or []))
   text, t = _text_config(raw)
   vclip = _clip_config(raw)
-  layer = raw.get("vision_feature_layer", -2)
-  feature_layers = tuple(int(i) for i in (layer if isinstance(layer, (list, tuple)) else [layer]))
+  feature_layers = hf_config.as_tuple(raw.get("vision_feature_layer", -2))
   for i in feature_layers:
     try:
       clip.resolve_layer(i, vclip)
@@ -156,8 +158,7 @@ def config_from_hf(raw: dict) -> TargetConfig:
       clip=vclip, out_hidden_size=text.hidden_size, feature_layers=feature_layers,
       select_strategy=strategy, projector_act=act,
       projector_bias=bool(raw.get("multimodal_projector_bias", True)), grid_pinpoints=pinpoints)
-  eos = raw.get("eos_token_id", t.get("eos_token_id"))
-  eos = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])) if eos is not None else ()
+  eos = hf_config.as_tuple(raw.get("eos_token_id", t.get("eos_token_id")))
   pad = raw.get("pad_token_id", t.get("pad_token_id"))
   return TargetConfig(
       family="llava_next" if is_next else "llava",
@@ -256,12 +257,26 @@ def project(params: Params, cfg: LlavaVisionConfig, pixels: jax.Array) -> jax.Ar
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _encode(params, cfg, pixels, index):
+  """Tiles [N, C, S, S] -> the LLM tokens `index` picks from their flattened features (-1:
+  image_newline)."""
   feats = project(params, cfg, pixels)
   flat = feats.reshape(-1, feats.shape[-1])
   newline = params.get("image_newline")
   newline = jnp.zeros((flat.shape[-1],), flat.dtype) if newline is None else newline.astype(flat.dtype)
   flat = jnp.concatenate([flat, newline[None]])
   return jnp.take(flat, jnp.where(index < 0, flat.shape[0] - 1, index), axis=0)
+
+
+def tower_input(item: VisionInput) -> np.ndarray:
+  """One image's tiles [n_tiles, C, S, S] as the tower takes them."""
+  return np.asarray(item.patches, np.float32)
+
+
+def encode_item(params: Params, cfg: LlavaVisionConfig, pixels: jax.Array,
+                layout: ImageLayout) -> jax.Array:
+  """LLM tokens [n_tokens, E_text] of one image from its `tower_input` (traceable: training
+  vmaps it over images that share one layout)."""
+  return _encode(params, cfg, pixels, jnp.asarray(layout.index, jnp.int32))
 
 
 def encode_vision(params: Params, cfg: LlavaVisionConfig, items) -> list[jax.Array]:
@@ -291,7 +306,6 @@ def encode_vision(params: Params, cfg: LlavaVisionConfig, items) -> list[jax.Arr
 
 
 def param_shapes(cfg: TargetConfig, dtype=jnp.float32) -> Params:
-  from vispec_jax.models import decoder
   v = cfg.vision
   lin = layers.linear_shapes
   e_in, e = v.clip.hidden_size * len(v.feature_layers), v.out_hidden_size
@@ -317,8 +331,6 @@ HF_PREFIX_RULES = [
 
 
 def name_map(cfg: TargetConfig):
-  from vispec_jax import checkpoints
-  from vispec_jax.models import decoder
   v = cfg.vision
   nm = checkpoints.NameMap(HF_PREFIX_RULES)
   decoder.add_hf_names(nm, cfg.text, prefix="language_model.model.",
@@ -362,20 +374,18 @@ def make_image_processor(folder: str | None, cfg: TargetConfig):
 
 
 def preprocess_image(processor, cfg: TargetConfig, image):
-  from vispec_jax.processing import VisionInput
   v = cfg.vision
   out = processor(images=[image], return_tensors="np")
   pixels = np.asarray(out["pixel_values"], np.float32)
   size = (image.height, image.width)
   if v.grid_pinpoints is None:
     grid = (1, 1, 1)
-    index = anyres_index(size, v)
   else:
     size = tuple(int(x) for x in out["image_sizes"][0])
     nph, npw = tile_grid(size, v)
     pixels = pixels[0, :1 + nph * npw]
     grid = (1, nph, npw)
-    index = anyres_index(size, v)
+  index = anyres_index(size, v)
   s = v.clip.image_size
   if pixels.shape[-2:] != (s, s):
     raise ConfigError(f"the image processor makes {pixels.shape[-2]}x{pixels.shape[-1]} tiles but "

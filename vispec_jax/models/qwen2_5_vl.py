@@ -18,16 +18,99 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vispec_jax import layers
-from vispec_jax.configs import QwenVisionConfig, TargetConfig
+from vispec_jax import checkpoints, layers
+from vispec_jax.configs import ConfigError, QwenVisionConfig, TargetConfig, TextConfig
+from vispec_jax.models import decoder, hf_config
+from vispec_jax.processing import VisionInput
 
 Params = layers.Params
+HF_TYPES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}  # model_type -> architecture
+
+# ------------------------------------------------------------------------ config
+
+
+def config_from_hf(raw: dict) -> TargetConfig:
+  """TargetConfig of a `qwen2_5_vl` config.json (transformers 4 or 5 layout)."""
+  # transformers 5 nests the LM under text_config; older checkpoints keep it flat at top level.
+  t = {**raw, **(raw.get("text_config") or {})}
+  where = "text_config" if "text_config" in raw else "config"
+  rope = t.get("rope_parameters") or {}
+  rope_scaling = t.get("rope_scaling") or {}
+  theta = rope.get("rope_theta", t.get("rope_theta", 1e6))
+  section = rope.get("mrope_section") or rope_scaling.get("mrope_section") or [16, 24, 24]
+  for r in (rope, rope_scaling):  # scaled RoPE (yarn, linear, dynamic...) would load but be wrong
+    rope_type = r.get("rope_type", r.get("type", "default"))
+    if rope_type not in ("default", "mrope"):
+      raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (plain mRoPE only)")
+  hidden = int(hf_config.require(t, "hidden_size", where))
+  heads = int(hf_config.require(t, "num_attention_heads", where))
+  head_dim = int(t.get("head_dim") or hidden // heads)
+  if 2 * sum(section) != head_dim:
+    raise ConfigError(f"config.json: mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
+  text = TextConfig(
+      vocab_size=int(hf_config.require(t, "vocab_size", where)),
+      hidden_size=hidden,
+      intermediate_size=int(hf_config.require(t, "intermediate_size", where)),
+      num_layers=int(hf_config.require(t, "num_hidden_layers", where)),
+      num_heads=heads,
+      num_kv_heads=int(t.get("num_key_value_heads") or heads),
+      head_dim=head_dim,
+      rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)),
+      rope_theta=float(theta),
+      mrope_section=tuple(int(s) for s in section),
+      qkv_bias=True,
+      hidden_act=t.get("hidden_act", "silu"),
+      # Pre-v5 saves put tie_word_embeddings inside text_config; either place ties.
+      max_position_embeddings=int(t.get("max_position_embeddings", 32768)),
+      tie_word_embeddings=bool(raw.get("tie_word_embeddings")
+                               or (raw.get("text_config") or {}).get("tie_word_embeddings")),
+  )
+  v = hf_config.require(raw, "vision_config", "config")
+  vrope = v.get("rope_parameters") or {}
+  vision = QwenVisionConfig(
+      depth=int(hf_config.require(v, "depth", "vision_config")),
+      hidden_size=int(hf_config.require(v, "hidden_size", "vision_config")),
+      intermediate_size=int(hf_config.require(v, "intermediate_size", "vision_config")),
+      num_heads=int(hf_config.require(v, "num_heads", "vision_config")),
+      out_hidden_size=int(v.get("out_hidden_size", hidden)),
+      patch_size=int(v.get("patch_size", 14)),
+      temporal_patch_size=int(v.get("temporal_patch_size", 2)),
+      spatial_merge_size=int(v.get("spatial_merge_size", 2)),
+      window_size=int(v.get("window_size", 112)),
+      fullatt_block_indexes=hf_config.as_tuple(v.get("fullatt_block_indexes", (7, 15, 23, 31))),
+      in_channels=int(v.get("in_channels", v.get("in_chans", 3))),
+      tokens_per_second=float(v.get("tokens_per_second", 2)),
+      rope_theta=float(vrope.get("rope_theta", 10000.0)),
+      hidden_act=v.get("hidden_act", "silu"),
+  )
+  if vision.out_hidden_size != hidden:
+    raise ConfigError(f"config.json: vision out_hidden_size {vision.out_hidden_size} != "
+                      f"text hidden_size {hidden}")
+  eos = hf_config.as_tuple(raw.get("eos_token_id", t.get("eos_token_id")))
+  pad = raw.get("pad_token_id")
+  return TargetConfig(
+      family="qwen2_5_vl",
+      text=text,
+      vision=vision,
+      image_token_id=int(raw.get("image_token_id", 151655)),
+      video_token_id=int(raw.get("video_token_id", 151656)),
+      vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),
+      vision_end_token_id=int(raw.get("vision_end_token_id", 151653)),
+      eos_token_ids=eos,
+      pad_token_id=int(pad if pad is not None else (eos[0] if eos else 0)),
+  )
+
+
+# ------------------------------------------------------------------- vision tower
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,21 +215,30 @@ def _encode_one(params, cfg, patches, rot_pos, full_seg, window_seg, unmerge):
   return merged[unmerge]
 
 
+def tower_input(item: VisionInput) -> np.ndarray:
+  """One item's patches in window order, padded to its patch bucket: [padded, patch_dim]."""
+  lay = item.layout
+  out = np.zeros((lay.padded_patches, item.patches.shape[-1]), np.float32)
+  out[:lay.n_patches] = item.patches[lay.order]
+  return out
+
+
+def encode_item(params: Params, cfg: QwenVisionConfig, pixels: jax.Array,
+                layout: VisionLayout) -> jax.Array:
+  """LLM tokens [n_tokens, out_hidden] of one item from its `tower_input` (traceable: training
+  vmaps it over images that share one layout)."""
+  return _encode_one(params, cfg, pixels, layout.rot_pos, layout.full_seg, layout.window_seg,
+                     layout.unmerge)
+
+
 def encode_vision(params: Params, cfg: QwenVisionConfig, items) -> list[jax.Array]:
   """Encodes each `VisionInput` (image or video) to its LLM tokens [n_tokens, out_hidden].
 
   One compiled program per (patch bucket, token count); images are encoded one at a time so the
   dense per-image attention never spans several images.
   """
-  outs = []
-  for item in items:
-    lay = item.layout
-    patches = np.zeros((lay.padded_patches, cfg.patch_dim), np.float32)
-    patches[:lay.n_patches] = item.patches[lay.order]
-    dtype = params["patch_embed"]["kernel"].dtype
-    outs.append(_encode_one(params, cfg, jnp.asarray(patches, dtype), lay.rot_pos, lay.full_seg,
-                            lay.window_seg, lay.unmerge))
-  return outs
+  dtype = params["patch_embed"]["kernel"].dtype
+  return [encode_item(params, cfg, jnp.asarray(tower_input(it), dtype), it.layout) for it in items]
 
 
 # --------------------------------------------------------------------- 3-D positions
@@ -200,7 +292,6 @@ def rope_index(tokens: np.ndarray, cfg: TargetConfig, image_grids, video_grids,
 
 
 def param_shapes(cfg: TargetConfig, dtype=jnp.float32) -> Params:
-  from vispec_jax.models import decoder
   v = cfg.vision
   lin = layers.linear_shapes
   e, f = v.hidden_size, v.intermediate_size
@@ -233,8 +324,6 @@ HF_PREFIX_RULES = [
 
 
 def name_map(cfg: TargetConfig):
-  from vispec_jax import checkpoints
-  from vispec_jax.models import decoder
   nm = checkpoints.NameMap(HF_PREFIX_RULES)
   decoder.add_hf_names(nm, cfg.text)
   v = cfg.vision
@@ -268,8 +357,6 @@ def name_map(cfg: TargetConfig):
 
 def make_image_processor(folder: str | None, cfg: TargetConfig):
   """transformers' PIL image processor (no torchvision), with the folder's settings if any."""
-  import json
-  import os
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
   kwargs = {}
   path = os.path.join(folder, "preprocessor_config.json") if folder else None
@@ -285,7 +372,6 @@ def make_image_processor(folder: str | None, cfg: TargetConfig):
 
 
 def preprocess_image(processor, cfg: TargetConfig, image):
-  from vispec_jax.processing import VisionInput
   out = processor(images=[image], return_tensors="np")
   grid = tuple(int(g) for g in out["image_grid_thw"][0])
   layout = vision_layout(grid, cfg.vision)
@@ -297,7 +383,6 @@ def preprocess_video(processor, cfg: TargetConfig, frames, fps: float = 2.0):
   """Frames (PIL, RGB) -> temporal patches: pairs of frames form one temporal patch; every frame
   is resized to the first frame's processor size and normalised the way images are."""
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-  from vispec_jax.processing import VisionInput
   v = cfg.vision
   factor = v.patch_size * v.spatial_merge_size
   size = processor.size
