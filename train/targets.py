@@ -21,8 +21,7 @@ import numpy as np
 from PIL import Image
 
 import vispec_jax as vj
-from vispec_jax import testing
-from vispec_jax import models
+from vispec_jax import models, testing
 
 TINY = {"tiny:qwen": lambda d: testing.make_tiny_qwen(d),
         "tiny:llava": lambda d: testing.make_tiny_llava(d),
@@ -94,27 +93,11 @@ class VisionAdapter:
     """uint8 [H, W, 3] -> the tower's fixed-shape float32 input for one image."""
     if tuple(image.shape[:2]) != tuple(self.image_hw):
       raise ValueError(f"image is {image.shape[:2]}, the dataset's size is {self.image_hw}")
-    it = self.family.preprocess_image(self.image_processor, self.config, Image.fromarray(image))
-    if self.config.family == "qwen2_5_vl":
-      lay = it.layout
-      out = np.zeros((lay.padded_patches, it.patches.shape[-1]), np.float32)
-      out[:lay.n_patches] = it.patches[lay.order]
-      return out
-    return np.asarray(it.patches, np.float32)  # LLaVA: tiles [n_tiles, C, S, S]
+    return self.family.tower_input(self.family.preprocess_image(
+        self.image_processor, self.config, Image.fromarray(image)))
 
   def encode(self, vision_params, pixels: jax.Array) -> jax.Array:
     """[B, ...pixels] -> vision tokens [B, n_tokens, E] (traceable; vmapped over B)."""
-    cfg = self.config.vision
-    fam = self.family
-    if self.config.family == "qwen2_5_vl":
-      lay = self.item.layout
-      def one(px):
-        merged = fam.vision_forward(vision_params, cfg, px, jnp.asarray(lay.rot_pos),
-                                    jnp.asarray(lay.full_seg), jnp.asarray(lay.window_seg))
-        return merged[jnp.asarray(lay.unmerge)]
-    else:
-      index = jnp.asarray(self.item.layout.index, jnp.int32)
-      def one(px):
-        return fam._encode(vision_params, cfg, px, index)  # pylint: disable=protected-access
+    fam, cfg, layout = self.family, self.config.vision, self.item.layout
     dtype = jax.tree.leaves(vision_params)[0].dtype
-    return jax.vmap(one)(pixels.astype(dtype))
+    return jax.vmap(lambda px: fam.encode_item(vision_params, cfg, px, layout))(pixels.astype(dtype))
