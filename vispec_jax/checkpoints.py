@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-
-class CheckpointError(ValueError):
-  """A checkpoint folder that cannot be loaded; the message names the file or tensor."""
+from vispec_jax.errors import CheckpointError
+from vispec_jax.torch_bin import TorchBinFile
 
 
 _DTYPES = {
@@ -101,11 +100,10 @@ def weight_files(folder: str) -> list[str]:
 
 
 def open_weights(path: str):
-  """A SafetensorsFile, or a torch_bin.TorchBinFile for a torch.save file (same interface)."""
+  """A SafetensorsFile, or a TorchBinFile for a torch.save file (same interface)."""
   if path.endswith(".safetensors"):
     return SafetensorsFile(path)
-  from vispec_jax import torch_bin  # it imports CheckpointError from here
-  return torch_bin.TorchBinFile(path)
+  return TorchBinFile(path)
 
 
 def _is_uint(x) -> bool:

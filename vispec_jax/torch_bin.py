@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from vispec_jax.checkpoints import CheckpointError
+from vispec_jax.errors import CheckpointError
 
 # storage class / dtype name -> (NumPy dtype, safetensors dtype name)
 _STORAGES = {
