@@ -247,7 +247,7 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
     stats = SpecStats(
         stats.target_forwards + running, stats.accepted + jnp.where(running, a, 0),
         stats.histogram + (running[:, None] & (jnp.arange(dmax + 1)[None] == a[:, None])),
-        stats.draft_steps + jnp.where(running, len(_levels(tree_cfg)) + 1, 0))
+        stats.draft_steps + jnp.where(running, len(tree_lib.level_widths(tree_cfg)) + 1, 0))
     count = count + n_new
     done = done | (first_eos < n_new) | (count >= max_new_tokens)
     return (cache, dstate, bonus, root_logp, done, out, drafted, count, length + advance,
@@ -258,12 +258,6 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
   state = jax.lax.while_loop(cond, body, state)
   out, drafted, count, stats = state[5], state[6], state[7], state[10]
   return SpecOutput(out[:, :max_new_tokens], count, stats, drafted[:, :max_new_tokens])
-
-
-def _levels(tree_cfg: tree_lib.TreeConfig):
-  if tree_cfg.paths is None:
-    return range(tree_cfg.depth)
-  return tree_lib.static_structure(tree_cfg.paths)["fed"]
 
 
 def speculative_fn(config, drafter, tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),

@@ -82,13 +82,18 @@ class TreeConfig:
   @property
   def scratch_slots(self) -> int:
     """Draft scratch slots one round writes (nodes fed to the drafter)."""
-    if self.paths is None:
-      return self.depth * self.top_k
-    return sum(len(lv) for lv in static_structure(self.paths)["fed"])
+    return sum(level_widths(self))
 
 
 MAX_DEPTH = 16   # tokens one round can draft along a path (dynamic: expansion steps)
 MAX_NODES = 128  # tree nodes including the root; also the largest top_k / child rank + 1
+
+
+def level_widths(tree_cfg: TreeConfig) -> list[int]:
+  """Nodes fed to the drafter at each tree level (one drafter step per level)."""
+  if tree_cfg.paths is None:
+    return [tree_cfg.top_k] * tree_cfg.depth
+  return [len(level) for level in static_structure(tree_cfg.paths)["fed"]]
 
 
 def _check_int(name: str, value) -> None:
