@@ -1,8 +1,10 @@
-"""Editing copies of checkpoint folders, for the loaders' error tests."""
+"""Editing copies of checkpoint folders, and broken files, for the loaders' error tests."""
 
 import json
 import os
 import shutil
+import struct
+import zlib
 
 import numpy as np
 
@@ -32,3 +34,13 @@ def edit_config(folder, edit):
   edit(raw)
   with open(path, "w") as f:
     json.dump(raw, f)
+
+
+def png_header_only(path, width: int, height: int) -> None:
+  """Writes a PNG whose header claims width x height but whose data is cut short: a huge or
+  zero-size image for tests, without the memory a real one would take."""
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"x"))

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from vispec_jax import testing
+from tests.folders import png_header_only
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NEW = 4
@@ -120,7 +121,7 @@ def _truncated_png(tmp_path):
 def _huge_png(tmp_path):
   """A 20000x20000 PNG header (the data is never decoded: refused from the header)."""
   path = tmp_path / "huge.png"
-  testing.png_header_only(path, 20000, 20000)
+  png_header_only(path, 20000, 20000)
   return path
 
 

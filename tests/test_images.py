@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 import vispec_jax as vj
-from vispec_jax import processing, testing
+from vispec_jax import processing
+from tests.folders import png_header_only
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "I;16", "L", "LA", "P", "RGBA", "F"])
@@ -45,9 +46,9 @@ def test_bad_images(tmp_path, case, msg):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7).save(path)
     path.write_bytes(path.read_bytes()[:60])
   elif case == "huge":
-    testing.png_header_only(path, 20000, 20000)
+    png_header_only(path, 20000, 20000)
   elif case == "zero-width":
-    testing.png_header_only(path, 0, 10)
+    png_header_only(path, 0, 10)
   elif case == "directory":
     path.mkdir()
   with pytest.raises(vj.InputError, match=msg):

@@ -308,14 +308,15 @@ def write_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict 
   os.replace(tmp, path)
 
 
-def save_hf(params, name_map: NameMap, path: str, dtype=None):
-  """Writes params under their Hugging Face names (the inverse of `load_params`)."""
+def save_hf(params, name_map: NameMap, path: str, dtype=None, extra=None):
+  """Writes params under their Hugging Face names (the inverse of `load_params`), then the
+  tensors of `extra` {name: array} as they are (ones the params do not hold)."""
   tensors = {}
   for name, entries in name_map.entries.items():
     parts = [fn.save(np.asarray(_get_path(params, p))) for p, fn in entries]
     t = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     tensors[name] = t if dtype is None else t.astype(dtype)
-  write_safetensors(tensors, path, {"format": "pt"})
+  write_safetensors({**tensors, **(extra or {})}, path, {"format": "pt"})
 
 
 def write_folder(out: str, write: Callable[[str], Any]) -> str:

@@ -9,6 +9,7 @@ Mesh axes: `data` (batch), `fsdp` (parameter sharding for training), `tensor` (h
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -169,7 +170,6 @@ def batch_sharding(mesh: Mesh, shape: tuple[int, ...], batch_axis: int = 0) -> N
 
 def shard_batch(batch, mesh: Mesh):
   """A `Batch` with its arrays placed on the mesh, rows over `data`."""
-  import dataclasses
   put = lambda a, axis=0: jax.device_put(a, batch_sharding(mesh, a.shape, axis))
   return dataclasses.replace(
       batch, input_ids=put(batch.input_ids), attention_mask=put(batch.attention_mask),

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vispec_jax import checkpoints, layers, models, processing
+from vispec_jax import checkpoints, layers, models, processing, sharding
 from vispec_jax.configs import ConfigError, TargetConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch, InputError
@@ -111,7 +111,6 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
   shapes = fam.param_shapes(cfg, dtype)
   shardings = None
   if mesh is not None:
-    from vispec_jax import sharding
     head_dims = {"text": cfg.text.head_dim,
                  "vision": getattr(cfg.vision, "head_dim", 1) if cfg.vision is not None else 1}
     shardings = sharding.param_shardings(shapes, mesh, head_dims)
@@ -207,12 +206,13 @@ def _check_chat_template(template, source: str) -> None:
     return
   templates = template if isinstance(template, dict) else {"default": template}
   import jinja2
-  try:
-    from transformers.utils.chat_template_utils import _compile_jinja_template as compile_
-  except ImportError:  # a transformers without the helper: its environment, minus its extras
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-    compile_ = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]).from_string
+  from jinja2.sandbox import ImmutableSandboxedEnvironment
+  from transformers.utils import chat_template_utils
+  # transformers' own compiler (its extensions, filters and globals) when it has one; else its
+  # environment, minus its extras
+  compile_ = getattr(chat_template_utils, "_compile_jinja_template", None) or (
+      ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                    extensions=["jinja2.ext.loopcontrols"]).from_string)
   for name, text in templates.items():
     where = source if len(templates) == 1 else f"{source} (template {name!r})"
     if not isinstance(text, str):
@@ -286,7 +286,7 @@ def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
   if target.tokenizer is None:
     raise InputError("this checkpoint folder has no tokenizer; cannot prepare text prompts")
   cfg, fam = target.config, target.family
-  rows, items, row_items = [], [], []
+  rows, row_items = [], []
   for row, (prompt, imgs, vids) in enumerate(zip(prompts, images, videos)):
     if (imgs or vids) and cfg.vision is None:
       raise InputError("this model has no vision tower but images were given")
@@ -302,32 +302,38 @@ def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
     bos = getattr(target.tokenizer, "bos_token_id", None)
     if getattr(fam, "PREPEND_BOS", False) and bos is not None and (not len(ids) or ids[0] != bos):
       ids = np.concatenate([[bos], ids]).astype(np.int64)
-    ids = _expand_placeholders(ids, its, cfg, fam)
-    rows.append(ids)
+    rows.append(_expand_placeholders(ids, its, cfg, fam))
     row_items.append(its)
-    items.extend(its)
   longest = max(len(r) for r in rows)
   if max_length is not None and longest > max_length:
     raise InputError(f"prompt is {longest} tokens, longer than the limit of {max_length}")
-  length = processing.bucket_length(longest)
+  return batch_from_rows(target, rows, row_items)
+
+
+def batch_from_rows(target: Target, rows: Sequence[np.ndarray], row_items: Sequence[list]) -> Batch:
+  """A left-padded, bucketed `Batch` of token rows that already hold their expanded vision
+  tokens, with each row's images/videos (`VisionInput`s): the tail of `prepare`, also for
+  sequences that are not prompts (datagen's prompt + answer)."""
+  cfg, fam, b = target.config, target.family, len(rows)
+  length = processing.bucket_length(max(len(r) for r in rows))
   input_ids, mask = processing.pad_batch(rows, cfg.pad_token_id, length)
   pos_rows, next_pos, vision_index = [], np.zeros(b, np.int32), np.full((b, length), -1, np.int32)
+  vision_ids = [t for t in (cfg.image_token_id, cfg.video_token_id) if t is not None]
   offset = 0
   for i, (ids, its) in enumerate(zip(rows, row_items)):
     pos, next_pos[i] = fam.positions(ids, cfg, its)
     pos_rows.append(pos)
-    is_vis = np.isin(ids, [cfg.image_token_id, cfg.video_token_id])
+    is_vis = np.isin(ids, vision_ids)
     n_vis = int(is_vis.sum())
     row_index = np.full(len(ids), -1, np.int32)
     row_index[is_vis] = offset + np.arange(n_vis)
     vision_index[i, length - len(ids):] = row_index
     offset += n_vis
-  ndim = pos_rows[0].ndim
-  positions = np.zeros(((3,) if ndim == 2 else ()) + (b, length), np.int32)
+  positions = np.zeros(((3,) if pos_rows[0].ndim == 2 else ()) + (b, length), np.int32)
   for i, pos in enumerate(pos_rows):
     positions[..., i, length - pos.shape[-1]:] = pos
-  return Batch(input_ids, mask, positions, next_pos, items, vision_index,
-               np.asarray([len(r) for r in rows], np.int32))
+  return Batch(input_ids, mask, positions, next_pos, [it for its in row_items for it in its],
+               vision_index, np.asarray([len(r) for r in rows], np.int32))
 
 
 def _expand_placeholders(ids: np.ndarray, items, cfg: TargetConfig, fam) -> np.ndarray:

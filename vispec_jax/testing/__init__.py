@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from vispec_jax import models
+from PIL import Image
+
+from vispec_jax import checkpoints, layers, models
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -102,27 +104,34 @@ PREPROCESSOR = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 64, "patch_size":
                 "temporal_patch_size": 2, "merge_size": 2}
 
 
-def write_tokenizer_and_processor(tokenizer, folder: str):
+def write_tokenizer_and_processor(tokenizer, folder: str, preprocessor: dict | None = None):
+  """The tokenizer's files and preprocessor_config.json (default: the tiny Qwen processor's)."""
   tokenizer.save_pretrained(folder)
   with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
-    json.dump({"image_processor_type": "Qwen2VLImageProcessor", **PREPROCESSOR}, f, indent=1)
+    json.dump(preprocessor or {"image_processor_type": "Qwen2VLImageProcessor", **PREPROCESSOR},
+              f, indent=1)
+
+
+def _write_tiny(folder: str, tokenizer, raw: dict, seed: int, std: float = 0.02,
+                preprocessor: dict | None = None, extra: dict | None = None) -> str:
+  """A checkpoint folder of config dict `raw`: random params (`layers.init_params`), config.json,
+  the tokenizer and the image processor settings."""
+  os.makedirs(folder, exist_ok=True)
+  cfg = models.config_from_hf(raw)
+  fam = models.family(cfg)
+  params = layers.init_params(fam.param_shapes(cfg), jax.random.PRNGKey(seed), std)
+  checkpoints.save_hf(params, fam.name_map(cfg), os.path.join(folder, "model.safetensors"),
+                      extra=extra)
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(raw, f, indent=1)
+  write_tokenizer_and_processor(tokenizer, folder, preprocessor)
+  return folder
 
 
 def make_tiny_qwen(folder: str, seed: int = 0, **config_kwargs) -> str:
   """Writes a random tiny Qwen2.5-VL checkpoint folder (torch-free) and returns its path."""
-  from vispec_jax import checkpoints
-  from vispec_jax.configs import TargetConfig
-  from vispec_jax.target import init_target
-  os.makedirs(folder, exist_ok=True)
   tok = tiny_tokenizer()
-  raw = tiny_qwen_config(tok, **config_kwargs)
-  target = init_target(models.config_from_hf(raw), jax.random.PRNGKey(seed))
-  checkpoints.save_hf(target.params, target.family.name_map(target.config),
-                      os.path.join(folder, "model.safetensors"))
-  with open(os.path.join(folder, "config.json"), "w") as f:
-    json.dump(raw, f, indent=1)
-  write_tokenizer_and_processor(tok, folder)
-  return folder
+  return _write_tiny(folder, tok, tiny_qwen_config(tok, **config_kwargs), seed)
 
 
 # ------------------------------------------------------------------------ LLaVA
@@ -202,76 +211,28 @@ def llava_preprocessor_config(raw: dict) -> dict:
   return out
 
 
-def numpy_init(shapes, seed: int = 0, std: float = 0.02):
-  """Like `layers.init_params` (norm scales 1, biases 0, the rest N(0, std)) but in NumPy: no
-  compile per parameter shape, so writing a tiny checkpoint takes milliseconds."""
-  rng = np.random.default_rng(seed)
-  def leaf(path, s):
-    name = getattr(path[-1], "key", None)
-    if name == "scale":
-      return np.ones(s.shape, np.float32)
-    if name == "bias":
-      return np.zeros(s.shape, np.float32)
-    return (std * rng.standard_normal(s.shape)).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
-
-
 def make_tiny_llava(folder: str, next: bool = False, seed: int = 0, std: float = 0.02,  # pylint: disable=redefined-builtin
                     **config_kwargs) -> str:
   """Writes a random tiny LLaVA-1.5 (or LLaVA-NeXT) checkpoint folder, torch-free, loadable by
   `vj.load_target` and by transformers; returns its path."""
-  from vispec_jax import checkpoints
-  from vispec_jax.configs import TargetConfig
-  os.makedirs(folder, exist_ok=True)
   tok = tiny_llava_tokenizer()
   raw = tiny_llava_config(tok, next=next, **config_kwargs)
-  cfg = models.config_from_hf(raw)
-  fam = models.family(cfg)
-  path = os.path.join(folder, "model.safetensors")
-  checkpoints.save_hf(numpy_init(fam.param_shapes(cfg), seed, std), fam.name_map(cfg), path)
-  # CLIP's post_layernorm is unused by LLaVA (not in our params); write it so transformers
+  # CLIP's post_layernorm is unused by LLaVA (not in our params); written so that transformers
   # finds a complete checkpoint.
-  f = checkpoints.SafetensorsFile(path)
-  tensors = {k: np.array(f.get(k)) for k in f.keys()}
-  del f
   e = raw["vision_config"]["hidden_size"]
-  tensors["vision_tower.post_layernorm.weight"] = np.ones(e, np.float32)
-  tensors["vision_tower.post_layernorm.bias"] = np.zeros(e, np.float32)
-  checkpoints.write_safetensors(tensors, path, {"format": "pt"})
-  with open(os.path.join(folder, "config.json"), "w") as fh:
-    json.dump(raw, fh, indent=1)
-  tok.save_pretrained(folder)
-  with open(os.path.join(folder, "preprocessor_config.json"), "w") as fh:
-    json.dump(llava_preprocessor_config(raw), fh, indent=1)
-  return folder
+  extra = {"vision_tower.post_layernorm.weight": np.ones(e, np.float32),
+           "vision_tower.post_layernorm.bias": np.zeros(e, np.float32)}
+  return _write_tiny(folder, tok, raw, seed, std, llava_preprocessor_config(raw), extra)
 
 
 def scene_image(width: int = 112, height: int = 84, seed: int = 0):
   """A small deterministic test picture (coloured rectangles on noise)."""
-  from PIL import Image
   rng = np.random.default_rng(seed)
   a = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
   for _ in range(3):
     x0, y0 = rng.integers(0, width // 2), rng.integers(0, height // 2)
     a[y0:y0 + height // 3, x0:x0 + width // 3] = rng.integers(0, 255, 3)
   return Image.fromarray(a)
-
-
-def png_header_only(path, width: int, height: int) -> None:
-  """Writes a PNG whose header claims width x height but whose data is cut short: a huge or
-  zero-size image for tests, without the memory a real one would take."""
-  import struct
-  import zlib
-  def chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-  with open(path, "wb") as f:
-    f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"x"))
-
-
-if __name__ == "__main__":
-  out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/vispec-tiny-qwen"
-  print(make_tiny_qwen(out))
 
 
 class OracleDrafter:
@@ -290,7 +251,6 @@ class OracleDrafter:
     return isinstance(other, OracleDrafter) and other.vocab_size == self.vocab_size
 
   def _logp(self, params, index):
-    import jax.numpy as jnp
     ref = params["reference"]
     tok = jnp.take_along_axis(ref, jnp.clip(index, 0, ref.shape[1] - 1), axis=1)
     # Reference token first, then the other tokens in a fixed order (for top-k branching).
@@ -298,16 +258,13 @@ class OracleDrafter:
     return jax.nn.log_softmax(base + 10.0 * jax.nn.one_hot(tok, self.vocab_size), axis=-1)
 
   def root_hidden(self, state):
-    import jax.numpy as jnp
     return jnp.zeros((state.shape[0], 1))
 
   def start(self, params, head, ctx):
-    import jax.numpy as jnp
     n = jnp.zeros((ctx.root.shape[0],), jnp.int32)  # reference index of the root
     return n, self._logp(params, n[:, None] + 1)[:, 0]
 
   def step(self, params, head, state, level, offset, tokens, parent_hidden, scratch_mask):
-    import jax.numpy as jnp
     b, n = tokens.shape
     logp = self._logp(params, jnp.broadcast_to(state[:, None] + level + 2, (b, n)))
     return logp, jnp.zeros((b, n, 1)), state
