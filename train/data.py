@@ -29,6 +29,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 
@@ -86,6 +87,14 @@ class Collator:
   max_len: int
   vision: Any = None           # train.targets.VisionAdapter, for datasets with images
   precomputed: bool = False    # read features/embeds from the records
+
+  @classmethod
+  def for_target(cls, config, target, vision=None, precomputed: bool = False) -> Collator:
+    """The collator of `target`'s records, cut to `config.data.max_len`."""
+    ids = tuple(t for t in (target.config.image_token_id, target.config.video_token_id)
+                if t is not None)
+    return cls(pad_id=target.config.pad_token_id, vision_token_ids=ids,
+               max_len=config.data.max_len, vision=vision, precomputed=precomputed)
 
   def __call__(self, records: list[dict], length: int) -> dict[str, np.ndarray]:
     b = len(records)
@@ -171,3 +180,36 @@ def to_iterator(ds: grain.MapDataset, worker_count: int = 0, prefetch: int = 2):
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(it)
+
+
+class Records:
+  """A trainer's records: the dataset datagen wrote at `folder` (only the first
+  `config.data.limit` with a limit), its train and held-out split (`config.data.eval_fraction`),
+  the run's length in steps (`total_steps` or `num_epochs`, warmup likewise) and grain datasets
+  of global batches over either split, this process's rows."""
+
+  def __init__(self, config, folder: str):
+    self.config = config
+    self.source, self.meta = open_dataset(folder)
+    if config.data.limit:  # e.g. overfitting checks
+      self.source = Subset(self.source, config.data.limit)
+      self.meta = dict(self.meta, lengths=self.meta["lengths"][:config.data.limit])
+    self.train_idx, self.eval_idx = split(len(self.source), config.data.eval_fraction)
+    self.held = self.eval_idx if len(self.eval_idx) else self.train_idx
+    steps_per_epoch = max(1, len(self.train_idx) // config.batch_size)
+    self.total = int(config.total_steps or config.num_epochs * steps_per_epoch)
+    self.warmup = int(config.warmup_steps if config.warmup_steps is not None
+                      else config.warmup_epochs * steps_per_epoch)
+
+  def dataset(self, collate: Collator, train: bool) -> grain.MapDataset:
+    """Train batches (shuffled, `data.shuffle_seed`) or held-out ones (in order; the train
+    split when nothing is held out), repeated without end."""
+    c = self.config
+    return make_dataset(self.source, self.meta["lengths"], self.train_idx if train else self.held,
+                        collate, global_batch=c.batch_size, buckets=c.data.buckets,
+                        seed=c.data.shuffle_seed if train else None, num_epochs=None,
+                        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def train_iter(self, collate: Collator):
+    return to_iterator(self.dataset(collate, True), self.config.data.worker_count,
+                       self.config.data.prefetch)

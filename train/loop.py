@@ -1,7 +1,10 @@
-"""What every training loop here shares (the draft trainer `train/trainer.py` and the target
-trainer `proj/scenes/train_target.py`): the optimizer and its schedule, sharded state, batches on devices,
-the orbax CheckpointManager that resumes, metrics logging, and the loop itself (`fit`: steps,
-logging, evaluation, checkpoints, SIGTERM, time-boxed stops).
+"""What every training loop here shares (the draft trainer `train/trainer.py`, the target
+trainer `proj/scenes/train_target.py` and stage 0, `proj/scenes/vision_pretrain.py`): the mesh,
+the optimizer and its schedule, sharded state, batches on devices, the orbax CheckpointManager
+that resumes, metrics logging, and the loop itself. A trainer calls `make_mesh`, builds its
+params and data iterator, then `Run.create` (optimizer, state, checkpoints, resume), jits its
+step with `Run.jit_step` and calls `Run.fit` (steps, logging, evaluation, checkpoints, SIGTERM,
+time-boxed stops).
 
 State is a dict {"params", "opt_state", "step"}; a checkpoint holds it and the data iterator's
 position, so a restarted run continues exactly (same params, optimizer state and next batch).
@@ -10,6 +13,7 @@ position, so a restarted run continues exactly (same params, optimizer state and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -26,6 +30,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from tqdm import tqdm
 
 from train import data, sharding
 
@@ -89,11 +95,14 @@ def init_state(tx, host_params, param_sh, mesh) -> tuple[dict, dict]:
   return jax.device_put(state, state_sh), state_sh
 
 
-def apply_gradients(tx, state: dict, grads) -> dict:
-  """One optimizer update of `state` with `grads` (traceable)."""
+def grad_step(tx, loss_fn: Callable, state: dict, *args) -> tuple[dict, dict]:
+  """Every trainer's step (traceable): `loss, metrics = loss_fn(params, *args)`, its gradient,
+  one optimizer update of `state`. Returns (state, metrics + grad_norm)."""
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], *args)
+  metrics["grad_norm"] = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
-          "step": state["step"] + 1}
+          "step": state["step"] + 1}, metrics
 
 
 def device_batch(mesh, batch: dict) -> dict:
@@ -192,7 +201,6 @@ class Logger:
     if self.main:
       drop_redone_rows(self.path, start)
     if self.main and progress:
-      from tqdm import tqdm
       self.bar = tqdm(total=total, initial=start, unit="step", desc="train", dynamic_ncols=True)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -268,14 +276,71 @@ def compile_info(step_fn, *args) -> dict:
 # ------------------------------------------------------------------------------ loop
 
 
-def fit(config, workdir: str, *, state, step_fn: Callable, step_args: tuple, mesh, train_iter,
-        mngr, sched, total: int, start: int,
-        evaluate: Callable[[dict, int], dict] | None = None):
-  """Runs steps start..min(total, stop_at_step): `state, metrics = step_fn(state, batch,
-  *step_args)`. Every `log_every` steps the metrics (with lr and tokens/s) go to the Logger;
-  every `eval_every` steps (and at the last) `evaluate(state, step)`'s dict too; a checkpoint
-  every `checkpoint.every` steps, on SIGTERM (then it stops; with several processes all save
-  the same step) and at a time-boxed stop. Returns (state, step, last metrics, last eval)."""
+def setup_mesh(config) -> Mesh:
+  """A trainer's first step: the compilation cache (`config.compilation_cache`), the mesh
+  (`config.mesh`), and a global batch that splits over it."""
+  if config.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
+  mesh = sharding.make_mesh(config.mesh)
+  if config.batch_size % sharding.batch_divisor(mesh):
+    raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
+                     f"{sharding.batch_divisor(mesh)} devices the batch is split over")
+  return mesh
+
+
+@dataclasses.dataclass
+class Run:
+  """A trainer's loop before it runs: the optimizer, the sharded state (the newest checkpoint's
+  when there is one: then `start` is its step and `train_iter` is at its position), the
+  checkpoint manager. `create` makes it; `fit` runs it."""
+  config: Any
+  workdir: str
+  mesh: Mesh
+  sched: Callable
+  tx: optax.GradientTransformation
+  state: dict
+  state_sh: dict
+  mngr: ocp.CheckpointManager
+  train_iter: Any
+  total: int
+  start: int
+
+  @classmethod
+  def create(cls, config, workdir: str, mesh, host_params, param_sh, train_iter, total: int,
+             warmup: int) -> Run:
+    sched = schedule(config, total, warmup)
+    tx = make_optimizer(config, sched)
+    state, state_sh = init_state(tx, host_params, param_sh, mesh)
+    mngr = checkpoint_manager(workdir, config)
+    state, start = restore_latest(mngr, state, train_iter)
+    return cls(config, workdir, mesh, sched, tx, state, state_sh, mngr, train_iter, total, start)
+
+  def jit_step(self, step_fn: Callable) -> Callable:
+    """`step_fn(state, batch, *step_args) -> (state, metrics)` jitted: the state donated and
+    kept in its shardings, the metrics replicated."""
+    return jax.jit(step_fn, out_shardings=(self.state_sh, sharding.replicated(self.mesh)),
+                   donate_argnums=(0,))
+
+  def jit_eval(self, eval_fn: Callable) -> Callable:
+    return jax.jit(eval_fn, out_shardings=sharding.replicated(self.mesh))
+
+  def fit(self, step_fn: Callable, evaluate: Callable[[dict, int], dict] | None = None, *,
+          step_args: tuple = (), skip: bool = False):
+    """Runs steps start..min(total, stop_at_step): `state, metrics = step_fn(state, batch,
+    *step_args)`. Every `log_every` steps the metrics (with lr and tokens/s) go to the Logger;
+    every `eval_every` steps (and at the last) `evaluate(state, step)`'s dict too; a checkpoint
+    every `checkpoint.every` steps, on SIGTERM (then it stops; with several processes all save
+    the same step) and at a time-boxed stop. `skip` (an export-only run): no step, the state as
+    restored. Closes the checkpoint manager. Returns (state, step, last metrics, last eval)."""
+    out = (self.state, self.start, {}, {}) if skip else _steps(self, step_fn, evaluate, step_args)
+    self.mngr.close()
+    return out
+
+
+def _steps(run: Run, step_fn, evaluate, step_args):
+  """Run.fit's loop."""
+  config, workdir, mngr, train_iter = run.config, run.workdir, run.mngr, run.train_iter
+  state, start, total, mesh, sched = run.state, run.start, run.total, run.mesh, run.sched
   pid, nproc = jax.process_index(), jax.process_count()
   stop = {"sigterm": False}
   in_main = threading.current_thread() is threading.main_thread()  # signals need the main thread

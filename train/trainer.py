@@ -27,8 +27,8 @@ import os
 
 import jax
 import numpy as np
-import optax
 from absl import logging
+from PIL import Image
 
 from configs import common
 from train import data, datagen, loop, model, sharding, targets
@@ -91,13 +91,7 @@ def train_step(spec, tx, seed, state, batch, target_params):
   key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
   head = model.head_params(target_params)
   f, embeds = model.target_features(spec, target_params, batch)
-
-  def loss(params):
-    return model.loss_fn(spec, params, head, f, embeds, batch, key)
-
-  (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
-  metrics["grad_norm"] = optax.global_norm(grads)
-  return loop.apply_gradients(tx, state, grads), metrics
+  return loop.grad_step(tx, lambda p: model.loss_fn(spec, p, head, f, embeds, batch, key), state)
 
 
 def eval_step(spec, depth, params, batch, target_params):
@@ -113,7 +107,6 @@ def eval_step(spec, depth, params, batch, target_params):
 def speculative_tau(config, target, dcfg, params, records, image_hw) -> dict:
   """tau of greedy speculative decoding (`vj.speculative_generate`) with the draft on held-out
   prompts: each record's prompt (and image) without its answer, one batch."""
-  from PIL import Image
   rows, items = [], []
   for rec in records:
     rows.append(np.asarray(rec["tokens"][:int(rec["prompt_length"])], np.int32))
@@ -147,52 +140,27 @@ def train(config, workdir: str) -> dict:
 
 
 def _train(config, workdir: str) -> dict:
-  if config.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
-  pid, nproc = jax.process_index(), jax.process_count()
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = loop.setup_mesh(config)
   rules = sharding.rules(config.sharding.rules)
-  if config.batch_size % sharding.batch_divisor(mesh):
-    raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
-                     f"{sharding.batch_divisor(mesh)} devices the batch is split over")
-  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size, nproc)
+  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
+               jax.process_count())
 
   # The frozen target, loaded straight into the library's sharded layout (or resharded below
   # when this experiment overrides the rules).
   target = targets.load_target(config.target.folder, config.target.dtype,
                                config.target.get("cache_dir"),
                                mesh=None if config.sharding.rules else mesh)
-  source, meta = data.open_dataset(datagen.dataset_dir(config))
-  if config.data.limit:  # e.g. overfitting checks
-    source = data.Subset(source, config.data.limit)
-    meta = dict(meta, lengths=meta["lengths"][:config.data.limit])
+  records = data.Records(config, datagen.dataset_dir(config))
   dcfg = make_draft_config(config, target)
-  spec = make_spec(config, target, dcfg, meta)
+  spec = make_spec(config, target, dcfg, records.meta)
+  collate = data.Collator.for_target(config, target, spec.vision, spec.precomputed)
 
-  # Data: train split shuffled per epoch, eval split in order.
-  train_idx, eval_idx = data.split(len(source), config.data.eval_fraction)
-  steps_per_epoch = max(1, len(train_idx) // config.batch_size)
-  total = int(config.total_steps or config.num_epochs * steps_per_epoch)
-  warmup = int(config.warmup_steps if config.warmup_steps is not None
-               else config.warmup_epochs * steps_per_epoch)
-  collate = data.Collator(
-      pad_id=target.config.pad_token_id, max_len=config.data.max_len, vision=spec.vision,
-      vision_token_ids=tuple(t for t in (target.config.image_token_id,
-                                         target.config.video_token_id) if t is not None),
-      precomputed=spec.precomputed)
-  common = dict(global_batch=config.batch_size, buckets=config.data.buckets,
-                process_index=pid, process_count=nproc)
-  train_ds = data.make_dataset(source, meta["lengths"], train_idx, collate,
-                               seed=config.data.shuffle_seed, num_epochs=None, **common)
-  train_iter = data.to_iterator(train_ds, config.data.worker_count, config.data.prefetch)
-
-  # Params and optimizer state, sharded by the logical axis rules.
-  sched = loop.schedule(config, total, warmup)
-  tx = loop.make_optimizer(config, sched)
+  # Params and optimizer state, sharded by the logical axis rules; resumed from the newest
+  # checkpoint.
   host_params = init_draft_params(config, dcfg, target, jax.random.PRNGKey(config.seed))
-  param_sh = sharding.param_shardings(host_params, mesh, dcfg.head_dim, rules)
-  state, state_sh = loop.init_state(tx, host_params, param_sh, mesh)
-  repl = sharding.replicated(mesh)
+  run = loop.Run.create(config, workdir, mesh, host_params,
+                        sharding.param_shardings(host_params, mesh, dcfg.head_dim, rules),
+                        records.train_iter(collate), records.total, records.warmup)
   target_params = target.params
   if spec.precomputed:  # only the embedding and lm_head are needed
     target_params = {"text": model.head_params(target_params)}
@@ -200,18 +168,12 @@ def _train(config, workdir: str) -> dict:
     target_params = loop.put_global(target_params, sharding.param_shardings(
         target_params, mesh, sharding.head_dims(target.config), rules))
 
-  # Checkpoints: resume from the newest one.
-  mngr = loop.checkpoint_manager(workdir, config)
-  state, start = loop.restore_latest(mngr, state, train_iter)
-
-  step_fn = jax.jit(functools.partial(train_step, spec, tx, config.seed),
-                    out_shardings=(state_sh, repl), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(eval_step, spec, config.eval_depth), out_shardings=repl)
+  step_fn = run.jit_step(functools.partial(train_step, spec, run.tx, config.seed))
+  eval_fn = run.jit_eval(functools.partial(eval_step, spec, config.eval_depth))
 
   def evaluate(state, step):
     del step
-    ds = data.make_dataset(source, meta["lengths"], eval_idx if len(eval_idx) else train_idx,
-                           collate, seed=None, num_epochs=None, **common)
+    ds = records.dataset(collate, train=False)
     sums, n = {}, 0
     for i in range(config.eval_batches):
       out = jax.device_get(eval_fn(state["params"], loop.device_batch(mesh, ds[i]),
@@ -220,23 +182,18 @@ def _train(config, workdir: str) -> dict:
         sums[k] = sums.get(k, 0.0) + float(v)
       n += 1
     out = {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
-    if config.eval_tau.prompts and nproc == 1:
-      held = eval_idx if len(eval_idx) else train_idx
-      records = [source[int(i)] for i in held[:config.eval_tau.prompts]]
-      out.update(speculative_tau(config, target, dcfg, jax.device_get(state["params"]), records,
-                                 meta.get("image_hw")))
+    if config.eval_tau.prompts and jax.process_count() == 1:
+      held = [records.source[int(i)] for i in records.held[:config.eval_tau.prompts]]
+      out.update(speculative_tau(config, target, dcfg, jax.device_get(state["params"]), held,
+                                 records.meta.get("image_hw")))
     return out
 
-  state, step, last, last_eval = loop.fit(
-      config, workdir, state=state, step_fn=step_fn, step_args=(target_params,), mesh=mesh,
-      train_iter=train_iter, mngr=mngr, sched=sched, total=total, start=start,
-      evaluate=evaluate)
+  state, step, last, last_eval = run.fit(step_fn, evaluate, step_args=(target_params,))
   out = {"step": step, "metrics": last, "eval": last_eval, "draft": None}
-  if step == total and config.export_draft:
+  if step == run.total and config.export_draft:
     host = loop.to_host(state["params"])
     folder = os.path.join(workdir, "draft")
-    if pid == 0:
+    if jax.process_index() == 0:
       vj.save_draft(folder, dcfg, host)
     out["draft"] = folder
-  mngr.close()
   return out

@@ -29,7 +29,6 @@ import os
 
 import jax
 import numpy as np
-import optax
 from absl import flags, logging
 from ml_collections import config_flags
 
@@ -37,7 +36,6 @@ from configs import common
 from train import cli, data, datagen, lm, loop, sharding, targets
 from proj.scenes import target_eval, target_folder
 import vispec_jax as vj
-from vispec_jax.configs import TargetConfig
 from vispec_jax import models
 
 
@@ -61,12 +59,7 @@ def init_folder(config, workdir: str, tokenizer) -> str:
 
 def train_step(text_cfg, vision, tx, state, batch):
   """One optimizer step on the answer tokens' cross-entropy."""
-  def loss(params):
-    return lm.answer_loss(text_cfg, vision, params, batch)
-
-  (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"])
-  metrics["grad_norm"] = optax.global_norm(grads)
-  return loop.apply_gradients(tx, state, grads), metrics
+  return loop.grad_step(tx, functools.partial(lm.answer_loss, text_cfg, vision), state, batch)
 
 
 def export(config, workdir: str, target, params, tokenizer) -> str:
@@ -100,60 +93,32 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
 
 
 def _train(config, workdir: str, export_only: bool) -> dict:
-  if config.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = loop.setup_mesh(config)
   rules = sharding.rules(config.sharding.rules)
-  if config.batch_size % sharding.batch_divisor(mesh):
-    raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
-                     f"{sharding.batch_divisor(mesh)} devices the batch is split over")
-
   tokenizer = target_folder.load_tokenizer(config.tokenizer)
   target = vj.load_target(init_folder(config, workdir, tokenizer))
   config.target.folder = target.folder
-  source, meta = data.open_dataset(datagen.run(config) or datagen.dataset_dir(config))
-  if config.data.limit:
-    source = data.Subset(source, config.data.limit)
-    meta = dict(meta, lengths=meta["lengths"][:config.data.limit])
-  vision = targets.VisionAdapter.for_target(target, meta["image_hw"])
+  records = data.Records(config, datagen.run(config) or datagen.dataset_dir(config))
+  vision = targets.VisionAdapter.for_target(target, records.meta["image_hw"])
   text_cfg = target.config.text
+  collate = data.Collator.for_target(config, target, vision)
 
-  train_idx, eval_idx = data.split(len(source), config.data.eval_fraction)
-  steps_per_epoch = max(1, len(train_idx) // config.batch_size)
-  total = int(config.total_steps or config.num_epochs * steps_per_epoch)
-  warmup = int(config.warmup_steps if config.warmup_steps is not None
-               else config.warmup_epochs * steps_per_epoch)
-  collate = data.Collator(pad_id=target.config.pad_token_id, max_len=config.data.max_len,
-                          vision=vision, vision_token_ids=(target.config.image_token_id,))
-  common = dict(global_batch=config.batch_size, buckets=config.data.buckets,
-                process_index=jax.process_index(), process_count=jax.process_count())
-  train_iter = data.to_iterator(
-      data.make_dataset(source, meta["lengths"], train_idx, collate,
-                        seed=config.data.shuffle_seed, num_epochs=None, **common),
-      config.data.worker_count, config.data.prefetch)
-
-  sched = loop.schedule(config, total, warmup)
-  tx = loop.make_optimizer(config, sched)
   host_params = jax.device_get(target.params)
-  param_sh = sharding.param_shardings(host_params, mesh, sharding.head_dims(target.config), rules)
-  state, state_sh = loop.init_state(tx, host_params, param_sh, mesh)
-  mngr = loop.checkpoint_manager(workdir, config)
-  state, start = loop.restore_latest(mngr, state, train_iter)
+  run = loop.Run.create(
+      config, workdir, mesh, host_params,
+      sharding.param_shardings(host_params, mesh, sharding.head_dims(target.config), rules),
+      records.train_iter(collate), records.total, records.warmup)
   logging.info("target: %.2fM params, %d records (%d held out), %d steps of %d",
-               sum(x.size for x in jax.tree.leaves(host_params)) / 1e6, len(source),
-               len(eval_idx), total, config.batch_size)
-
-  repl = sharding.replicated(mesh)
-  step_fn = jax.jit(functools.partial(train_step, text_cfg, vision, tx),
-                    out_shardings=(state_sh, repl), donate_argnums=(0,))
-  eval_fn = jax.jit(lambda p, b: lm.answer_loss(text_cfg, vision, p, b)[1], out_shardings=repl)
+               sum(x.size for x in jax.tree.leaves(host_params)) / 1e6, len(records.source),
+               len(records.eval_idx), run.total, config.batch_size)
+  step_fn = run.jit_step(functools.partial(train_step, text_cfg, vision, run.tx))
+  eval_fn = run.jit_eval(lambda p, b: lm.answer_loss(text_cfg, vision, p, b)[1])
 
   def evaluate(state, step):
     """Loss and token accuracy on held-out batches, with each row's own image and with the
     images rotated by one row (`_swapped`): the gap is what the model reads from the image."""
     del step
-    ds = data.make_dataset(source, meta["lengths"], eval_idx if len(eval_idx) else train_idx,
-                           collate, seed=None, num_epochs=None, **common)
+    ds = records.dataset(collate, train=False)
     out = {}
     for suffix, shift in (("", 0), ("_swapped", 1)):
       rows = []
@@ -165,15 +130,9 @@ def _train(config, workdir: str, export_only: bool) -> dict:
                   / max(n, 1) for k in ("loss", "token_acc")})
     return out
 
-  step, last, last_eval = start, {}, {}
-  if not export_only:
-    state, step, last, last_eval = loop.fit(
-        config, workdir, state=state, step_fn=step_fn, step_args=(), mesh=mesh,
-        train_iter=train_iter, mngr=mngr, sched=sched, total=total, start=start,
-        evaluate=evaluate)
-  mngr.close()
+  state, step, last, last_eval = run.fit(step_fn, evaluate, skip=export_only)
   out = {"step": step, "metrics": last, "eval": last_eval, "target": None, "heldout": None}
-  if step == total or export_only:
+  if step == run.total or export_only:
     params = loop.to_host(state["params"])
     if jax.process_index() == 0:
       out["target"] = export(config, workdir, target, params, tokenizer)

@@ -45,7 +45,9 @@ import numpy as np
 import optax
 from absl import flags, logging
 from ml_collections import config_flags
+from PIL import Image, ImageDraw, ImageFont
 
+from infer.bench_table import LINE_COLOURS
 from train import cli, loop, sharding, targets
 from proj.scenes import target_folder
 from vispec_jax import checkpoints, layers
@@ -233,11 +235,10 @@ def accuracies(m: dict) -> dict:
 
 
 def train_step(adapter, h, tx, state, batch):
-  (_, m), grads = jax.value_and_grad(functools.partial(forward, adapter, h), has_aux=True)(
-      state["params"], batch)
-  m = accuracies(m)
-  m["grad_norm"] = optax.global_norm(grads)
-  return loop.apply_gradients(tx, state, grads), m
+  def loss(params, batch):
+    loss, m = forward(adapter, h, params, batch)
+    return loss, accuracies(m)
+  return loop.grad_step(tx, loss, state, batch)
 
 
 # --------------------------------------------------------------------------- export
@@ -297,8 +298,6 @@ def curve_table(rows: list[dict]) -> str:
 
 def plot_curve(rows: list[dict], path: str, title: str, target: float = 0.95) -> None:
   """Held-out accuracy per head vs training minutes, one line per head, drawn with PIL."""
-  from PIL import Image, ImageDraw, ImageFont
-  from infer.bench_table import LINE_COLOURS
   font, small = ImageFont.load_default(size=13), ImageFont.load_default(size=11)
   width, height, left, right, top, bottom = 720, 420, 56, 130, 40, 46
   img = Image.new("RGB", (width, height), "white")
@@ -350,12 +349,7 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
   """Trains (or, with `export_only`, restores the newest checkpoint); exports the tower when the
   run is complete or `export_only`. Returns {"step", "metrics", "eval", "export"}."""
   os.makedirs(workdir, exist_ok=True)
-  if config.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
-  mesh = sharding.make_mesh(config.mesh)
-  if config.batch_size % sharding.batch_divisor(mesh):
-    raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
-                     f"{sharding.batch_divisor(mesh)} devices the batch is split over")
+  mesh = loop.setup_mesh(config)
   if config.eval_scenes % config.batch_size:
     raise ValueError(f"eval_scenes {config.eval_scenes} is not a multiple of batch_size "
                      f"{config.batch_size}")
@@ -364,26 +358,21 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
   h = config.head
   train_iter = SceneBatches(adapter, config.batch_size, config.scenes.first_seed,
                             config.scenes.options)
-  total, warmup = int(config.total_steps), int(config.warmup_steps)
-  sched = loop.schedule(config, total, warmup)
-  tx = loop.make_optimizer(config, sched)
   host_params = init_params(config, cfg, adapter.num_tokens)
   repl = sharding.replicated(mesh)  # about 1.5M parameters: replicated, the batch is split
-  state, state_sh = loop.init_state(tx, host_params, jax.tree.map(lambda _: repl, host_params),
-                                    mesh)
-  mngr = loop.checkpoint_manager(workdir, config)
-  state, start = loop.restore_latest(mngr, state, train_iter)
+  run = loop.Run.create(config, workdir, mesh, host_params,
+                        jax.tree.map(lambda _: repl, host_params), train_iter,
+                        int(config.total_steps), int(config.warmup_steps))
   logging.info("stage 0: tower %.2fM + head %.2fM params, %d steps of %d scenes (options %s)",
                sum(x.size for x in jax.tree.leaves(host_params["vision"])) / 1e6,
-               sum(x.size for x in jax.tree.leaves(host_params["head"])) / 1e6, total,
+               sum(x.size for x in jax.tree.leaves(host_params["head"])) / 1e6, run.total,
                config.batch_size, dict(config.scenes.options))
 
-  step_fn = jax.jit(functools.partial(train_step, adapter, h, tx),
-                    out_shardings=(state_sh, repl), donate_argnums=(0,))
-  eval_fn = jax.jit(lambda p, b: forward(adapter, h, p, b)[1], out_shardings=repl)
+  step_fn = run.jit_step(functools.partial(train_step, adapter, h, run.tx))
+  eval_fn = run.jit_eval(lambda p, b: forward(adapter, h, p, b)[1])
   held_out = SceneBatches(adapter, config.batch_size, 0, config.scenes.options)
   eval_seeds = scenes.SPLIT_SEEDS["validation"] + np.arange(config.eval_scenes)
-  t0, offset = time.time(), _wall_offset(workdir, start)
+  t0, offset = time.time(), _wall_offset(workdir, run.start)
 
   def evaluate(state, step):
     """Accuracies on the held-out scenes (sums over batches, then shares)."""
@@ -400,15 +389,9 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
     out["wall_s"] = offset + time.time() - t0
     return out
 
-  step, last, last_eval = start, {}, {}
-  if not export_only:
-    state, step, last, last_eval = loop.fit(
-        config, workdir, state=state, step_fn=step_fn, step_args=(), mesh=mesh,
-        train_iter=train_iter, mngr=mngr, sched=sched, total=total, start=start,
-        evaluate=evaluate)
-  mngr.close()
+  state, step, last, last_eval = run.fit(step_fn, evaluate, skip=export_only)
   out = {"step": step, "metrics": last, "eval": last_eval, "export": None}
-  if step == total or export_only:
+  if step == run.total or export_only:
     if not last_eval:
       last_eval = evaluate(state, step)
     vision = loop.to_host(state["params"])["vision"]
