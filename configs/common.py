@@ -11,6 +11,8 @@ import math
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from train import losses
+
 REFERENCE_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The "
                     "assistant gives helpful, detailed, and polite answers to the human's "
                     "questions.")
@@ -129,10 +131,28 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def draft_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A draft experiment's start: `base_config` at `arg.stage`, the draft kind `arg.draft` when
+  the arg has a non-empty one."""
+  c = set_stage(base_config(), arg.stage)
+  if arg.get("draft"):
+    c.draft.kind = arg.draft
+  return c
+
+
+# The keys only the draft trainer reads (other trainers' configs drop them, `without`).
+DRAFT_ONLY = ("draft", "loss", "noise", "eval_tau", "eval_depth", "export_draft")
+
+
+def without(c: ml_collections.ConfigDict, *keys: str) -> ml_collections.ConfigDict:
+  for key in keys:
+    del c[key]
+  return c
+
+
 def set_stage(c: ml_collections.ConfigDict, stage: int) -> ml_collections.ConfigDict:
   """The reference's stages (vispec-reference.md 6.2): 1 = EAGLE draft, feature regression +
   soft CE + ListMLE, no extra passes; 2 = ViSpec draft, prob-L1 + ListMLE, one extra pass."""
-  from train import losses  # pylint: disable=import-outside-toplevel
   if stage not in (1, 2):
     raise ValueError(f"stage must be 1 or 2, got {stage}")
   weights = losses.STAGE1_WEIGHTS if stage == 1 else losses.STAGE2_WEIGHTS

@@ -25,50 +25,33 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(arg, stage=2, target="ckpt/Qwen2.5-VL-7B-Instruct",
                          data="/data/vispec", runlocal=False)
-  c = common.base_config()
-  common.set_stage(c, arg.stage)
+  c = common.draft_config(arg)
   c.target.folder = arg.target
   c.target.dtype = "bfloat16"        # the frozen target; the draft trains in float32
 
-  c.datagen.max_new_tokens = 1024    # reference: greedy, 1024 new tokens
-  c.datagen.batch_size = 32
-  c.datagen.chunk_size = 512
+  # reference: greedy, 1024 new tokens
+  c.datagen.update(dict(max_new_tokens=1024, batch_size=32, chunk_size=512))
   if arg.stage == 1:
-    c.datagen.input = f"{arg.data}/sharegpt_68k.jsonl"  # with "answer": kept, not generated
-    c.datagen.image_size = None
-    c.datagen.system_prompt = "You are a helpful assistant."
-    c.datagen.instruction = ""
+    c.datagen.update(dict(input=f"{arg.data}/sharegpt_68k.jsonl",  # with "answer": kept
+                          image_size=None, system_prompt="You are a helpful assistant.",
+                          instruction=""))
     c.data.name = "qwen2_5_vl_7b_stage1"
   else:
     c.datagen.input = f"{arg.data}/llava_pretrain_68k.jsonl"
     c.datagen.image_size = (448, 448)  # 256 vision tokens (the reference's min_pixels)
     c.data.name = "qwen2_5_vl_7b_stage2"
-  c.data.dir = f"{arg.data}/tfds"
-  c.data.max_len = 2048
-  c.data.buckets = (512, 1024, 1536, 2048)
-  c.data.worker_count = 4
-  c.data.eval_fraction = 0.05        # reference: last 5% held out
+  # reference: the last 5% held out
+  c.data.update(dict(dir=f"{arg.data}/tfds", max_len=2048, buckets=(512, 1024, 1536, 2048),
+                     worker_count=4, eval_fraction=0.05))
 
   c.batch_size = 64                  # global
-  c.num_epochs = 20
-  c.warmup_epochs = 1.0
-  c.optim.lr = 3e-6                  # reference (batch 1 per GPU); scale up with the batch
-  c.optim.clip_value = 0.5
-
+  # reference: lr 3e-6 (batch 1 per GPU; scale it up with the batch), clipped by value 0.5
+  c.optim.update(dict(lr=3e-6, clip_value=0.5))
   c.mesh = (-1, 8, 1)                # data x fsdp(8) x tensor
-  c.log_every = 50
-  c.eval_every = 2000
-  c.eval_batches = 16
-  c.checkpoint.every = 1000
-  c.checkpoint.keep = 3
-  c.compilation_cache = f"{arg.data}/xla_cache"
+  c.update(dict(num_epochs=20, warmup_epochs=1.0, log_every=50, eval_every=2000, eval_batches=16,
+                checkpoint=dict(every=1000, keep=3), compilation_cache=f"{arg.data}/xla_cache"))
 
   if arg.runlocal:  # a few steps on one host, to check the plumbing
-    c.total_steps = 20
-    c.batch_size = 8
-    c.mesh = (1, -1, 1)
-    c.log_every = 1
-    c.eval_every = 10
-    c.eval_batches = 1
-    c.checkpoint.every = 10
+    c.update(dict(total_steps=20, batch_size=8, mesh=(1, -1, 1), log_every=1, eval_every=10,
+                  eval_batches=1, checkpoint=dict(every=10)))
   return c

@@ -17,42 +17,17 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(arg, stage=2, draft="", target="tiny:qwen", features="online",
                          runlocal=False)
-  c = common.base_config()
-  common.set_stage(c, arg.stage)
-  if arg.draft:
-    c.draft.kind = arg.draft
+  c = common.draft_config(arg)
   c.target.folder = arg.target
-
-  c.datagen.input = "synthetic:24"
-  c.datagen.image_size = (56, 56)
-  c.datagen.system_prompt = "You are a helpful assistant."
-  c.datagen.max_new_tokens = 32
-  c.datagen.batch_size = 8
-  c.datagen.chunk_size = 8
-  c.datagen.store_features = arg.features == "precomputed"
-
-  c.data.dir = "/tmp/vispec_tiny_data"
-  c.data.name = f"{arg.target.replace(':', '_')}_{arg.features}"
-  c.data.features = arg.features
-  c.data.max_len = 128
-  c.data.buckets = (64, 128)
-  c.data.eval_fraction = 0.2
-  c.data.prefetch = 1
-
-  c.batch_size = 4
-  c.total_steps = 60
-  c.warmup_steps = 5
-  c.optim.lr = 3e-3
-  c.noise.scale = 0.02
-
-  c.log_every = 1
-  c.eval_every = 30
-  c.eval_batches = 2
-  c.checkpoint.every = 10
-  c.checkpoint.keep = 2
-
+  c.datagen.update(dict(input="synthetic:24", image_size=(56, 56),
+                        system_prompt="You are a helpful assistant.", max_new_tokens=32,
+                        batch_size=8, chunk_size=8, store_features=arg.features == "precomputed"))
+  c.data.update(dict(dir="/tmp/vispec_tiny_data",
+                     name=f"{arg.target.replace(':', '_')}_{arg.features}", features=arg.features,
+                     max_len=128, buckets=(64, 128), eval_fraction=0.2, prefetch=1))
+  c.update(dict(batch_size=4, total_steps=60, warmup_steps=5, log_every=1, eval_every=30,
+                eval_batches=2, optim=dict(lr=3e-3), noise=dict(scale=0.02),
+                checkpoint=dict(every=10, keep=2)))
   if arg.runlocal:
-    c.total_steps = 10
-    c.eval_every = 10
-    c.eval_batches = 1
+    c.update(dict(total_steps=10, eval_every=10, eval_batches=1))
   return c

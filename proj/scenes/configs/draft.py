@@ -18,10 +18,7 @@ from configs import common
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, stage=2, draft="", num_q=2, records=512, runlocal=False)
-  c = common.base_config()
-  common.set_stage(c, arg.stage)
-  if arg.draft:
-    c.draft.kind = arg.draft
+  c = common.draft_config(arg)
   c.draft.overrides.num_q = arg.num_q
   c.target.folder = "runs/target/target"   # python -m proj.scenes.train_target ... (export)
 
@@ -36,20 +33,9 @@ def get_config(arg=None):
                      max_len=832, buckets=(640, 704, 768, 832), eval_fraction=0.03,
                      prefetch=2))
 
-  c.batch_size = 8
-  c.total_steps = 600
-  c.warmup_steps = 30
-  c.optim.update(dict(lr=2e-3, clip_value=0.5))
-
-  c.log_every = 10
-  c.eval_every = 200
-  c.eval_batches = 4
-  c.eval_tau.update(dict(prompts=0))
-  c.checkpoint.update(dict(every=100, keep=2))
-
+  c.update(dict(batch_size=8, total_steps=600, warmup_steps=30,
+                optim=dict(lr=2e-3, clip_value=0.5), log_every=10, eval_every=200,
+                eval_batches=4, eval_tau=dict(prompts=0), checkpoint=dict(every=100, keep=2)))
   if arg.runlocal:
-    c.total_steps = 10
-    c.eval_every = 10
-    c.eval_batches = 1
-    c.checkpoint.every = 5
+    c.update(dict(total_steps=10, eval_every=10, eval_batches=1, checkpoint=dict(every=5)))
   return c

@@ -26,15 +26,17 @@ SIZES = {
 COMMON_DIMS = dict(window_size=112, max_positions=2048, tie=False)
 
 
+def model_dims(size: str) -> dict:
+  """config.model for a key of SIZES."""
+  if size not in SIZES:
+    raise ValueError(f"unknown model size {size!r}; known: {sorted(SIZES)}")
+  return dict(SIZES[size], **COMMON_DIMS)
+
+
 def get_config(arg=None):
   arg = common.parse_arg(arg, model="base", runlocal=False)
-  c = common.base_config()
-  for key in ("draft", "loss", "noise", "eval_tau"):  # draft-only sections
-    del c[key]
-  del c.eval_depth, c.export_draft
-  if arg.model not in SIZES:
-    raise ValueError(f"unknown model size {arg.model!r}; known: {sorted(SIZES)}")
-  c.model = dict(SIZES[arg.model], **COMMON_DIMS)
+  c = common.without(common.base_config(), *common.DRAFT_ONLY)
+  c.model = model_dims(arg.model)
   c.tokenizer = "data/scenes-tokenizer"   # python -m proj.scenes.generator tokenizer --out ...
 
   # Records: train.datagen over the scenes TFDS train split, keeping its answers (no generation),
@@ -52,18 +54,13 @@ def get_config(arg=None):
 
   # Measured in the first run: 761 tokens/s median (645-812) niced on the shared 2-core CPU,
   # ~5.3 s a step of 8 records (4,000 tokens): 800 steps (6,400 records, 0.32 epoch) in ~75 min.
-  c.batch_size = 8
-  c.total_steps = 800
-  c.warmup_steps = 40
   # The vision tower at a tenth of the learning rate: at the full rate its output norm grew
   # from 1.4 to 274 in 240 steps (text embeddings: 0.3) and the model ignored the image.
-  c.optim.update(dict(lr=3e-3, b1=0.9, b2=0.95, weight_decay=0.01, clip_value=None,
-                      clip_norm=1.0, lr_scales={"vision": 0.1}))
-
-  c.log_every = 10
-  c.eval_every = 50
-  c.eval_batches = 4
-  c.checkpoint.update(dict(every=20, keep=3))   # every ~3 minutes
+  # Checkpoints every ~3 minutes.
+  c.update(dict(batch_size=8, total_steps=800, warmup_steps=40, log_every=10, eval_every=50,
+                eval_batches=4, checkpoint=dict(every=20, keep=3),
+                optim=dict(lr=3e-3, b1=0.9, b2=0.95, weight_decay=0.01, clip_value=None,
+                           clip_norm=1.0, lr_scales={"vision": 0.1})))
 
   # At the end (and with --export_only): workdir/target, an HF-style folder (dtype of the
   # stored weights), then the held-out check on `heldout.scenes` validation scenes with greedy
@@ -73,10 +70,7 @@ def get_config(arg=None):
                    batch_size=8)
 
   if arg.runlocal:
-    c.total_steps = 10
-    c.warmup_steps = 2
-    c.eval_every = 10
-    c.eval_batches = 1
-    c.checkpoint.every = 5
-    c.heldout.update(dict(scenes=2, max_new_tokens=16, batch_size=2))
+    c.update(dict(total_steps=10, warmup_steps=2, eval_every=10, eval_batches=1,
+                  checkpoint=dict(every=5), heldout=dict(scenes=2, max_new_tokens=16,
+                                                         batch_size=2)))
   return c

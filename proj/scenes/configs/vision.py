@@ -19,15 +19,11 @@ from proj.scenes.configs import target as scenes_target
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, model="base", runlocal=False)
-  c = common.base_config()
-  for key in ("draft", "loss", "noise", "eval_tau", "datagen", "data", "target"):
-    del c[key]
-  del c.eval_depth, c.export_draft, c.num_epochs, c.warmup_epochs
-  if arg.model not in scenes_target.SIZES:
-    raise ValueError(f"unknown model size {arg.model!r}; known: {sorted(scenes_target.SIZES)}")
-  # The target's dimensions (its config.json comes from them, proj/scenes/target_folder.py:hf_config);
-  # only the vision part is trained here.
-  c.model = dict(scenes_target.SIZES[arg.model], **scenes_target.COMMON_DIMS)
+  c = common.without(common.base_config(), *common.DRAFT_ONLY, "datagen", "data", "target",
+                     "num_epochs", "warmup_epochs")
+  # The target's dimensions (its config.json comes from them,
+  # proj/scenes/target_folder.py:hf_config); only the vision part is trained here.
+  c.model = scenes_target.model_dims(arg.model)
   # A folder with the target's tokenizer (special-token ids of config.json) and
   # preprocessor_config.json: pixels go through the processor the target uses.
   c.folder = "models/scenes/target"
@@ -46,28 +42,17 @@ def get_config(arg=None):
   # Measured: 6 s a step of 32 scenes when the shared 2-core CPU was at load 4-7 (5 scenes/s),
   # 15 s at load ~7 with other jobs (2.4 scenes/s): the ~90 minutes this stage had there hold
   # 15-25k scenes. Batch 16 gives twice the updates of batch 32 for the same scenes.
-  c.batch_size = 16
-  c.total_steps = 1200
-  c.warmup_steps = 100
   # lr 3e-3 made the tower's output norm grow ~60x in 300 steps (issue 16); with 1e-3, warmup
   # and global-norm clipping it rose from 1.4 to ~4 in warmup, then stayed at 3.4-5.4 through
-  # step 1,151 (metrics `token_norm`).
-  c.optim.update(dict(lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.01, clip_value=None,
-                      clip_norm=1.0))
-
-  c.log_every = 20
-  c.eval_every = 60           # held-out accuracy (validation seeds), written to metrics.jsonl
-  c.eval_scenes = 192
-  c.checkpoint.update(dict(every=20, keep=3))   # every ~2 minutes
+  # step 1,151 (metrics `token_norm`). Held-out accuracy (validation seeds) every eval_every
+  # steps, written to metrics.jsonl; checkpoints every ~2 minutes.
+  c.update(dict(batch_size=16, total_steps=1200, warmup_steps=100, log_every=20, eval_every=60,
+                eval_scenes=192, checkpoint=dict(every=20, keep=3),
+                optim=dict(lr=1e-3, b1=0.9, b2=0.99, weight_decay=0.01, clip_value=None,
+                           clip_norm=1.0)))
   c.export = dict(dir=placeholder(str))   # default: workdir/stage0
 
   if arg.runlocal:
-    c.batch_size = 4
-    c.total_steps = 6
-    c.warmup_steps = 2
-    c.log_every = 2
-    c.eval_every = 3
-    c.eval_scenes = 8
-    c.checkpoint.every = 3
-    c.head.update(dict(dim=16, heads=2, mlp=32))
+    c.update(dict(batch_size=4, total_steps=6, warmup_steps=2, log_every=2, eval_every=3,
+                  eval_scenes=8, checkpoint=dict(every=3), head=dict(dim=16, heads=2, mlp=32)))
   return c
