@@ -5,10 +5,12 @@ Multi-host: every host runs the same command with --coordinator HOST:PORT --num_
 --distributed is given).
 """
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from train import cli
+from infer import cli as checks
+from train import cli, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -23,16 +25,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cli.setup()
-  import jax
   if _COORDINATOR.value:
-    from infer import cli as checks
     n = checks.check_int("--num_processes", _NUM_PROCESSES.value or 0, 1)
     checks.check_int("--process_id", _PROCESS_ID.value if _PROCESS_ID.value is not None else -1,
                      0, n - 1)
   if _DISTRIBUTED.value or _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  from train import trainer
   out = trainer.train(_CONFIG.value, _WORKDIR.value)
   logging.info("finished at step %d; draft: %s", out["step"], out["draft"])
 

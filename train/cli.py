@@ -13,6 +13,8 @@ import os
 import re
 import sys
 
+from absl import app, flags
+
 from infer import cli
 
 HELP_FLAGS = ("-?", "-h", "--help", "-help", "--helpshort", "-helpshort", "--helpfull",
@@ -50,7 +52,6 @@ def _config_file(argv: list[str]) -> str | None:
 
 def flag_error(argv: list[str], e: Exception) -> str:
   """One line for an exception raised while absl parsed `argv` (flags and config overrides)."""
-  from absl import flags
   message = str(e)
   lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
   if isinstance(e, (KeyError, AttributeError)):  # an override of a key the config does not have
@@ -69,7 +70,6 @@ def flag_error(argv: list[str], e: Exception) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, errors as one line (exit 2), --help exit 0."""
-  from absl import flags
   config = _config_file(argv[1:])
   if config is not None and not os.path.isfile(config) and not set(argv[1:]) & set(HELP_FLAGS):
     print(f"error: --config {config}: file not found", file=sys.stderr)
@@ -89,5 +89,4 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run(main) -> None:
   """absl.app.run(main) with one-line errors (flags, config, and everything `main` raises)."""
-  from absl import app
   app.run(lambda argv: cli.run(lambda: main(argv)), flags_parser=parse_flags)

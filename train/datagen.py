@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -61,6 +63,13 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 from PIL import Image
+from tqdm import tqdm
+
+from configs import common
+from infer import cli as checks
+from train import cli, loop, targets
+import vispec_jax as vj
+from vispec_jax import processing, testing
 
 SYNTHETIC_QUESTIONS = [
     "Describe the image in detail.", "What colour is the square?", "How many circles are there?",
@@ -88,7 +97,6 @@ class _Synthetic:
     return self.n
 
   def __getitem__(self, i):
-    from vispec_jax import testing
     return {"question": SYNTHETIC_QUESTIONS[i % len(SYNTHETIC_QUESTIONS)],
             "image": testing.scene_image(seed=i)}
 
@@ -99,19 +107,18 @@ class _Jsonl:
   null, "answer" a string or null."""
 
   def __init__(self, path: str):
-    from infer import cli
     if not os.path.isfile(path):
       raise FileNotFoundError(f"datagen input not found: {path}")
     self.root = os.path.dirname(os.path.abspath(path))
     self.rows = []
-    for where, row in cli.read_jsonl(path, ValueError):
+    for where, row in checks.read_jsonl(path, ValueError):
       if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row[
           "question"].strip():
         raise ValueError(f"{where}: needs a non-empty \"question\" string")
       for wrong, right in (("images", "image"), ("prompt", "question"), ("answers", "answer")):
         if wrong in row:
           raise ValueError(f"{where}: unknown key {wrong!r} (did you mean {right!r}?)")
-      cli.check_text(f"{where}: question", row["question"])
+      checks.check_text(f"{where}: question", row["question"])
       image, answer = row.get("image"), row.get("answer")
       if image is not None:
         if not isinstance(image, str) or not image:
@@ -123,18 +130,17 @@ class _Jsonl:
       if answer is not None:
         if not isinstance(answer, str):
           raise ValueError(f"{where}: answer must be a string or null, got {json.dumps(answer)}")
-        cli.check_text(f"{where}: answer", answer)
+        checks.check_text(f"{where}: answer", answer)
       self.rows.append(row)
 
   def __len__(self):
     return len(self.rows)
 
   def __getitem__(self, i):
-    from vispec_jax.processing import load_image
     row = self.rows[i]
     image = row.get("image")
     if image is not None:
-      image = load_image(image if os.path.isabs(image) else os.path.join(self.root, image))
+      image = processing.load_image(image if os.path.isabs(image) else os.path.join(self.root, image))
     return {"question": row["question"], "image": image, "answer": row.get("answer")}
 
 
@@ -158,7 +164,6 @@ class _Tfds:
     return len(self.src)
 
   def __getitem__(self, i):
-    import io
     ex = self.src[i]
     q = ex[self.q]
     q = q.decode() if isinstance(q, bytes) else str(q)
@@ -183,8 +188,7 @@ def render_prompt(target, question: str, has_image: bool, system: str, instructi
   ([image, question, instruction] with `image_first`, the order `vj.prepare` uses for a prompt
   without markers). The image is left as the library's `<image>` marker for
   `vj.prepare(chat=False)`."""
-  from vispec_jax.processing import IMAGE_MARKER
-  question = question.replace(IMAGE_MARKER, "").strip()
+  question = question.replace(processing.IMAGE_MARKER, "").strip()
   tok = target.tokenizer
   if getattr(tok, "chat_template", None):
     content = [{"type": "text", "text": question}]
@@ -199,9 +203,9 @@ def render_prompt(target, question: str, has_image: bool, system: str, instructi
       placeholder = target.family.vision_placeholder(target.config, "image")[0]
       if placeholder not in text:
         raise ValueError(f"the chat template did not render the image placeholder {placeholder!r}")
-      text = text.replace(placeholder, IMAGE_MARKER, 1)
+      text = text.replace(placeholder, processing.IMAGE_MARKER, 1)
     return text
-  image = [IMAGE_MARKER] if has_image else []
+  image = [processing.IMAGE_MARKER] if has_image else []
   parts = [system] + (image + [question] if image_first else [question] + image) + [instruction]
   return "\n".join(p for p in parts if p)
 
@@ -251,7 +255,6 @@ class Generator:
   """Runs the target over chunks of inputs and returns finished records."""
 
   def __init__(self, config):
-    from train import targets
     self.cfg = config.datagen
     self.target = targets.load_target(config.target.folder, config.target.dtype,
                                       config.target.get("cache_dir"))
@@ -281,7 +284,6 @@ class Generator:
     return out
 
   def _batch(self, indices: list[int]) -> list[dict]:
-    import vispec_jax as vj
     t, cfg = self.target, self.cfg
     inputs = [self.inputs[i] for i in indices]
     images = [self._image(x.get("image")) for x in inputs]
@@ -377,7 +379,6 @@ def signature(config) -> dict:
 
 
 def _small_files_digest(folder: str) -> str:
-  import hashlib
   h = hashlib.sha256()
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name)
@@ -437,7 +438,6 @@ def read_chunk(path: str) -> list[dict]:
 
 def generate_chunks(config, generator: Generator | None = None) -> int:
   """Generates every missing chunk of this worker; returns how many inputs were generated."""
-  from tqdm import tqdm
   cfg = config.datagen
   gen = generator or Generator(config)
   n = gen.num_inputs
@@ -561,8 +561,6 @@ def run(config) -> str | None:
   inputs, and the settings of data already there (check_signature). A second run of the same
   worker on the same data fails at once (a lock file next to the chunks); workers building the
   dataset at the same time take turns."""
-  from configs import common
-  from train import loop
   common.check(config)
   cfg = config.datagen
   if not cfg.input.startswith(("synthetic:", "tfds:")):
@@ -593,7 +591,6 @@ def run(config) -> str | None:
 
 def main(argv):
   del argv
-  from train import cli
   cli.setup()
   out = run(flags.FLAGS.config)
   if out:
@@ -601,9 +598,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from train import cli as _cli
   config_flags.DEFINE_config_file("config", None, "Training config file (with .datagen).",
                                   lock_config=True)
   flags.mark_flags_as_required(["config"])
   logging.set_verbosity(logging.INFO)
-  _cli.run(main)
+  cli.run(main)

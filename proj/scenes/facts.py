@@ -118,7 +118,7 @@ def true_facts(scene: dict) -> set[tuple]:
   facts.add(("empty", "count", len(empty)))
   for i, a in enumerate(objs):
     for b in objs[i + 1:]:
-      facts.add(_relation_fact(_name(a), _name(b), *_rel(scenes._relation(a, b))))
+      facts.add(_relation_fact(_name(a), _name(b), *_rel(scenes.relation_of(a, b))))
   order = list(scenes.SIZES)
   ranks = [order.index(o["size"]) for o in objs]
   if ranks and max(ranks) == min(ranks):
@@ -199,7 +199,7 @@ def _num(word: str) -> int:
 
 
 def _items(text: str, item: str) -> list[re.Match]:
-  """A list as scenes._join writes it ('a', 'a and b', 'a, b and c'; 'or' for 'and' where the
+  """A list as scenes.join_words writes it ('a', 'a and b', 'a, b and c'; 'or' for 'and' where the
   generator says so), each item matched in full against `item`, else _Unparsed."""
   out = []
   for part in re.split(r", | and | or ", text):
@@ -450,23 +450,23 @@ def parse(text: str) -> tuple[list[tuple], list[str]]:
 def render(fact: tuple) -> str:
   """A fact in words, for display."""
   kind = fact[0]
-  names = lambda ns: scenes._join([f"the {c} {s}" for c, s in ns])
+  names = lambda ns: scenes.join_words([f"the {c} {s}" for c, s in ns])
   if kind == "cell":
     _, r, c, attr, v = fact
-    return f"the object in the {scenes.cell_name(r, c)} is " + (scenes._a(v) if attr == "shape" else v)
+    return f"the object in the {scenes.cell_name(r, c)} is " + (scenes.with_article(v) if attr == "shape" else v)
   if kind == "object":
-    return scenes._a(f"{fact[1]} {fact[2]}")
+    return scenes.with_article(f"{fact[1]} {fact[2]}")
   if kind == "empty":
     return (f"the {scenes.cell_name(*fact[2:])} cell is empty" if fact[1] == "cell"
-            else f"{scenes._count(fact[2], 'empty cell')}")
+            else f"{scenes.counted(fact[2], 'empty cell')}")
   if kind in ("row", "column") and fact[1] == "count":
     line = (scenes.ROWS if kind == "row" else scenes.COLS)[fact[2]]
-    return f"{scenes._count(fact[3], 'object')} in the {line} {kind}"
+    return f"{scenes.counted(fact[3], 'object')} in the {line} {kind}"
   if kind in ("row", "column"):
     line = (scenes.ROWS if kind == "row" else scenes.COLS)[fact[4]]
     return f"the {fact[2]} {fact[3]} is in the {line} {kind}"
   if fact[1] == "count":
-    return scenes._count(fact[3], fact[2] if kind == "shape" else f"{fact[2]} object")
+    return scenes.counted(fact[3], fact[2] if kind == "shape" else f"{fact[2]} object")
   if fact[1] == "of":
     return f"the {fact[2]} {fact[3]} is {fact[4]}"
   if kind == "relation":
@@ -482,14 +482,14 @@ def render(fact: tuple) -> str:
             else f"{names(fact[3])} share the {fact[1]} {fact[2]}")
   what, v = fact[1], fact[2]  # summary
   if what in ("colours", "shapes"):
-    return f"the {what} are {scenes._join(sorted(v))}"
+    return f"the {what} are {scenes.join_words(sorted(v))}"
   if what in ("rows", "columns"):
     a, b = _CMP[what[:-1]]
     return (f"as many objects in the {a} as in the {b} {what[:-1]}" if v == "equal" else
             f"more objects in the {v} {what[:-1]} than in the {b if v == a else a} {what[:-1]}")
   if what == "background":
     return f"a {v} background"
-  return scenes._count(v, {"objects": "object", "n_colours": "colour", "n_shapes": "shape"}[what])
+  return scenes.counted(v, {"objects": "object", "n_colours": "colour", "n_shapes": "shape"}[what])
 
 
 @dataclasses.dataclass

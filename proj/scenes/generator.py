@@ -31,6 +31,9 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vispec_jax.checkpoints import write_folder
+from vispec_jax.testing import CHAT_TEMPLATE, SPECIAL_TOKENS
+
 # ---------------------------------------------------------------------------- vocabulary
 
 COLOURS = {  # name -> RGB; all far from every background
@@ -224,7 +227,7 @@ def _full(o: dict) -> str:
   return f"{o['size']} {o['colour']} {o['shape']}"
 
 
-def _join(items: list[str]) -> str:
+def join_words(items: list[str]) -> str:
   if not items:
     return "nothing"
   if len(items) == 1:
@@ -232,12 +235,12 @@ def _join(items: list[str]) -> str:
   return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _count(n: int, noun: str) -> str:
+def counted(n: int, noun: str) -> str:
   word = NUMBERS[n] if n < len(NUMBERS) else str(n)
   return f"{word} {noun if n == 1 else noun + ('es' if noun.endswith('s') else 's')}"
 
 
-def _a(word: str) -> str:
+def with_article(word: str) -> str:
   return ("an " if word[0] in "aeiou" else "a ") + word
 
 
@@ -249,7 +252,7 @@ def _the(objs: list[dict]) -> list[str]:
   return [f"the {_name(o)}" for o in objs]
 
 
-def _relation(a: dict, b: dict) -> str:
+def relation_of(a: dict, b: dict) -> str:
   """Where a is relative to b."""
   v = "above" if a["row"] < b["row"] else "below" if a["row"] > b["row"] else ""
   h = "to the left of" if a["col"] < b["col"] else "to the right of" if a["col"] > b["col"] else ""
@@ -265,9 +268,9 @@ def _pick(rng, options):
 def s_intro(scene, rng) -> list[str]:
   n, bg = len(scene["objects"]), scene["background"]
   return [_pick(rng, [
-      f"The image shows {_count(n, 'object')} on a {bg} background.",
-      f"This picture contains {_count(n, 'shape')} arranged on a {bg} background.",
-      f"In this image there {_be(n)} {_count(n, 'object')} placed on a {bg} background.",
+      f"The image shows {counted(n, 'object')} on a {bg} background.",
+      f"This picture contains {counted(n, 'shape')} arranged on a {bg} background.",
+      f"In this image there {_be(n)} {counted(n, 'object')} placed on a {bg} background.",
   ]) + " The objects sit on an invisible grid of three rows and three columns."]
 
 
@@ -309,16 +312,16 @@ def _group_counts(scene, key: str, values: list[str], rng) -> list[str]:
     if not group:
       missing.append(v)
     elif key == "shape":
-      out.append(f"There {_be(len(group))} {_count(len(group), v)}: "
-                 f"{_join([_a(o['colour'] + ' one') for o in group])}.")
+      out.append(f"There {_be(len(group))} {counted(len(group), v)}: "
+                 f"{join_words([with_article(o['colour'] + ' one') for o in group])}.")
     else:
-      out.append(f"There {_be(len(group))} {_count(len(group), v + ' object')}: "
-                 f"{_join(_the(group))}.")
+      out.append(f"There {_be(len(group))} {counted(len(group), v + ' object')}: "
+                 f"{join_words(_the(group))}.")
   if len(missing) == 1:
     out.append(f"No object has the {key} {missing[0]}.")
   elif missing:
-    out.append(_pick(rng, [f"No object has the {key} {_join(missing).replace(' and ', ' or ')}.",
-                           f"The {key}s {_join(missing)} do not appear."]))
+    out.append(_pick(rng, [f"No object has the {key} {join_words(missing).replace(' and ', ' or ')}.",
+                           f"The {key}s {join_words(missing)} do not appear."]))
   return out
 
 
@@ -345,8 +348,8 @@ def s_lines(scene, rng, axis: str) -> list[str]:
     group = [o for o in scene["objects"] if o[key] == i]
     what = f"the {name} {axis}" if axis == "row" else f"the {name} column"
     if group:
-      out.append(f"{what.capitalize()} contains {_count(len(group), 'object')}: "
-                 f"{_join(_the(group))}.")
+      out.append(f"{what.capitalize()} contains {counted(len(group), 'object')}: "
+                 f"{join_words(_the(group))}.")
     else:
       out.append(f"{what.capitalize()} is empty.")
   return out
@@ -358,8 +361,8 @@ def s_relations(scene, rng, all_pairs: bool = False) -> list[str]:
            else list(zip(objs, objs[1:])) + ([(objs[-1], objs[0])] if len(objs) > 2 else []))
   out = []
   for a, b in pairs:
-    out.append(_pick(rng, [f"The {_name(a)} is {_relation(a, b)} the {_name(b)}.",
-                           f"The {_name(b)} is {_relation(b, a)} the {_name(a)}."]))
+    out.append(_pick(rng, [f"The {_name(a)} is {relation_of(a, b)} the {_name(b)}.",
+                           f"The {_name(b)} is {relation_of(b, a)} the {_name(a)}."]))
   return out
 
 
@@ -371,8 +374,8 @@ def s_positions(scene, rng) -> list[str]:
 def s_empty(scene, rng) -> list[str]:
   taken = {(o["row"], o["col"]) for o in scene["objects"]}
   empty = [cell_name(r, c) for r in range(3) for c in range(3) if (r, c) not in taken]
-  return [f"{_count(len(empty), 'cell').capitalize()} of the grid {_be(len(empty))} empty: "
-          f"{_join(['the ' + e for e in empty])}."]
+  return [f"{counted(len(empty), 'cell').capitalize()} of the grid {_be(len(empty))} empty: "
+          f"{join_words(['the ' + e for e in empty])}."]
 
 
 def s_extremes(scene, rng) -> list[str]:
@@ -385,9 +388,9 @@ def s_extremes(scene, rng) -> list[str]:
   if big == small:
     return [f"All the objects have the same size: they are all {order[big]}."]
   return [f"The biggest {'object is' if len(bigs) == 1 else 'objects are'} "
-          f"{_join(_the(bigs))}, which {_be(len(bigs))} {order[big]}.",
+          f"{join_words(_the(bigs))}, which {_be(len(bigs))} {order[big]}.",
           f"The smallest {'object is' if len(smalls) == 1 else 'objects are'} "
-          f"{_join(_the(smalls))}, which {_be(len(smalls))} {order[small]}."]
+          f"{join_words(_the(smalls))}, which {_be(len(smalls))} {order[small]}."]
 
 
 def s_shared(scene, rng) -> list[str]:
@@ -400,7 +403,7 @@ def s_shared(scene, rng) -> list[str]:
     shared = [(v, g) for v, g in groups.items() if len(g) > 1]
     if shared:
       for v, g in shared:
-        out.append(f"{_join(_the(g)).capitalize()} share the {label} {v}.")
+        out.append(f"{join_words(_the(g)).capitalize()} share the {label} {v}.")
     else:
       out.append(f"No two objects share the same {label}.")
   return out
@@ -423,9 +426,9 @@ def s_summary(scene, rng) -> list[str]:
            "as many objects in the left column as in the right column")
   return [
       _pick(rng, ["In summary,", "To sum up,", "Overall,"]) +
-      f" the scene has {_count(n, 'object')} in {_count(len(colours), 'colour')} "
-      f"({_join(colours)}) and {_count(len(shapes), 'shape')} ({_join(shapes)}) "
-      f"on a {scene['background']} background, with {_count(9 - n, 'empty cell')}.",
+      f" the scene has {counted(n, 'object')} in {counted(len(colours), 'colour')} "
+      f"({join_words(colours)}) and {counted(len(shapes), 'shape')} ({join_words(shapes)}) "
+      f"on a {scene['background']} background, with {counted(9 - n, 'empty cell')}.",
       f"There are {vert}, and {horiz}.",
   ]
 
@@ -438,8 +441,8 @@ def _focus(scene, key: str, value: str, rng) -> list[str]:
     uniq = sorted(set(other), key=other.index)
     label = "colours" if key == "colour" else "shapes"
     return [f"No, there is no {noun} in the image.",
-            f"The {label} that do appear are {_join(uniq)}."]
-  out = [f"Yes, there {_be(len(group))} {_count(len(group), noun)} in the image."]
+            f"The {label} that do appear are {join_words(uniq)}."]
+  out = [f"Yes, there {_be(len(group))} {counted(len(group), noun)} in the image."]
   for o in group:
     out.append(f"The {_full(o)} is in the {cell_name(o['row'], o['col'])}, "
                f"{TEXTURE_PHRASES[o['texture']]}.")
@@ -545,8 +548,6 @@ def train_tokenizer(samples: int = 2000, vocab_size: int = 2048, start: int = 0)
   The vocabulary is at most `vocab_size`; it is smaller when the corpus has fewer words."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
   from transformers import PreTrainedTokenizerFast
-
-  from vispec_jax.testing import CHAT_TEMPLATE, SPECIAL_TOKENS
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -563,7 +564,6 @@ def train_tokenizer(samples: int = 2000, vocab_size: int = 2048, start: int = 0)
 def save_tokenizer(tokenizer, out: str) -> str:
   """Saves atomically: into a temporary sibling folder, then renamed onto `out` (an existing
   `out` is replaced)."""
-  from vispec_jax.checkpoints import write_folder
   return write_folder(out, tokenizer.save_pretrained)
 
 

@@ -30,7 +30,8 @@ import sys
 
 import numpy as np
 
-from train import datagen
+from configs import common
+from train import cli, datagen
 import vispec_jax as vj
 
 
@@ -104,7 +105,6 @@ def main(argv=None) -> int:
   ap.add_argument("--max-new-tokens", type=int, default=640)
   ap.add_argument("--batch-size", type=int, default=8)
   args = ap.parse_args(argv)
-  from configs import common
   cfg = common.base_config().datagen
   cfg.update(dict(tfds_data_dir=args.tfds_data_dir, answer_key="answer"))
   out = evaluate(vj.load_target(args.model), datagen.load_inputs(args.input, cfg), args.scenes,
@@ -114,6 +114,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from train import cli
   cli.setup()
   sys.exit(main())
