@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
-from infer import bench_table, cli
+import jax
+import numpy as np
+
+import vispec_jax as vj
+from infer import bench_common as common, bench_table
+from proj.scenes import generator as scenes_lib
 
 DEFAULT_TARGET = "models/scenes/target"
 DEFAULT_DRAFT = "models/scenes/vispec"
@@ -41,61 +44,24 @@ def add_parser(sub):
                  help="held-out seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
   p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
   p.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
-  return p
-
-
-def check_args(args):
-  """Everything checkable before loading; returns the tree."""
-  cli.check_folder("--target", args.target)
-  cli.check_folder("--draft", args.draft)
-  for b in args.batch:
-    cli.check_int("--batch", b, 1)
-  for n in args.new_tokens:
-    cli.check_int("--new-tokens", n, 1)
-  cli.check_int("--repeats", args.repeats, 1)
-  if args.json:
-    cli.check_output("--json", args.json)
-  return bench_table.parse_tree(args.tree)
-
-
-def _timed(fn, times: list[float]):
-  """fn() (ending in block_until_ready), its seconds appended to `times`."""
-  t0 = time.perf_counter()
-  out = fn()
-  times.append(time.perf_counter() - t0)
-  return out
+  p.set_defaults(main=main)
 
 
 def measure(target, d, batch, embeds, tree, n: int, repeats: int) -> dict:
   """One (batch, new tokens) configuration: warm-up, alternating timed runs, the row."""
-  import jax
-  import numpy as np
-
-  import vispec_jax as vj
-
-  def vanilla():
-    return jax.block_until_ready(vj.generate(target, batch, n, embeds=embeds))
-
-  def spec():
-    return jax.block_until_ready(vj.speculative_generate(
-        target, d.drafter, d.params, batch, tree=tree, max_new_tokens=n, embeds=embeds))
-
-  ref, out = vanilla(), spec()  # compile both
-  times = {"vanilla": [], "spec": []}
-  for _ in range(repeats):  # alternate: machine noise hits both alike
-    ref = _timed(vanilla, times["vanilla"])
-    out = _timed(spec, times["spec"])
-  tv, ts = statistics.median(times["vanilla"]), statistics.median(times["spec"])
+  runs = common.alternate({
+      "vanilla": common.decoder(target, batch, n, embeds=embeds),
+      "spec": common.decoder(target, batch, n, d.drafter, d.params, tree, embeds=embeds)}, repeats)
+  ref, out = runs["vanilla"].out, runs["spec"].out
+  tv, ts = runs["vanilla"].median, runs["spec"].median
   tokens_v, tokens_s = int(np.asarray(ref.lengths).sum()), int(np.asarray(out.lengths).sum())
-  forwards = int(np.asarray(out.stats.target_forwards).sum())
   return {
       "batch": int(batch.input_ids.shape[0]), "new_tokens": n,
       "tokens_vanilla": tokens_v, "tokens_spec": tokens_s,
       "vanilla_tok_s": tokens_v / tv, "spec_tok_s": tokens_s / ts,
-      "speedup": (tokens_s / ts) / (tokens_v / tv),
-      "tau": int(np.asarray(out.stats.accepted).sum()) / max(forwards, 1),
+      "speedup": (tokens_s / ts) / (tokens_v / tv), "tau": common.tau(out),
       "identical": vj.trim(out) == vj.trim(ref),
-      "seconds": times,
+      "seconds": {k: r.seconds for k, r in runs.items()},
   }
 
 
@@ -106,37 +72,27 @@ COLUMNS = [("batch", "batch", "{}"), ("new tokens", "new_tokens", "{}"),
 
 
 def format_row(r: dict, markdown: bool) -> str:
-  cells = [fmt.format(r[k]) for _, k, fmt in COLUMNS]
+  cells = common.cells(COLUMNS, r)
   if markdown:
-    return "| " + " | ".join(cells) + " |"
+    return common.md_line(cells)
   return "  ".join(c.rjust(len(h)) for c, (h, _, _) in zip(cells, COLUMNS))
 
 
-def header(markdown: bool) -> str:
-  head = [h for h, _, _ in COLUMNS]
-  if markdown:
-    return "| " + " | ".join(head) + " |\n|" + "|".join("---:" for _ in head) + "|"
-  return "  ".join(head)
-
-
 def run_batch(args) -> dict:
-  import jax
-
-  import vispec_jax as vj
-  from proj.scenes import generator as scenes_lib
-  tree = check_args(args)
+  tree = vj.tree.from_spec(args.tree)
   # bench_table's loader (target, draft with its Medusa depth check); scenes are batched here.
   load_args = argparse.Namespace(target=args.target, split=args.split, scenes=0, tree=args.tree)
   target, drafts, _ = bench_table.load(load_args, {"draft": args.draft}, tree)
   d = drafts["draft"]
-  base = bench_table.SPLIT_SEEDS[args.split]
+  base = scenes_lib.SPLIT_SEEDS[args.split]
   examples = [scenes_lib.sample(base + i) for i in range(max(args.batch))]
   print(f"batch: {os.path.abspath(args.target)} + {d.config.kind} draft "
         f"{os.path.abspath(args.draft)}, tree {args.tree}, greedy, EOS honoured, held-out "
         f"scenes ({args.split}, seeds from {base}), median of {args.repeats} "
         f"({jax.default_backend()}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f})", flush=True)
-  print(header(args.markdown), flush=True)
+  print(common.markdown(COLUMNS, []) if args.markdown else "  ".join(h for h, _, _ in COLUMNS),
+        flush=True)
   rows = []
   for b in args.batch:
     rows_examples = examples[:b]
@@ -154,9 +110,6 @@ def run_batch(args) -> dict:
 
 def main(args) -> int:
   """Runs `batch` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
-  import json
+  common.check_args(args)
   result = run_batch(args)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
-  return 0 if all(r["identical"] for r in result["rows"]) else 1
+  return common.finish(args, result, all(r["identical"] for r in result["rows"]))

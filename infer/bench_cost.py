@@ -1,10 +1,27 @@
 """`python -m infer.bench cost`: predicted speedup of speculative decoding on accelerators.
 
-The roofline model of infer/cost_model.py, for the benchmark model (fp32 on CPU here), a
-Qwen2.5-VL-7B target and any `--target` folder (e.g. the shipped scenes target), each with its
-ViSpec draft, in bf16 on an H100 and a TPU v5e chip, for the given trees (default a chain of 4
-and the EAGLE-2 tree) at the given tau values (measured ones: `infer.bench spec` and the
-trained drafts; the paper reports tau ~3 for ViSpec on 7B targets).
+    python -m infer.bench cost [--devices h100 tpu-v5e] [--trees chain4 dynamic-d3k8t30]
+        [--tau 1 2 3 4] [--target DIR ...] [--batch 1] [--cache 1024] [--itemsize 2] [--json out.json]
+
+For the benchmark model (fp32 on CPU here), a Qwen2.5-VL-7B target and any `--target` folder
+(e.g. the shipped scenes target), each with its ViSpec draft, in bf16 on an H100 and a TPU v5e
+chip, for the given trees at the given tau values (measured ones: `infer.bench spec` and the
+trained drafts; the paper reports tau ~3 for ViSpec on 7B targets), from a roofline model.
+
+A forward over n new tokens costs max(flops / peak, bytes / bandwidth) (+ a fixed overhead):
+  flops = 2 * n * (matmul weights used) + 4 * n * S * heads * head_dim per attention layer
+  bytes = weights read once + the KV cache read (S slots) + the new KV written
+for a batch of rows, weights are read once and everything else scales with the rows. A round is
+  verify (T tree nodes through the target, lm_head on all T)
+  + one draft step per tree level (fc, one layer, lm_head on that level's tokens)
+  + the draft's commit (max_depth + 1 slots through fc and the layer, fixed shape; lm_head on
+    the last accepted)
+and emits tau + 1 tokens, where a vanilla step (1 token through the target) emits one:
+  speedup = (tau + 1) * step / round.
+The image adaptor and vision tower run once per prompt and are left out. Device peaks are
+datasheet numbers (dense bf16) and the model is ideal (no kernel inefficiency): read predictions as
+upper bounds. A 2-core CPU is not roofline-like for few-row matmuls (docs/benchmarks.md), so
+this model is for accelerators; the CPU numbers come from `python -m infer.bench pieces`.
 """
 
 from __future__ import annotations
@@ -12,25 +29,102 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from vispec_jax import models
 
-TREES = ("chain4", "dynamic-d3k8t30")  # default --trees (any vispec_jax.engine.tree.from_spec name)
+from infer import bench_common as common, cli
+from infer.memory import QWEN2_5_VL_7B
+from vispec_jax import draft, models
+from vispec_jax.configs import TextConfig
+from vispec_jax.engine import tree as tree_lib
+
+TREES = ("chain4", "dynamic-d3k8t30")  # default --trees (any vj.tree.from_spec name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+  name: str
+  flops: float       # peak FLOP/s at the weights' dtype
+  bandwidth: float   # memory bytes/s
+  overhead_s: float = 0.0  # fixed cost per forward (launches, host round trips)
+
+
+DEVICES = {  # datasheet peaks, dense bf16
+    "h100": Device("NVIDIA H100 SXM", 989e12, 3.35e12),
+    "tpu-v5e": Device("TPU v5e (1 chip)", 197e12, 819e9),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+  """What a forward touches: `layers` decoder layers of these shapes, plus `extra` matmul
+  weights per token (the draft's fc) and the lm_head (hidden x vocab) on some of the tokens."""
+  layers: int
+  hidden: int
+  intermediate: int
+  heads: int
+  kv_heads: int
+  head_dim: int
+  vocab: int
+  extra: int = 0
+
+  @property
+  def layer_weights(self) -> int:
+    e, q, kv = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim
+    return e * q + 2 * e * kv + q * e + 3 * e * self.intermediate
+
+  def cost(self, rows: int, tokens: int, lm_head_tokens: int, cache: int,
+           itemsize: int) -> tuple[float, float]:
+    """(flops, bytes) of one forward: `tokens` new tokens per row over `cache` slots."""
+    n = rows * tokens
+    weights = self.layers * self.layer_weights + self.extra
+    flops = 2 * n * weights + 2 * rows * lm_head_tokens * self.hidden * self.vocab
+    flops += self.layers * 4 * n * cache * self.heads * self.head_dim
+    kv = 2 * self.layers * self.kv_heads * self.head_dim * itemsize * rows
+    nbytes = (weights + self.hidden * self.vocab) * itemsize + kv * (cache + tokens)
+    return flops, nbytes
+
+
+def target_stack(text: TextConfig) -> Stack:
+  return Stack(text.num_layers, text.hidden_size, text.intermediate_size, text.num_heads,
+               text.num_kv_heads, text.head_dim, text.vocab_size)
+
+
+def draft_stack(dcfg) -> Stack:
+  """An EAGLE/ViSpec draft: fc (2E -> E) and one layer; the lm_head is the target's."""
+  return Stack(1, dcfg.hidden_size, dcfg.intermediate_size, dcfg.num_heads, dcfg.num_kv_heads,
+               dcfg.head_dim, dcfg.vocab_size, extra=2 * dcfg.hidden_size ** 2)
+
+
+def seconds(device: Device, flops: float, nbytes: float) -> float:
+  return max(flops / device.flops, nbytes / device.bandwidth) + device.overhead_s
+
+
+def level_widths(tree: tree_lib.TreeConfig) -> list[int]:
+  """Tokens the drafter is fed at each tree level."""
+  if tree.paths is None:
+    return [tree.top_k] * tree.depth
+  return [len(level) for level in tree_lib.static_structure(tree.paths)["fed"]]
+
+
+def round_seconds(device: Device, target: Stack, draft: Stack, tree: tree_lib.TreeConfig,
+                  tau: float, rows: int = 1, cache: int = 1024, itemsize: int = 2) -> dict:
+  """Time of one vanilla step and of each part of one speculative round, in seconds."""
+  def t(stack, tokens, lm_rows):
+    return seconds(device, *stack.cost(rows, tokens, lm_rows, cache, itemsize))
+  out = {"step": t(target, 1, 1), "verify": t(target, tree.num_nodes, tree.num_nodes),
+         "draft": sum(t(draft, w, w) for w in level_widths(tree)),
+         "commit": t(draft, tree.max_depth + 1, 1)}
+  out["round"] = out["verify"] + out["draft"] + out["commit"]
+  out["speedup"] = (tau + 1) * out["step"] / out["round"]
+  return out
 
 
 def run_cost(args) -> list[dict]:
-  from vispec_jax import draft
-  from infer import cost_model
-  from vispec_jax.engine import tree as tree_lib
-  from vispec_jax.configs import TargetConfig
-  from infer.bench import BENCH_INTERMEDIATE, BENCH_MODEL, BENCH_VOCAB
-  from infer.memory import QWEN2_5_VL_7B
-
   qwen_7b = models.config_from_hf(QWEN2_5_VL_7B).text
+  m = common.BENCH_MODEL
   bench = dataclasses.replace(  # the text model of infer.bench's checkpoint (shapes only)
-      qwen_7b, vocab_size=BENCH_VOCAB, hidden_size=BENCH_MODEL["hidden"],
-      num_layers=BENCH_MODEL["layers"], num_heads=BENCH_MODEL["heads"],
-      num_kv_heads=BENCH_MODEL["kv_heads"], head_dim=BENCH_MODEL["hidden"] // BENCH_MODEL["heads"],
-      intermediate_size=BENCH_INTERMEDIATE)
+      qwen_7b, vocab_size=common.BENCH_VOCAB, hidden_size=m["hidden"], num_layers=m["layers"],
+      num_heads=m["heads"], num_kv_heads=m["kv_heads"], head_dim=m["hidden"] // m["heads"],
+      intermediate_size=common.BENCH_INTERMEDIATE)
   targets = {"bench-61M": bench, "qwen2.5-vl-7b": qwen_7b}
   for folder in args.target or []:  # e.g. the shipped scenes target
     with open(os.path.join(folder, "config.json")) as f:
@@ -39,15 +133,15 @@ def run_cost(args) -> list[dict]:
   print(f"{'device':<18}{'target':<15}{'tree':<17}{'tau':>5}{'step ms':>9}{'verify':>8}"
         f"{'draft':>8}{'commit':>8}{'speedup':>9}")
   for dev_name in args.devices:
-    device = cost_model.DEVICES[dev_name]
+    device = DEVICES[dev_name]
     for t_name, text in targets.items():
-      tstack = cost_model.target_stack(text)
-      dstack = cost_model.draft_stack(draft.DraftConfig.for_target(text, "vispec"))
+      tstack = target_stack(text)
+      dstack = draft_stack(draft.DraftConfig.for_target(text, "vispec"))
       for tree_name in args.trees:
         tree = tree_lib.from_spec(tree_name)
         for tau in args.tau:
-          r = cost_model.round_seconds(device, tstack, dstack, tree, tau, rows=args.batch,
-                                       cache=args.cache, itemsize=args.itemsize)
+          r = round_seconds(device, tstack, dstack, tree, tau, rows=args.batch, cache=args.cache,
+                            itemsize=args.itemsize)
           rows.append({"device": dev_name, "target": t_name, "tree": tree_name, "tau": tau,
                        **r})
           ms = {k: 1e3 * r[k] for k in ("step", "verify", "draft", "commit")}
@@ -69,4 +163,12 @@ def add_parser(sub):
   p.add_argument("--cache", type=int, default=1024, help="KV cache slots in use per row")
   p.add_argument("--itemsize", type=int, default=2, help="bytes per weight (2: bf16)")
   p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-  return p
+  p.set_defaults(main=main)
+
+
+def main(args) -> int:
+  common.check_args(args)
+  for folder in args.target or []:
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+      raise cli.UsageError(f"--target {folder} has no config.json")
+  return common.finish(args, run_cost(args), True)

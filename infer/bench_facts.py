@@ -19,10 +19,11 @@ Bad input (a missing folder, --scenes < 1, a bad length) is one `error:` line, e
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 
+import vispec_jax as vj
+from infer import bench_common as common
+from proj.scenes import facts as scene_facts, generator as scenes
 from proj.scenes.generator import SPLIT_SEEDS
 
 
@@ -38,25 +39,12 @@ def add_parser(sub):
   p.add_argument("--control", action="store_true",
                  help="also answer with every scene's image replaced by the next scene's")
   p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
-  return p
-
-
-def check_args(args) -> None:
-  from vispec_jax.configs import GenerationConfig
-  if not os.path.isdir(args.target):
-    raise FileNotFoundError(f"--target folder not found: {args.target}")
-  for name in ("scenes", "batch_size"):
-    if getattr(args, name) < 1:
-      raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-  GenerationConfig(args.max_new_tokens)  # validates
-  if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-    raise FileNotFoundError(f"--json: folder of {args.json} not found")
+  p.set_defaults(main=main)
 
 
 def answers(target, questions: list[str], images: list, max_new_tokens: int,
             batch_size: int) -> list[str]:
   """Greedy answers, `batch_size` rows per `vj.generate` call."""
-  import vispec_jax as vj
   out = []
   for lo in range(0, len(questions), batch_size):
     hi = min(lo + batch_size, len(questions))
@@ -70,7 +58,6 @@ def measure(target, examples: list[dict], max_new_tokens: int, batch_size: int,
             control: bool) -> dict:
   """{"own": pooled, ["control": pooled]}; each pooled result (scene_facts.pool) also lists the
   scenes: seed, kind, precision, recall, facts stated / correct, false facts, the answer."""
-  from proj.scenes import facts as scene_facts
   questions = [e["question"] for e in examples]
   images = {"own": [e["image"] for e in examples]}
   if control:
@@ -110,21 +97,12 @@ def report(result: dict) -> str:
 
 
 def main(args) -> int:
-  try:
-    check_args(args)
-    import vispec_jax as vj
-    from proj.scenes import generator as scenes
-    target = vj.load_target(args.target)
-    base = SPLIT_SEEDS[args.split]
-    examples = [scenes.sample(base + i) for i in range(args.scenes)]
-    result = measure(target, examples, args.max_new_tokens, args.batch_size, args.control)
-  except (ValueError, OSError) as e:
-    print("error: " + (" ".join(str(e).split()) or type(e).__name__), file=sys.stderr)
-    return 2
+  """Runs `facts` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
+  common.check_args(args)
+  target = vj.load_target(args.target)
+  examples = [scenes.sample(SPLIT_SEEDS[args.split] + i) for i in range(args.scenes)]
+  result = measure(target, examples, args.max_new_tokens, args.batch_size, args.control)
   result = {"target": os.path.abspath(args.target), "split": args.split,
             "max_new_tokens": args.max_new_tokens, **result}
   print(report({k: v for k, v in result.items() if k in ("own", "control")}))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
-  return 0
+  return common.finish(args, result, True)

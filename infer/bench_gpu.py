@@ -3,7 +3,7 @@
     python -m infer.bench gpu --out DIR [--tiny] [--budget-s 420] [--new-tokens 128] [--repeats 3]
 
 Two random-weight text stacks, bf16 params and activations, text-only prompts (no image):
-  bench-61M      the shapes of `infer.bench vanilla`'s model (bench.py BENCH_MODEL: hidden 512,
+  bench-61M      the shapes of `infer.bench vanilla`'s model (bench_common.BENCH_MODEL: hidden 512,
                  8 layers, vocab 32k);
   qwen2.5-vl-7b  the text stack of Qwen2.5-VL-7B (hidden 3584, 28 layers, 28 heads, 4 KV heads,
                  MLP 18944, vocab 152064; its vision tower is replaced by a tiny one: unused).
@@ -28,12 +28,17 @@ import dataclasses
 import functools
 import json
 import os
-import statistics
 import sys
 import time
 
-from infer import cli
-from vispec_jax import models
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import vispec_jax as vj
+from infer import bench_common as common, cli
+from infer.memory import QWEN2_5_VL_7B
+from vispec_jax import draft, models, testing
 
 BATCHES = (1, 8, 32)
 TREES = ("chain4", "dynamic", "chain6")
@@ -59,20 +64,17 @@ def add_parser(sub):
                  help="tokens per row (default 128; 12 with --tiny)")
   p.add_argument("--repeats", type=int, default=None,
                  help="timed runs of each (median; default 3, 1 with --tiny)")
-  return p
+  p.set_defaults(main=main)
 
 
 def model_configs(tiny: bool) -> dict[str, dict]:
   """{name: config.json dict} of the two text stacks (tiny tokenizer ids, tiny vision tower)."""
-  from vispec_jax import testing
-  from infer.bench import BENCH_INTERMEDIATE, BENCH_MODEL, BENCH_VOCAB
-  from infer.memory import QWEN2_5_VL_7B
   tok = testing.tiny_tokenizer()
-  q = QWEN2_5_VL_7B
+  q, m = QWEN2_5_VL_7B, common.BENCH_MODEL
   shapes = {
-      "bench-61M": dict(hidden=BENCH_MODEL["hidden"], layers=BENCH_MODEL["layers"],
-                        heads=BENCH_MODEL["heads"], kv_heads=BENCH_MODEL["kv_heads"],
-                        intermediate=BENCH_INTERMEDIATE, vocab=BENCH_VOCAB, theta=10000.0),
+      "bench-61M": dict(hidden=m["hidden"], layers=m["layers"], heads=m["heads"],
+                        kv_heads=m["kv_heads"], intermediate=common.BENCH_INTERMEDIATE,
+                        vocab=common.BENCH_VOCAB, theta=10000.0),
       "qwen2.5-vl-7b": dict(hidden=q["hidden_size"], layers=q["num_hidden_layers"],
                             heads=q["num_attention_heads"], kv_heads=q["num_key_value_heads"],
                             intermediate=q["intermediate_size"], vocab=q["vocab_size"],
@@ -96,8 +98,6 @@ def model_configs(tiny: bool) -> dict[str, dict]:
 
 @functools.lru_cache(maxsize=None)
 def _leaf_fn(shape: tuple, dtype, kind: str):
-  import jax
-  import jax.numpy as jnp
   if kind == "scale":
     return jax.jit(lambda key: jnp.ones(shape, dtype))
   if kind == "bias":
@@ -109,7 +109,6 @@ def device_init(shapes, key):
   """Random params for a tree of ShapeDtypeStruct, drawn on the default device (the
   distribution of vispec_jax.layers.init_params: norm scales 1, biases 0, the rest N(0, 0.02)),
   one jitted program per (shape, dtype): a 7B model in seconds, never on the host."""
-  import jax
   leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
   out = []
   for i, (path, s) in enumerate(leaves):
@@ -121,12 +120,6 @@ def device_init(shapes, key):
 
 def make_model(raw: dict, seed: int = 0):
   """(Target with random bf16 params and EOS disabled, random EAGLE draft config and params)."""
-  import jax
-  import jax.numpy as jnp
-
-  import vispec_jax as vj
-  from vispec_jax import draft, testing
-  from vispec_jax.configs import TargetConfig
   cfg = models.config_from_hf(raw)
   cfg = dataclasses.replace(cfg, eos_token_ids=())  # every row generates exactly new_tokens
   fam = models.family(cfg)
@@ -138,15 +131,6 @@ def make_model(raw: dict, seed: int = 0):
   return target, dcfg, jax.block_until_ready(dparams)
 
 
-def _median_s(fn, repeats: int) -> tuple[float, object]:
-  times, out = [], None
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), out
-
-
 COLUMNS = [("model", "model", "{}"), ("batch", "batch", "{}"), ("tree", "tree", "{}"),
            ("draft", "draft", "{}"), ("tokens/s vanilla", "vanilla_tok_s", "{:.1f}"),
            ("tokens/s spec", "spec_tok_s", "{:.1f}"), ("speedup", "speedup", "{:.2f}x"),
@@ -155,16 +139,11 @@ COLUMNS = [("model", "model", "{}"), ("batch", "batch", "{}"), ("tree", "tree", 
 
 def markdown(result: dict) -> str:
   s = result["setup"]
-  lines = [f"{s['device_kind']} ({s['backend']}), jax {s['jax']}, bf16, {s['new_tokens']} new "
-           f"tokens per row, median of {s['repeats']}, {len(result['rows'])} rows in "
-           f"{result['elapsed_s']:.0f} s" + (" (stopped: budget spent)" if result["stopped"]
-                                             else ""), "",
-           "| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
-           "|" + "|".join("---" if k in ("model", "tree", "draft") else "---:"
-                          for _, k, _ in COLUMNS) + "|"]
-  for r in result["rows"]:
-    lines.append("| " + " | ".join(fmt.format(r[k]) for _, k, fmt in COLUMNS) + " |")
-  return "\n".join(lines) + "\n"
+  return (f"{s['device_kind']} ({s['backend']}), jax {s['jax']}, bf16, {s['new_tokens']} new "
+          f"tokens per row, median of {s['repeats']}, {len(result['rows'])} rows in "
+          f"{result['elapsed_s']:.0f} s" + (" (stopped: budget spent)" if result["stopped"] else "")
+          + "\n\n" + common.markdown(COLUMNS, result["rows"], left=("model", "tree", "draft"))
+          + "\n")
 
 
 def write(out_dir: str, result: dict) -> None:
@@ -187,19 +166,7 @@ def plan(tiny: bool) -> list[tuple[str, int, str, str]]:
 
 def run_gpu(args) -> dict:
   start = time.perf_counter()
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  import vispec_jax as vj
-  from vispec_jax import draft, testing
-  from vispec_jax.engine import tree as tree_lib
-  from infer.bench import BENCH_PROMPT
-  n = args.new_tokens if args.new_tokens is not None else (12 if args.tiny else 128)
-  repeats = args.repeats if args.repeats is not None else (1 if args.tiny else 3)
-  cli.check_int("--new-tokens", n, 1)
-  cli.check_int("--repeats", repeats, 1)
-  cli.check_float("--budget-s", args.budget_s, 0.0)
+  n, repeats = args.new_tokens, args.repeats
   os.makedirs(args.out, exist_ok=True)
   if not os.access(args.out, os.W_OK):
     raise cli.UsageError(f"--out {args.out} is not writable")
@@ -208,12 +175,12 @@ def run_gpu(args) -> dict:
       "device_kind": dev.device_kind, "backend": jax.default_backend(),
       "devices": len(jax.devices()), "jax": jax.__version__, "python": sys.version.split()[0],
       "tiny": args.tiny, "new_tokens": n, "repeats": repeats, "budget_s": args.budget_s,
-      "dtype": "bfloat16", "prompt": BENCH_PROMPT, "eos": "disabled"},
+      "dtype": "bfloat16", "prompt": common.BENCH_PROMPT, "eos": "disabled"},
       "rows": [], "stopped": False, "elapsed_s": 0.0}
   print(f"gpu: {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, budget "
         f"{args.budget_s:g} s, {n} new tokens, median of {repeats}", flush=True)
   raws = model_configs(args.tiny)
-  models, vanilla, drafters = {}, {}, {}
+  loaded, vanilla, drafts = {}, {}, {}
   for m, b, tree_name, draft_name in plan(args.tiny):
     elapsed = time.perf_counter() - start
     if elapsed > args.budget_s:
@@ -221,58 +188,35 @@ def run_gpu(args) -> dict:
       print(f"budget spent ({elapsed:.0f} s): not starting {m} batch {b} {tree_name} "
             f"{draft_name} and later rows", flush=True)
       break
-    if m not in models:
+    if m not in loaded:
       t0 = time.perf_counter()
-      models[m] = make_model(raws[m])  # both stay on the device (7B bf16: ~16 GB)
-      target, dcfg, _ = models[m]
-      params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(target.params["text"]))
+      loaded[m] = make_model(raws[m])  # both stay on the device (7B bf16: ~16 GB)
+      params = common.param_count(loaded[m][0].params["text"])
       result["setup"].setdefault("text_params", {})[m] = params
       print(f"{m}: {params / 1e6:.1f}M text params (bf16) drawn in "
             f"{time.perf_counter() - t0:.1f} s", flush=True)
-    target, dcfg, dparams = models[m]
+    target, dcfg, dparams = loaded[m]
     if (m, b) not in vanilla:
-      batch = vj.prepare(target, [BENCH_PROMPT] * b)
+      batch = vj.prepare(target, [common.BENCH_PROMPT] * b)
       result["setup"]["prompt_tokens"] = int(batch.prompt_lengths[0])
-
-      def run_vanilla(batch=batch):
-        return np.asarray(jax.block_until_ready(vj.generate(target, batch, n).tokens))
-
-      t0 = time.perf_counter()
-      reference = run_vanilla()
-      compile_s = time.perf_counter() - t0
-      tv, _ = _median_s(run_vanilla, repeats)
-      padded = jnp.asarray(np.concatenate([reference, np.zeros((b, 16), np.int32)], 1))
-      vanilla[m, b] = dict(batch=batch, reference=reference, seconds=tv, compile_s=compile_s)
-      drafters[m, b] = {"oracle": (testing.OracleDrafter(target.config.text.vocab_size),
-                                {"reference": padded}),
-                     "random": (draft.EagleDrafter(dcfg), dparams)}
-    v = vanilla[m, b]
-    drafter, dp = drafters[m, b][draft_name]
-    tree = tree_lib.from_spec(tree_name)
-
-    def run_spec(batch=v["batch"], drafter=drafter, dp=dp, tree=tree):
-      return jax.block_until_ready(vj.speculative_generate(target, drafter, dp, batch, tree=tree,
-                                                           max_new_tokens=n))
-
-    t0 = time.perf_counter()
-    run_spec()
-    compile_s = time.perf_counter() - t0
-    ts, out = _median_s(run_spec, repeats)
-    tau = float(np.asarray(out.stats.accepted).sum()
-                / max(int(np.asarray(out.stats.target_forwards).sum()), 1))
+      v = common.alternate({"vanilla": common.decoder(target, batch, n)}, repeats)["vanilla"]
+      reference = np.asarray(v.out.tokens)
+      vanilla[m, b] = batch, reference, v
+      drafts[m, b] = common.bracket_drafts(target, reference, dcfg, dparams)
+    batch, reference, v = vanilla[m, b]
+    drafter, dp = drafts[m, b][draft_name]
+    spec = common.alternate({"spec": common.decoder(
+        target, batch, n, drafter, dp, vj.tree.from_spec(tree_name))}, repeats)["spec"]
     row = {"model": m, "batch": b, "tree": tree_name, "draft": draft_name,
-           "vanilla_tok_s": b * n / v["seconds"], "spec_tok_s": b * n / ts,
-           "speedup": v["seconds"] / ts, "tau": tau,
-           "identical": bool(np.array_equal(np.asarray(out.tokens), v["reference"])),
-           "vanilla_s": v["seconds"], "spec_s": ts, "vanilla_compile_s": v["compile_s"],
-           "spec_compile_s": compile_s}
+           **common.versus(v.median, spec, reference, b * n), "vanilla_s": v.median,
+           "spec_s": spec.median, "vanilla_compile_s": v.first_s, "spec_compile_s": spec.first_s}
     result["rows"].append(row)
     result["elapsed_s"] = time.perf_counter() - start
     write(args.out, result)
     print(f"[{result['elapsed_s']:6.0f} s] {m} batch {b} {tree_name} {draft_name}: vanilla "
           f"{row['vanilla_tok_s']:.1f} tok/s, spec {row['spec_tok_s']:.1f} tok/s, speedup "
-          f"{row['speedup']:.2f}x, tau {tau:.2f}, identical {row['identical']} (compile "
-          f"{compile_s:.1f} s)", flush=True)
+          f"{row['speedup']:.2f}x, tau {row['tau']:.2f}, identical {row['identical']} (compile "
+          f"{spec.first_s:.1f} s)", flush=True)
   result["elapsed_s"] = time.perf_counter() - start
   write(args.out, result)
   print(f"wrote {os.path.join(os.path.abspath(args.out), 'results.json')} and results.md "
@@ -284,5 +228,10 @@ def main(args) -> int:
   """Runs `gpu` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
   if os.path.exists(args.out) and not os.path.isdir(args.out):
     raise cli.UsageError(f"--out {args.out} is a file, not a folder")
+  if args.new_tokens is None:
+    args.new_tokens = 12 if args.tiny else 128
+  if args.repeats is None:
+    args.repeats = 1 if args.tiny else 3
+  common.check_args(args)
   result = run_gpu(args)
   return 0 if all(r["identical"] for r in result["rows"]) else 1

@@ -1,8 +1,11 @@
 """`python -m infer.bench spec`: speculative vs vanilla greedy decoding, same process.
 
+    python -m infer.bench spec [--batch 1 4] [--trees ...] [--drafters oracle random]
+        [--new-tokens 128] [--repeats 3] [--mesh data=2,tensor=4] [--json out.json]
+
 On the vanilla benchmark's random Qwen2.5-VL (text hidden 512, 8 layers, vocab 32k, one 224x224
-image per prompt), for batch 1 and 4, static and dynamic trees, two drafters that bracket what a
-trained draft can do:
+image per prompt), for batch 1 and 4, static and dynamic trees, the two drafts that bracket what
+a trained draft can do (bench_common.bracket_drafts):
   oracle  already knows the target's greedy answer: every round accepts the deepest path
           (the upper bound: the speedup of a perfect draft with this tree);
   random  an EAGLE drafter with random weights: accepts ~nothing (pure overhead).
@@ -13,91 +16,16 @@ and efficiency = speedup / (tau + 1). Outputs are checked token-identical to van
 
 from __future__ import annotations
 
-import dataclasses
-import statistics
-import time
-
+import jax
 import numpy as np
 
-TREES = {
-    "chain4": dict(paths=tuple((0,) * d for d in range(1, 5))),
-    "chain6": dict(paths=tuple((0,) * d for d in range(1, 7))),
-    "dynamic-d3k8t30": dict(depth=3, top_k=8, total_tokens=30),
-    "dynamic-d4k4t16": dict(depth=4, top_k=4, total_tokens=16),
-}
+import vispec_jax as vj
+from infer import bench_common as common
+from vispec_jax import draft, sharding, testing
 
-
-def run_spec(args) -> list[dict]:
-  import jax
-  import jax.numpy as jnp
-
-  import vispec_jax as vj
-  from vispec_jax import draft, sharding, testing
-  from infer.bench import BENCH_PROMPT, write_bench_checkpoint
-
-  mesh = sharding.make_mesh(args.mesh) if args.mesh else None
-  if mesh is not None:
-    jax.set_mesh(mesh)  # this process only: the KV caches made inside the programs follow RULES
-  target = vj.load_target(write_bench_checkpoint(args.folder), mesh=mesh)
-  target = dataclasses.replace(target, config=dataclasses.replace(target.config, eos_token_ids=()))
-  n = args.new_tokens
-  dcfg = draft.DraftConfig.for_target(target.config.text)
-  random_params = draft.init_params(dcfg, jax.random.PRNGKey(7))
-  if mesh is not None:
-    random_params = sharding.shard_params(random_params, mesh, dcfg.head_dim)
-  rows = []
-  for b in args.batch:
-    prompts = [BENCH_PROMPT] * b
-    images = [[testing.scene_image(224, 224, seed=i)] for i in range(b)]
-    batch = vj.prepare(target, prompts, images=images)
-    if mesh is not None:
-      batch = sharding.shard_batch(batch, mesh)
-
-    def vanilla():
-      return np.asarray(jax.block_until_ready(vj.generate(target, batch, n).tokens))
-
-    reference = vanilla()
-    padded = jnp.asarray(np.concatenate([reference, np.zeros((b, 16), np.int32)], 1))
-    drafters = {
-        "oracle": (testing.OracleDrafter(target.config.text.vocab_size), {"reference": padded}),
-        "random": (draft.EagleDrafter(dcfg), random_params),
-    }
-    for tree_name in args.trees:
-      tree = vj.TreeConfig(**TREES[tree_name])
-      for name in args.drafters:
-        drafter, params = drafters[name]
-
-        def spec():
-          out = vj.speculative_generate(target, drafter, params, batch, tree=tree, max_new_tokens=n)
-          return jax.block_until_ready(out)
-
-        out = spec()  # compile
-        identical = bool(np.array_equal(np.asarray(out.tokens), reference))
-        times = {"vanilla": [], "spec": []}
-        for _ in range(args.repeats):  # alternate: machine noise hits both alike
-          t0 = time.perf_counter(); vanilla(); times["vanilla"].append(time.perf_counter() - t0)
-          t0 = time.perf_counter(); out = spec(); times["spec"].append(time.perf_counter() - t0)
-        tv, ts = statistics.median(times["vanilla"]), statistics.median(times["spec"])
-        tau = float(np.asarray(out.stats.accepted).sum() / np.asarray(out.stats.target_forwards).sum())
-        speedup = tv / ts
-        rows.append({
-            "batch": b, "tree": tree_name, "drafter": name, "tau": round(tau, 3),
-            "vanilla_tok_s": round(b * n / tv, 1), "spec_tok_s": round(b * n / ts, 1),
-            "speedup": round(speedup, 3), "efficiency": round(speedup / (tau + 1), 3),
-            "identical": identical,
-        })
-        print(_row(rows[-1]), flush=True)
-  return rows
-
-
+TREES = ("chain4", "chain6", "dynamic-d3k8t30", "dynamic-d4k4t16")  # vj.tree.from_spec names
 HEADER = (f"{'batch':>5} {'tree':<16} {'drafter':<7} {'tau':>6} {'vanilla tok/s':>14} "
           f"{'spec tok/s':>11} {'speedup':>8} {'eff.':>6} identical")
-
-
-def _row(r: dict) -> str:
-  return (f"{r['batch']:>5} {r['tree']:<16} {r['drafter']:<7} {r['tau']:>6.2f} "
-          f"{r['vanilla_tok_s']:>14.1f} {r['spec_tok_s']:>11.1f} {r['speedup']:>7.2f}x "
-          f"{r['efficiency']:>6.2f} {r['identical']}")
 
 
 def add_parser(sub):
@@ -112,4 +40,54 @@ def add_parser(sub):
   p.add_argument("--mesh", default=None, metavar="SPEC",
                  help="shard target, draft and batch over a device mesh, e.g. 'data=2,tensor=4'")
   p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-  return p
+  p.set_defaults(main=main)
+
+
+def run_spec(args) -> list[dict]:
+  mesh = sharding.make_mesh(args.mesh) if args.mesh else None
+  if mesh is not None:
+    jax.set_mesh(mesh)  # this process only: the KV caches made inside the programs follow RULES
+  target = vj.load_target(common.write_bench_checkpoint(args.folder), mesh=mesh)
+  target = common.without_eos(target)
+  n = args.new_tokens
+  dcfg = draft.DraftConfig.for_target(target.config.text)
+  random_params = draft.init_params(dcfg, jax.random.PRNGKey(7))
+  if mesh is not None:
+    random_params = sharding.shard_params(random_params, mesh, dcfg.head_dim)
+  rows = []
+  for b in args.batch:
+    images = [[testing.scene_image(224, 224, seed=i)] for i in range(b)]
+    batch = vj.prepare(target, [common.BENCH_PROMPT] * b, images=images)
+    if mesh is not None:
+      batch = sharding.shard_batch(batch, mesh)
+    vanilla = common.decoder(target, batch, n)
+    reference = np.asarray(vanilla().tokens)
+    drafts = common.bracket_drafts(target, reference, dcfg, random_params)
+    for tree_name in args.trees:
+      tree = vj.tree.from_spec(tree_name)
+      for name in args.drafters:
+        drafter, params = drafts[name]
+        runs = common.alternate({"vanilla": vanilla, "spec": common.decoder(
+            target, batch, n, drafter, params, tree)}, args.repeats)
+        r = common.versus(runs["vanilla"].median, runs["spec"], reference, b * n)
+        rows.append({
+            "batch": b, "tree": tree_name, "drafter": name, "tau": round(r["tau"], 3),
+            "vanilla_tok_s": round(r["vanilla_tok_s"], 1), "spec_tok_s": round(r["spec_tok_s"], 1),
+            "speedup": round(r["speedup"], 3),
+            "efficiency": round(r["speedup"] / (r["tau"] + 1), 3), "identical": r["identical"],
+        })
+        print(format_row(rows[-1]), flush=True)
+  return rows
+
+
+def format_row(r: dict) -> str:
+  return (f"{r['batch']:>5} {r['tree']:<16} {r['drafter']:<7} {r['tau']:>6.2f} "
+          f"{r['vanilla_tok_s']:>14.1f} {r['spec_tok_s']:>11.1f} {r['speedup']:>7.2f}x "
+          f"{r['efficiency']:>6.2f} {r['identical']}")
+
+
+def main(args) -> int:
+  common.check_args(args)
+  print(HEADER)
+  rows = run_spec(args)
+  return common.finish(args, rows, all(r["identical"] for r in rows))

@@ -38,26 +38,23 @@ Bad input (a missing folder, a malformed --draft, an unknown tree) is one `error
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import statistics
-import time
 
-from infer import cli
+import jax
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+import vispec_jax as vj
+from infer import bench_common as common, cli
+from proj.scenes import generator as scenes_lib
 from proj.scenes.generator import SPLIT_SEEDS
-COMMANDS = ("table", "length")
+
 LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
                 (140, 86, 75), (227, 119, 194), (23, 190, 207)]
 
 
 # ------------------------------------------------------------------------------ arguments
-
-
-def parse_tree(spec: str):
-  """--tree -> TreeConfig (vispec_jax.engine.tree.from_spec), the error naming the option."""
-  from vispec_jax.engine import tree as tree_lib
-  return cli.prefixed("--tree", tree_lib.from_spec, spec)
 
 
 def parse_drafts(specs) -> dict[str, str]:
@@ -81,27 +78,15 @@ def parse_drafts(specs) -> dict[str, str]:
 
 def check_args(args) -> tuple[dict[str, str], object]:
   """Everything checkable before loading a model; returns (drafts, tree)."""
-  if not os.path.isdir(args.target):
-    raise FileNotFoundError(f"--target folder not found: {args.target}")
+  common.check_args(args)
   drafts = parse_drafts(args.draft)
-  tree = parse_tree(args.tree)
-  cli.check_int("--scenes", args.scenes, 1)
-  cli.check_int("--repeats", args.repeats, 1)
-  lengths = "--lengths" if hasattr(args, "lengths") else "--max-new-tokens"
-  for n in getattr(args, "lengths", None) or [args.max_new_tokens]:
-    cli.check_int(lengths, n, 1)
-  temperatures = "--temperatures" if hasattr(args, "temperatures") else "--temperature"
-  for t in getattr(args, "temperatures", None) or [args.temperature]:
-    cli.check_float(temperatures, t, 0.0)
-  for option in ("json", "out"):
-    path = getattr(args, option, None)
-    if path:
-      cli.check_output(f"--{option}", path)
-  return drafts, tree
+  if getattr(args, "out", None):
+    cli.check_output("--out", args.out)
+  return drafts, vj.tree.from_spec(args.tree)
 
 
-def add_parsers(sub):
-  def common(p, scenes: int):
+def add_parser(sub):
+  def shared(p, scenes: int):
     p.add_argument("--target", required=True, help="target folder")
     p.add_argument("--draft", action="append", metavar="NAME=DIR",
                    help="a draft folder and its row name (repeat for several)")
@@ -112,22 +97,22 @@ def add_parsers(sub):
                    help="dynamic (default: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of everything (median)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    p.set_defaults(main=main)
 
   t = sub.add_parser("table", help="paper-style table: tau, tokens/s, speedup per draft and "
                                    "temperature on held-out scenes")
-  common(t, 8)
+  shared(t, 8)
   t.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
   t.add_argument("--max-new-tokens", type=int, default=512)
   t.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
 
   g = sub.add_parser("length", help="speedup and tau vs maximum output length (PNG plot)")
-  common(g, 4)
+  shared(g, 4)
   g.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512])
   g.add_argument("--temperature", type=float, default=0.0)
   g.add_argument("--ignore-eos", action="store_true",
                  help="never stop at EOS: every answer is exactly the length")
   g.add_argument("--out", default="length.png", help="the PNG plot")
-  return t, g
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -143,12 +128,9 @@ class Scene:
 
 def load(args, drafts: dict[str, str], tree):
   """Target, {name: Draft} and the prepared scenes."""
-  import vispec_jax as vj
-  from proj.scenes import generator as scenes_lib
   target = vj.load_target(args.target)
   if getattr(args, "ignore_eos", False):
-    target = dataclasses.replace(target,
-                                 config=dataclasses.replace(target.config, eos_token_ids=()))
+    target = common.without_eos(target)
   loaded = {}
   for name, folder in drafts.items():
     d = vj.load_draft(folder, target)
@@ -173,40 +155,21 @@ def measure(target, drafts, scenes, tree, max_new_tokens: int, temperature: floa
             repeats: int) -> dict[str, dict]:
   """Times vanilla and every draft on every scene (see the module docstring). Returns
   {name: {seconds, tokens, accepted, target_forwards, outputs}} with name "vanilla" first."""
-  import jax
-  import numpy as np
-
-  import vispec_jax as vj
   keys = [jax.random.fold_in(jax.random.PRNGKey(0), i) for i in range(len(scenes))]
 
-  def vanilla(i):
-    s = scenes[i]
-    return jax.block_until_ready(vj.generate(
-        target, s.batch, max_new_tokens, temperature=temperature, key=keys[i], embeds=s.embeds))
+  def run(drafter=None, params=None):
+    fns = [common.decoder(target, s.batch, max_new_tokens, drafter, params, tree,
+                          temperature=temperature, key=k, embeds=s.embeds)
+           for s, k in zip(scenes, keys)]
+    return lambda: [fn() for fn in fns]
 
-  def speculative(d):
-    def fn(i):
-      s = scenes[i]
-      return jax.block_until_ready(vj.speculative_generate(
-          target, d.drafter, d.params, s.batch, tree=tree, max_new_tokens=max_new_tokens,
-          temperature=temperature, key=keys[i], embeds=s.embeds))
-    return fn
-
-  fns = {"vanilla": vanilla, **{name: speculative(d) for name, d in drafts.items()}}
-  names = list(fns)
-  outputs = {name: [fns[name](i) for i in range(len(scenes))] for name in names}  # compiles
-  seconds = {name: [0.0] * repeats for name in names}
-  for r in range(repeats):
-    order = names[r % len(names):] + names[:r % len(names)]  # rotate: noise hits all alike
-    for i in range(len(scenes)):
-      for name in order:
-        t0 = time.perf_counter()
-        outputs[name][i] = fns[name](i)
-        seconds[name][r] += time.perf_counter() - t0
+  runs = common.alternate({"vanilla": run(), **{name: run(d.drafter, d.params)
+                                                for name, d in drafts.items()}},
+                          repeats, rotate=True)
   result = {}
-  for name in names:
-    outs = outputs[name]
-    entry = {"seconds": statistics.median(seconds[name]), "all_seconds": seconds[name],
+  for name, r in runs.items():
+    outs = r.out
+    entry = {"seconds": r.median, "all_seconds": r.seconds,
              "tokens": int(sum(int(np.asarray(o.lengths)[0]) for o in outs)),
              "outputs": [vj.trim(o)[0] for o in outs]}
     if name != "vanilla":
@@ -248,16 +211,14 @@ def _scenes(n: int) -> str:
 
 
 def setup_info(args, drafts: dict[str, str], tree, scenes) -> dict:
-  import jax
   return {
       "target": os.path.abspath(args.target),
       "drafts": {k: os.path.abspath(v) for k, v in drafts.items()},
       "tree": args.tree, "tree_config": dataclasses.asdict(tree), "split": args.split,
       "seeds": [s.seed for s in scenes], "kinds": [s.kind for s in scenes],
       "prompt_tokens": [int(s.batch.prompt_lengths[0]) for s in scenes],
-      "repeats": args.repeats, "batch": 1, "backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-      "jax": jax.__version__, "loadavg_before": list(os.getloadavg()),
+      "repeats": args.repeats, "batch": 1, "devices": [str(d) for d in jax.devices()],
+      **common.machine(),
   }
 
 
@@ -357,7 +318,6 @@ def _ticks(hi: float) -> list[float]:
 
 def plot_length(rows: list[dict], names: list[str], path: str, title: str) -> None:
   """Two panels (speedup vs length, tau vs length), one line per draft, drawn with PIL."""
-  from PIL import Image, ImageDraw, ImageFont
   font = ImageFont.load_default(size=13)
   small = ImageFont.load_default(size=11)
   panel_w, panel_h, margin = 440, 320, dict(left=56, right=16, top=34, bottom=46)
@@ -415,7 +375,4 @@ def plot_length(rows: list[dict], names: list[str], path: str, title: str) -> No
 def main(args) -> int:
   """Runs `table` or `length` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
   result = run_table(args) if args.command == "table" else run_length(args)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
-  return 0 if all(r["identical"] is not False for r in result["rows"]) else 1
+  return common.finish(args, result, all(r["identical"] is not False for r in result["rows"]))

@@ -25,6 +25,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from vispec_jax import sharding
+
 INT32_MAX = 2**31 - 1
 SEED_MAX = 2**32 - 1  # jax.random.PRNGKey keeps 32 bits: larger seeds would repeat smaller ones
 EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
@@ -183,7 +185,6 @@ def check_folder(flag: str, path: str) -> str:
 
 def check_mesh(flag: str, spec: str) -> dict[str, int]:
   """A device mesh spec ('data=2,tensor=4') that this machine's devices fill."""
-  from vispec_jax import sharding
   try:
     return sharding.parse_mesh(spec)
   except ValueError as e:

@@ -18,11 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
-from infer import cli
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+import vispec_jax as vj
+from infer import bench_common as common, cli
+from proj.scenes import facts as scene_facts, generator as scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "models", "scenes")
@@ -50,12 +53,10 @@ def parse_args(argv):
 
 def validate(args):
   """Every option checked before a model is loaded (each error names it); returns the tree."""
-  from proj.scenes import generator as scenes
-  from vispec_jax.engine import tree as tree_lib
   cli.check_seed("--seed", args.seed)
   cli.check_int("--max-new-tokens", args.max_new_tokens, 1)
   cli.check_int("--repeats", args.repeats, 1)
-  tree = cli.prefixed("--tree", tree_lib.from_spec, args.tree)
+  tree = cli.prefixed("--tree", vj.tree.from_spec, args.tree)
   if args.kind is not None and args.kind not in scenes.KINDS:
     raise ValueError(f"unknown --kind {args.kind!r}; known: {', '.join(scenes.KINDS)}")
   for name, folder in (("--model", args.model), ("--draft", args.draft)):
@@ -69,11 +70,6 @@ def validate(args):
 
 
 def run(args) -> dict:
-  import jax
-  import numpy as np
-
-  import vispec_jax as vj
-  from proj.scenes import facts as scene_facts, generator as scenes
   tree = validate(args)
   example = scenes.sample(args.seed, kind=args.kind)
   target = vj.load_target(args.model)
@@ -81,26 +77,15 @@ def run(args) -> dict:
   batch = vj.prepare(target, [example["question"]], images=[[example["image"]]])
   embeds = target.embed(target.params, batch)
   n = args.max_new_tokens
-
-  def vanilla():
-    return jax.block_until_ready(vj.generate(target, batch, n, embeds=embeds))
-
-  def speculative():
-    return jax.block_until_ready(vj.speculative_generate(
-        target, draft.drafter, draft.params, batch, tree=tree, max_new_tokens=n, embeds=embeds))
-
-  base, spec = vanilla(), speculative()  # compile
-  times = {"vanilla": [], "speculative": []}
-  for _ in range(args.repeats):  # alternate: machine noise hits both alike
-    for name, fn in (("vanilla", vanilla), ("speculative", speculative)):
-      t0 = time.perf_counter()
-      out = fn()
-      times[name].append(time.perf_counter() - t0)
-      base, spec = (out, spec) if name == "vanilla" else (base, out)
+  runs = common.alternate({
+      "vanilla": common.decoder(target, batch, n, embeds=embeds),
+      "speculative": common.decoder(target, batch, n, draft.drafter, draft.params, tree,
+                                    embeds=embeds)}, args.repeats)
+  base, spec = runs["vanilla"].out, runs["speculative"].out
   tokens = vj.trim(base)[0]
   length = int(np.asarray(spec.lengths)[0])
   identical = vj.trim(spec)[0] == tokens
-  med = {k: statistics.median(v) for k, v in times.items()}
+  med = {k: r.median for k, r in runs.items()}
   tau = float(np.asarray(spec.stats.tau)[0])
   answer = target.tokenizer.decode(tokens, skip_special_tokens=True)
   result = {
@@ -126,7 +111,6 @@ def run(args) -> dict:
 
 def render(image, question: str, pieces: list[str], drafted: list[bool], result: dict):
   """The image beside the question and answer; accepted draft tokens in green."""
-  from PIL import Image, ImageDraw, ImageFont
   font = ImageFont.load_default(size=13)
   width, margin, line_h = 760, 12, 17
   lines, line, x = [], [], 0

@@ -19,8 +19,13 @@ import sys
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
+
+import vispec_jax as vj
 from infer import cli
 from infer.cli import UsageError
+from vispec_jax import processing, sharding, testing
 
 EPILOG = """\
 examples:
@@ -142,11 +147,10 @@ def validate(args):
 
 def make_tree(args):
   """The --tree, --tree-depth, --tree-top-k, --tree-tokens options -> vj.TreeConfig."""
-  from vispec_jax.engine import tree as tree_lib
   if args.tree == "chain":
-    return cli.prefixed("--tree chain --tree-depth", tree_lib.chain, args.tree_depth)
-  return cli.prefixed("--tree-depth/--tree-top-k/--tree-tokens", tree_lib.TreeConfig,
-                      depth=args.tree_depth, top_k=args.tree_top_k, total_tokens=args.tree_tokens)
+    return cli.prefixed("--tree chain --tree-depth", vj.tree.from_spec, f"chain{args.tree_depth}")
+  return cli.prefixed("--tree-depth/--tree-top-k/--tree-tokens", vj.tree.from_spec,
+                      f"dynamic-d{args.tree_depth}k{args.tree_top_k}t{args.tree_tokens}")
 
 
 PROMPT_KEYS = ("prompt", "images", "videos")
@@ -184,7 +188,6 @@ def video_frames(spec: str) -> list:
   """A folder of frames (image files in natural order), a glob of frame files, or the frames of
   one multi-frame image file (PIL images)."""
   if os.path.isfile(spec):
-    from vispec_jax import processing
     return processing.load_frames(spec)
   if os.path.isdir(spec):
     paths = [os.path.join(spec, f) for f in os.listdir(spec)
@@ -198,12 +201,6 @@ def video_frames(spec: str) -> list:
 
 def run(args, stack: contextlib.ExitStack) -> list[dict]:
   """Loads, prepares, generates; returns one result dict per prompt."""
-  import jax
-  import jax.numpy as jnp
-
-  import vispec_jax as vj
-  from vispec_jax import sharding, testing
-
   rows = read_prompts(args.prompts) if args.prompts else [
       {"prompt": args.prompt, "images": args.image, "videos": args.video}]
   if args.tiny:

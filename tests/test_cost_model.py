@@ -2,7 +2,7 @@
 
 import pytest
 
-from infer import cost_model
+from infer import bench_cost as cost_model
 from vispec_jax.engine import tree as tree_lib
 
 # 1 layer, hidden 4, 2 heads x 2 dims, 1 kv head, MLP 8, vocab 10.

@@ -1,18 +1,18 @@
 """Sizing the scenes target from measurements on this machine: for candidate model dimensions,
 the time of one decode step (1 token, KV cache), of verifying a tree of 5 (a chain of 4), 16 or
-30 tokens (through the decoder with a cache and a tree mask), of one draft step (fc + one
-decoder layer + the shared lm_head, for 1 token and for a tree level of 8), and training
-throughput.
+30 tokens (through the decoder with a cache), of one draft step (fc + one decoder layer + the
+shared lm_head, for 1 token and for a tree level of 8), and training throughput. The decode
+pieces are infer/bench_pieces.py's.
 
     python -m proj.scenes.size_target --tokenizer data/scenes-tokenizer \
         --candidates 256x8x4x2x768 384x12x6x2x1024 [--cache 768] [--rounds 40] [--train-batch 8]
 
 A candidate is HIDDEN x LAYERS x HEADS x KV_HEADS x MLP; the vision tower is configs/
 scenes_target.py's "base" one. Each column is "ms ratio-to-step". Decode times are medians over
-`rounds` rounds that call every function once in turn (jitted, cache donated,
-block_until_ready, batch 1), so the ratios compare like with like on a shared machine. Training: tokens/s of the real train step
-(proj/scenes/train_target.py:train_step) on random batches of `--train-batch` rows of `--train-len` tokens
-with one 224 x 224 image each.
+`rounds` rounds that call every piece once in turn (jitted, cache donated, block_until_ready,
+batch 1), so the ratios compare like with like on a shared machine. Training: tokens/s of the
+real train step (proj/scenes/train_target.py:train_step) on random batches of `--train-batch`
+rows of `--train-len` tokens with one 224 x 224 image each.
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proj.scenes.configs import target as scenes_target
-from infer import cli as checks
-from train import loop, targets
-from proj.scenes import train_target as target, target_folder
 import vispec_jax as vj
-from vispec_jax import draft as draft_lib, sharding as vs
-from vispec_jax.configs import TargetConfig
+from infer import bench_pieces, cli as checks
+from proj.scenes import target_folder, train_target as target
+from proj.scenes.configs import target as scenes_target
+from train import loop, targets
+from vispec_jax import draft as draft_lib, models
 from vispec_jax.models import decoder
-from vispec_jax import models
 
 TREES = (5, 16, 30)  # tree tokens verified per round
 LEVEL = 8            # tree nodes a draft step expands (top_k)
@@ -49,59 +47,26 @@ def count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def decode_fns(cfg, cache_len: int):
-  """Jitted closures over `cfg`: {"step", "verify5", ..., "draft1", "draft8"}; the target ones
-  take (params, cache=...), the draft ones (draft params, head, cache=...)."""
-  mrope = lambda pos: jnp.broadcast_to(pos, (3,) + pos.shape)
-
-  def lm(params, cache, n):
-    tokens = jnp.zeros((1, n), jnp.int32)
-    pos = mrope(jnp.full((1, n), cache_len // 2, jnp.int32))
-    tree = jnp.tril(jnp.ones((n, n), bool))          # any tree mask costs the same
-    mask = jnp.concatenate([jnp.ones((n, cache_len - n), bool), tree], -1)[None]
-    h, cache = decoder.forward(params, cfg, decoder.embed_tokens(params, tokens), pos, mask,
-                               cache, write_index=cache_len - n)
-    return jnp.argmax(decoder.logits(params, h), -1), cache
-
-  def draft(dparams, head, cache, n):
-    dcfg = draft_lib.DraftConfig.for_target(cfg)
-    tokens = jnp.zeros((1, n), jnp.int32)
-    x = draft_lib.fuse(dparams, decoder.embed_tokens(head, tokens), jnp.zeros((1, n, cfg.hidden_size)))
-    mask = jnp.concatenate([jnp.ones((n, cache_len - n), bool), jnp.eye(n, dtype=bool)], -1)[None]
-    h, cache = draft_lib.layer_forward(dparams, dcfg, x, jnp.full((1, n), 7, jnp.int32), mask,
-                                       cache, cache_len - n)
-    return jnp.argmax(draft_lib.log_probs(head, h), -1), cache
-
-  jit = lambda f, n: jax.jit(functools.partial(f, n=n), donate_argnames=("cache",))
-  return {"step": jit(lm, 1), **{f"verify{n}": jit(lm, n) for n in TREES},
-          "draft1": jit(draft, 1), f"draft{LEVEL}": jit(draft, LEVEL)}
-
-
 def decode_times(tgt, cache_len: int, rounds: int) -> dict:
-  """Median ms of every function of `decode_fns`, called in turn every round."""
-  cfg = tgt.config.text
-  params = tgt.params["text"]
+  """Median ms of the target's and a draft's pieces (infer/bench_pieces.py, batch 1, the cache
+  full up to its last `cache_len` slot), all called in turn every round."""
+  cfg, params = tgt.config.text, tgt.params["text"]
   dcfg = draft_lib.DraftConfig.for_target(cfg)
   dparams = draft_lib.init_params(dcfg, jax.random.PRNGKey(1))
   head = draft_lib.head_params(params)
-  fns, caches = {}, {}
-  for name, fn in decode_fns(cfg, cache_len).items():
-    if name.startswith("draft"):
-      fns[name] = functools.partial(fn, dparams, head)
-      sizes = {"batch": 1, "length": cache_len, "kv_heads": dcfg.num_kv_heads,
-               "head_dim": dcfg.head_dim}
-      caches[name] = tuple(jnp.zeros(tuple(sizes[a] for a in vs.CACHE_AXES)) for _ in range(2))
-    else:
-      fns[name] = functools.partial(fn, params)
-      caches[name] = decoder.init_cache(cfg, 1, cache_len)
-  times = {k: [] for k in fns}
-  for _ in range(rounds + 2):  # two warm-up rounds (compile)
-    for name, fn in fns.items():
-      t0 = time.perf_counter()
-      out, caches[name] = fn(cache=caches[name])
-      jax.block_until_ready(out)
-      times[name].append(time.perf_counter() - t0)
-  return {k: 1e3 * float(np.median(v[2:])) for k, v in times.items()}
+
+  def target_piece(n):
+    return (bench_pieces.target_piece(params, cfg, 1, n, cache_len - n, cache_len),
+            decoder.init_cache(cfg, 1, cache_len))
+
+  def draft_piece(n):  # a tree level: lm_head and top-k on all n tokens
+    return (bench_pieces.draft_piece(dparams, dcfg, head, 1, n, cache_len - n, cache_len, False),
+            bench_pieces.draft_cache(dcfg, 1, cache_len))
+
+  pieces = {"step": target_piece(1), **{f"verify{n}": target_piece(n) for n in TREES},
+            "draft1": draft_piece(1), f"draft{LEVEL}": draft_piece(LEVEL)}
+  times = bench_pieces.loop_times(pieces, 1, rounds)
+  return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 
 def train_rate(tgt, batch: int, length: int, steps: int) -> float:
