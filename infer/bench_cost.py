@@ -98,20 +98,13 @@ def seconds(device: Device, flops: float, nbytes: float) -> float:
   return max(flops / device.flops, nbytes / device.bandwidth) + device.overhead_s
 
 
-def level_widths(tree: tree_lib.TreeConfig) -> list[int]:
-  """Tokens the drafter is fed at each tree level."""
-  if tree.paths is None:
-    return [tree.top_k] * tree.depth
-  return [len(level) for level in tree_lib.static_structure(tree.paths)["fed"]]
-
-
 def round_seconds(device: Device, target: Stack, draft: Stack, tree: tree_lib.TreeConfig,
                   tau: float, rows: int = 1, cache: int = 1024, itemsize: int = 2) -> dict:
   """Time of one vanilla step and of each part of one speculative round, in seconds."""
   def t(stack, tokens, lm_rows):
     return seconds(device, *stack.cost(rows, tokens, lm_rows, cache, itemsize))
   out = {"step": t(target, 1, 1), "verify": t(target, tree.num_nodes, tree.num_nodes),
-         "draft": sum(t(draft, w, w) for w in level_widths(tree)),
+         "draft": sum(t(draft, w, w) for w in tree_lib.level_widths(tree)),
          "commit": t(draft, tree.max_depth + 1, 1)}
   out["round"] = out["verify"] + out["draft"] + out["commit"]
   out["speedup"] = (tau + 1) * out["step"] / out["round"]

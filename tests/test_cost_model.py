@@ -49,5 +49,5 @@ def test_compute_bound_verify_grows_with_the_tree():
 
 
 def test_level_widths():
-  assert cost_model.level_widths(tree_lib.TreeConfig(depth=3, top_k=8, total_tokens=30)) == [8] * 3
-  assert cost_model.level_widths(tree_lib.chain(4)) == [1, 1, 1]  # the 4th comes from level 3
+  assert tree_lib.level_widths(tree_lib.TreeConfig(depth=3, top_k=8, total_tokens=30)) == [8] * 3
+  assert tree_lib.level_widths(tree_lib.chain(4)) == [1, 1, 1]  # the 4th comes from level 3
