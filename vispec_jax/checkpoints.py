@@ -55,6 +55,14 @@ def read_config(folder: str) -> dict[str, Any]:
   return read_json(path, "a JSON object (the model config)")
 
 
+def preprocessor_config(folder: str | None) -> dict[str, Any]:
+  """The folder's preprocessor_config.json ({} without a folder or that file)."""
+  path = os.path.join(folder, "preprocessor_config.json") if folder else None
+  if not path or not os.path.isfile(path):
+    return {}
+  return read_json(path, "a JSON object (the image processor settings)")
+
+
 # Weight files, in the order we look for them: safetensors first (no pickle at all), then
 # torch.save files, which the reference ViSpec loader tries first (read by torch_bin, no torch).
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -308,15 +316,16 @@ def write_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict 
   os.replace(tmp, path)
 
 
-def save_hf(params, name_map: NameMap, path: str, dtype=None, extra=None):
-  """Writes params under their Hugging Face names (the inverse of `load_params`), then the
-  tensors of `extra` {name: array} as they are (ones the params do not hold)."""
+def save_hf(params, name_map: NameMap, path: str, dtype=None, extra=None, fmt: str = "pt"):
+  """Writes params under their checkpoint names (the inverse of `load_params`), then the
+  tensors of `extra` {name: array} as they are (ones the params do not hold); `fmt` is the
+  file's "format" metadata."""
   tensors = {}
   for name, entries in name_map.entries.items():
     parts = [fn.save(np.asarray(_get_path(params, p))) for p, fn in entries]
     t = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     tensors[name] = t if dtype is None else t.astype(dtype)
-  write_safetensors({**tensors, **(extra or {})}, path, {"format": "pt"})
+  write_safetensors({**tensors, **(extra or {})}, path, {"format": fmt})
 
 
 def write_folder(out: str, write: Callable[[str], Any]) -> str:

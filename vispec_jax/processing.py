@@ -58,6 +58,12 @@ class Batch:
     return self.input_ids.shape[0]
 
 
+def bucket(n: int, multiple: int = 1) -> int:
+  """n rounded up to a power of two times `multiple` (bounds the number of compiles)."""
+  units = max(1, -(-n // multiple))
+  return multiple * (1 << (units - 1).bit_length())
+
+
 def bucket_length(n: int, minimum: int = 32) -> int:
   """Prompt length buckets: powers of two up to 1024, then multiples of 512."""
   if n <= 1024:

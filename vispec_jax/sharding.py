@@ -136,17 +136,14 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...], rules=RULES) -> jax.Ar
 CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")  # every KV cache: [B, K, S, D]
 
 
-def heads_granule(head_dim: int) -> dict[str, int]:
-  return {"heads": head_dim, "kv_heads": head_dim}
-
-
 def param_specs(shapes, mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES):
   """PartitionSpec for every leaf of a params (or ShapeDtypeStruct) tree. `head_dim`: one int,
   or per top-level subtree (e.g. {"text": 128, "vision": 80}). `mesh` needs only `.shape`."""
   def one(path, x):
     top = getattr(path[0], "key", None)
     hd = head_dim.get(top, 1) if isinstance(head_dim, Mapping) else head_dim
-    return spec_for(logical_axes(path, len(x.shape)), x.shape, mesh, rules, heads_granule(hd))
+    return spec_for(logical_axes(path, len(x.shape)), x.shape, mesh, rules,
+                    {"heads": hd, "kv_heads": hd})
   return jax.tree_util.tree_map_with_path(one, shapes)
 
 

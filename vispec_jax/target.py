@@ -161,9 +161,7 @@ _PREPROCESSOR_CHECKS = {
 def _check_preprocessor(folder: str) -> None:
   """CheckpointError naming preprocessor_config.json and the key whose value is unusable."""
   path = os.path.join(folder, "preprocessor_config.json")
-  if not os.path.isfile(path):
-    return
-  raw = checkpoints.read_json(path, "a JSON object (the image processor settings)")
+  raw = checkpoints.preprocessor_config(folder)
   for key, (ok, what) in _PREPROCESSOR_CHECKS.items():
     if key in raw and not ok(raw[key]):
       raise checkpoints.CheckpointError(f"{path}: {key} must be {what}, got {raw[key]!r:.80}")

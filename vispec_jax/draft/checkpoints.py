@@ -302,15 +302,8 @@ def save_draft(folder: str, cfg: DraftConfig, params, dtype=None) -> str:
   got = jax.tree.map(lambda a: tuple(a.shape), params)
   if want != got:
     raise CheckpointError(f"params do not match the draft config {cfg}")
-  tensors = {}
-  for name, entries in native_name_map(cfg).entries.items():
-    (path, _), = entries
-    a = params
-    for p in path:
-      a = a[p]
-    a = np.asarray(jax.device_get(a))
-    tensors[name] = a if dtype is None else a.astype(dtype)
-  checkpoints.write_safetensors(tensors, os.path.join(folder, WEIGHTS), {"format": FORMAT_KEY})
+  checkpoints.save_hf(params, native_name_map(cfg), os.path.join(folder, WEIGHTS), dtype,
+                      fmt=FORMAT_KEY)
   path = os.path.join(folder, "config.json")
   with open(path + ".tmp", "w") as f:
     json.dump({FORMAT_KEY: dataclasses.asdict(cfg)}, f, indent=1)

@@ -78,21 +78,19 @@ def param_shapes(cfg: TextConfig, dtype=jnp.float32) -> Params:
   checkpoint loading and sharding read."""
   e, f = cfg.hidden_size, cfg.intermediate_size
   nd, kd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  lin = lambda n_in, n_out, bias=False: layers.linear_shapes(n_in, n_out, bias, dtype)
   norm = lambda: {"scale": jax.ShapeDtypeStruct((e,), dtype)}
   layer = lambda: {
       "input_norm": norm(),
-      "attn": {"q": layers.linear_shapes(e, nd, cfg.qkv_bias, dtype),
-               "k": layers.linear_shapes(e, kd, cfg.qkv_bias, dtype),
-               "v": layers.linear_shapes(e, kd, cfg.qkv_bias, dtype),
-               "o": layers.linear_shapes(nd, e, False, dtype)},
+      "attn": {"q": lin(e, nd, cfg.qkv_bias), "k": lin(e, kd, cfg.qkv_bias),
+               "v": lin(e, kd, cfg.qkv_bias), "o": lin(nd, e)},
       "post_norm": norm(),
-      "mlp": {"gate": layers.linear_shapes(e, f, False, dtype), "up": layers.linear_shapes(e, f, False, dtype),
-              "down": layers.linear_shapes(f, e, False, dtype)},
+      "mlp": {"gate": lin(e, f), "up": lin(e, f), "down": lin(f, e)},
   }
   p = {"embed": jax.ShapeDtypeStruct((cfg.vocab_size, e), dtype),
        "layers": [layer() for _ in range(cfg.num_layers)], "norm": norm()}
   if not cfg.tie_word_embeddings:
-    p["lm_head"] = layers.linear_shapes(e, cfg.vocab_size, False, dtype)
+    p["lm_head"] = lin(e, cfg.vocab_size)
   return p
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -239,10 +237,6 @@ def num_image_tokens(size_hw: tuple[int, int], cfg: LlavaVisionConfig) -> int:
 # ------------------------------------------------------------------- vision encode
 
 
-def bucket(n: int) -> int:
-  return 1 << max(0, n - 1).bit_length()
-
-
 def project(params: Params, cfg: LlavaVisionConfig, pixels: jax.Array) -> jax.Array:
   """Tiles [N, C, S, S] -> projected features [N, tokens_per_tile, E_text]."""
   picked = [clip.resolve_layer(i, cfg.clip) for i in cfg.feature_layers]
@@ -292,7 +286,7 @@ def encode_vision(params: Params, cfg: LlavaVisionConfig, items) -> list[jax.Arr
     offset += len(it.patches)
   n_tiles, index = offset, np.concatenate(index).astype(np.int32)
   s, c = cfg.clip.image_size, cfg.clip.in_channels
-  pixels = np.zeros((bucket(n_tiles), c, s, s), np.float32)
+  pixels = np.zeros((processing.bucket(n_tiles), c, s, s), np.float32)
   pixels[:n_tiles] = np.concatenate(tiles)
   padded = np.zeros(processing.bucket_length(len(index), minimum=64), np.int32)
   padded[:len(index)] = index
@@ -361,11 +355,8 @@ def make_image_processor(folder: str | None, cfg: TargetConfig):
       LlavaNextImageProcessorPil)
   s = cfg.vision.clip.image_size
   kwargs = {"size": {"shortest_edge": s}, "crop_size": {"height": s, "width": s}}
-  path = os.path.join(folder, "preprocessor_config.json") if folder else None
-  if path and os.path.isfile(path):
-    with open(path) as f:
-      raw = json.load(f)
-    kwargs.update({k: raw[k] for k in _PROCESSOR_KEYS if k in raw})
+  raw = checkpoints.preprocessor_config(folder)
+  kwargs.update({k: raw[k] for k in _PROCESSOR_KEYS if k in raw})
   if cfg.vision.grid_pinpoints is None:
     return LlavaImageProcessorPil(**kwargs)
   kwargs.pop("do_pad", None)  # NeXT's do_pad pads the tile count of a batch, not the image

@@ -18,15 +18,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vispec_jax import checkpoints, layers
+from vispec_jax import checkpoints, layers, processing
 from vispec_jax.configs import ConfigError, QwenVisionConfig, TargetConfig, TextConfig
 from vispec_jax.models import decoder, hf_config
 from vispec_jax.processing import VisionInput
@@ -125,12 +123,6 @@ class VisionLayout:
   padded_patches: int
 
 
-def bucket(n: int, multiple: int) -> int:
-  """Rounds n up to a power of two times `multiple` (bounds the number of compiles)."""
-  units = max(1, -(-n // multiple))
-  return multiple * (1 << (units - 1).bit_length())
-
-
 def vision_layout(grid_thw: tuple[int, int, int], cfg: QwenVisionConfig) -> VisionLayout:
   """Window order, rotary positions and attention segments for one grid (transformers'
   get_vision_position_ids / get_vision_window_index / cu_seqlens, as arrays)."""
@@ -164,7 +156,7 @@ def vision_layout(grid_thw: tuple[int, int, int], cfg: QwenVisionConfig) -> Visi
   n = n_tok * unit
   order = (window_index[:, None] * unit + np.arange(unit)[None, :]).reshape(-1)
   frame = np.repeat(np.arange(t), h * w)
-  pad_to = bucket(n, 64 * unit)
+  pad_to = processing.bucket(n, 64 * unit)
   def pad(a, value):
     return np.concatenate([a, np.full((pad_to - n,) + a.shape[1:], value, a.dtype)])
   return VisionLayout(
@@ -358,14 +350,9 @@ def name_map(cfg: TargetConfig):
 def make_image_processor(folder: str | None, cfg: TargetConfig):
   """transformers' PIL image processor (no torchvision), with the folder's settings if any."""
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-  kwargs = {}
-  path = os.path.join(folder, "preprocessor_config.json") if folder else None
-  if path and os.path.isfile(path):
-    with open(path) as f:
-      raw = json.load(f)
-    for key in ("min_pixels", "max_pixels", "image_mean", "image_std", "size"):
-      if key in raw:
-        kwargs[key] = raw[key]
+  raw = checkpoints.preprocessor_config(folder)
+  kwargs = {k: raw[k] for k in ("min_pixels", "max_pixels", "image_mean", "image_std", "size")
+            if k in raw}
   v = cfg.vision
   return Qwen2VLImageProcessorPil(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
                                   merge_size=v.spatial_merge_size, **kwargs)

@@ -10,6 +10,7 @@ does the same for LLaVA-1.5 / LLaVA-NeXT.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -235,20 +236,14 @@ def scene_image(width: int = 112, height: int = 84, seed: int = 0):
   return Image.fromarray(a)
 
 
+@dataclasses.dataclass(frozen=True)
 class OracleDrafter:
   """A drafter that already knows the answer: params = {"reference": int32[B, N]}, the target's
   own greedy tokens. Along the path that follows the reference it proposes exactly the target's
   choices, so every greedy round accepts the full tree depth. Tests the engine's bookkeeping (KV
-  compaction, positions, per-row lengths) independently of draft quality."""
-
-  def __init__(self, vocab_size: int):
-    self.vocab_size = vocab_size
-
-  def __hash__(self):
-    return hash((OracleDrafter, self.vocab_size))
-
-  def __eq__(self, other):
-    return isinstance(other, OracleDrafter) and other.vocab_size == self.vocab_size
+  compaction, positions, per-row lengths) independently of draft quality. Hashable: a static
+  argument of the jitted loop."""
+  vocab_size: int
 
   def _logp(self, params, index):
     ref = params["reference"]
