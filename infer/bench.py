@@ -13,18 +13,8 @@
         [--new-tokens 128 512] [--tree chain6] [--repeats 3] [--json out.json] [--markdown]
     python -m infer.bench gpu --out DIR [--tiny] [--budget-s 420]
 
-`vanilla` (infer/bench_vanilla.py): tokens/s of `vj.generate` (greedy) against transformers'
-PyTorch generate on the same random checkpoint folder (a "tiny-but-not-toy" Qwen2.5-VL: text
-hidden 512, 8 layers, vocab 32k, one 224x224 image; infer/bench_common.py). `spec`
-(infer/bench_spec.py) times speculative against vanilla decoding with oracle and random
-drafts; `pieces` (infer/bench_pieces.py) times the parts of a speculative round; `cost`
-(infer/bench_cost.py) predicts speedups on accelerators from a roofline model. `table` and
-`length` (infer/bench_table.py) measure trained drafts against vanilla decoding on held-out
-scenes: tau, tokens/s and speedup per draft and temperature, and against the output length (PNG).
-`facts` (infer/bench_facts.py) checks the facts of a scenes target's greedy answers against
-their scenes (precision, recall; `--control`: every scene with another scene's image). `batch`
-(infer/bench_batch.py) times trained drafts against the batch size; `gpu` (infer/bench_gpu.py)
-is one bf16 accelerator run within a time budget.
+Each subcommand is a module, infer/bench_<name>.py (table and length: bench_table.py), whose
+docstring says what it measures and how; infer/bench_common.py holds what they share.
 Timings move from run to run on shared machines: compare the ratio, not absolute numbers.
 """
 

@@ -27,6 +27,16 @@ BENCH_VOCAB = 32000
 BENCH_PROMPT = "Describe the image in detail. What colour is the square? How many circles are there?"
 
 
+def bench_config(tok, vocab: int, intermediate: int, rope_theta: float = 1e4, **sizes) -> dict:
+  """testing.tiny_qwen_config(tok, **sizes) with the text stack's vocabulary, MLP width and RoPE
+  base set. Token ids above the tokenizer's few hundred are valid model outputs: the benchmarks
+  compare ids, not text."""
+  raw = testing.tiny_qwen_config(tok, **sizes)
+  raw["text_config"].update(vocab_size=vocab, intermediate_size=intermediate)
+  raw["text_config"]["rope_parameters"]["rope_theta"] = rope_theta
+  return raw
+
+
 def write_bench_checkpoint(folder: str, seed: int = 0) -> str:
   """Writes the benchmark's random Qwen2.5-VL checkpoint folder (torch-free) unless it is there;
   returns it. (testing.make_tiny_qwen cannot set the vocabulary and MLP sizes.)"""
@@ -34,9 +44,7 @@ def write_bench_checkpoint(folder: str, seed: int = 0) -> str:
     return folder
   os.makedirs(folder, exist_ok=True)
   tok = testing.tiny_tokenizer()
-  raw = testing.tiny_qwen_config(tok, **BENCH_MODEL)
-  # Token ids above the tokenizer's few hundred are valid model outputs; we compare ids, not text.
-  raw["text_config"].update(vocab_size=BENCH_VOCAB, intermediate_size=BENCH_INTERMEDIATE)
+  raw = bench_config(tok, BENCH_VOCAB, BENCH_INTERMEDIATE, **BENCH_MODEL)
   target = vj.init_target(models.config_from_hf(raw), jax.random.PRNGKey(seed))
   checkpoints.save_hf(target.params, target.family.name_map(target.config),
                       os.path.join(folder, "model.safetensors"))
@@ -96,12 +104,6 @@ def finish(args, result, ok: bool) -> int:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)
   return 0 if ok else 1
-
-
-def machine() -> dict:
-  """Where a benchmark ran (shared machines: how busy it was too)."""
-  return {"backend": jax.default_backend(), "jax": jax.__version__, "cpu_count": os.cpu_count(),
-          "loadavg_before": list(os.getloadavg())}
 
 
 # ------------------------------------------------------------------------------ measuring

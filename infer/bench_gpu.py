@@ -24,7 +24,6 @@ ml_collections. --tiny runs the same code at tiny sizes (CPU, seconds: the test 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -69,31 +68,19 @@ def add_parser(sub):
 
 def model_configs(tiny: bool) -> dict[str, dict]:
   """{name: config.json dict} of the two text stacks (tiny tokenizer ids, tiny vision tower)."""
-  tok = testing.tiny_tokenizer()
-  q, m = QWEN2_5_VL_7B, common.BENCH_MODEL
-  shapes = {
-      "bench-61M": dict(hidden=m["hidden"], layers=m["layers"], heads=m["heads"],
-                        kv_heads=m["kv_heads"], intermediate=common.BENCH_INTERMEDIATE,
-                        vocab=common.BENCH_VOCAB, theta=10000.0),
-      "qwen2.5-vl-7b": dict(hidden=q["hidden_size"], layers=q["num_hidden_layers"],
-                            heads=q["num_attention_heads"], kv_heads=q["num_key_value_heads"],
-                            intermediate=q["intermediate_size"], vocab=q["vocab_size"],
-                            theta=1e6),
-  }
+  q = QWEN2_5_VL_7B
+  shapes = {  # (hidden, layers, heads, kv_heads), vocab, MLP, RoPE base
+      "bench-61M": ([common.BENCH_MODEL[k] for k in ("hidden", "layers", "heads", "kv_heads")],
+                    common.BENCH_VOCAB, common.BENCH_INTERMEDIATE, 1e4),
+      "qwen2.5-vl-7b": ([q["hidden_size"], q["num_hidden_layers"], q["num_attention_heads"],
+                         q["num_key_value_heads"]], q["vocab_size"], q["intermediate_size"], 1e6)}
   if tiny:
-    shapes = {"bench-61M": dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
-                                vocab=512, theta=10000.0),
-              "qwen2.5-vl-7b": dict(hidden=64, layers=2, heads=4, kv_heads=1, intermediate=160,
-                                    vocab=1024, theta=1e6)}
-  out = {}
-  for name, s in shapes.items():
-    raw = testing.tiny_qwen_config(tok, hidden=s["hidden"], layers=s["layers"], heads=s["heads"],
-                                   kv_heads=s["kv_heads"], vision_depth=1, vision_hidden=32)
-    text = raw["text_config"]
-    text.update(vocab_size=s["vocab"], intermediate_size=s["intermediate"])
-    text["rope_parameters"]["rope_theta"] = s["theta"]
-    out[name] = raw
-  return out
+    shapes = {"bench-61M": ([64, 2, 4, 2], 512, 128, 1e4),
+              "qwen2.5-vl-7b": ([64, 2, 4, 1], 1024, 160, 1e6)}
+  tok = testing.tiny_tokenizer()
+  return {name: common.bench_config(tok, vocab, mlp, theta, **dict(zip(
+              ("hidden", "layers", "heads", "kv_heads"), sizes)), vision_depth=1, vision_hidden=32)
+          for name, (sizes, vocab, mlp, theta) in shapes.items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,11 +108,11 @@ def device_init(shapes, key):
 def make_model(raw: dict, seed: int = 0):
   """(Target with random bf16 params and EOS disabled, random EAGLE draft config and params)."""
   cfg = models.config_from_hf(raw)
-  cfg = dataclasses.replace(cfg, eos_token_ids=())  # every row generates exactly new_tokens
   fam = models.family(cfg)
   key = jax.random.PRNGKey(seed)
   params = device_init(fam.param_shapes(cfg, jnp.bfloat16), key)
-  target = vj.Target(cfg, params, testing.tiny_tokenizer(), fam.make_image_processor(None, cfg))
+  target = common.without_eos(vj.Target(cfg, params, testing.tiny_tokenizer(),
+                                        fam.make_image_processor(None, cfg)))
   dcfg = draft.DraftConfig.for_target(cfg.text)
   dparams = device_init(draft.param_shapes(dcfg, jnp.bfloat16), jax.random.fold_in(key, 1))
   return target, dcfg, jax.block_until_ready(dparams)

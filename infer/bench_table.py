@@ -152,9 +152,9 @@ def load(args, drafts: dict[str, str], tree):
 
 
 def measure(target, drafts, scenes, tree, max_new_tokens: int, temperature: float,
-            repeats: int) -> dict[str, dict]:
-  """Times vanilla and every draft on every scene (see the module docstring). Returns
-  {name: {seconds, tokens, accepted, target_forwards, outputs}} with name "vanilla" first."""
+            repeats: int) -> list[dict]:
+  """Times vanilla and every draft on every scene (see the module docstring): a row each,
+  vanilla first."""
   keys = [jax.random.fold_in(jax.random.PRNGKey(0), i) for i in range(len(scenes))]
 
   def run(drafter=None, params=None):
@@ -166,82 +166,66 @@ def measure(target, drafts, scenes, tree, max_new_tokens: int, temperature: floa
   runs = common.alternate({"vanilla": run(), **{name: run(d.drafter, d.params)
                                                 for name, d in drafts.items()}},
                           repeats, rotate=True)
-  result = {}
-  for name, r in runs.items():
-    outs = r.out
-    entry = {"seconds": r.median, "all_seconds": r.seconds,
-             "tokens": int(sum(int(np.asarray(o.lengths)[0]) for o in outs)),
-             "outputs": [vj.trim(o)[0] for o in outs]}
-    if name != "vanilla":
-      entry["accepted"] = int(sum(int(np.asarray(o.stats.accepted)[0]) for o in outs))
-      entry["target_forwards"] = int(sum(int(np.asarray(o.stats.target_forwards)[0])
-                                         for o in outs))
-    result[name] = entry
-  return result
-
-
-def summarise(measured: dict[str, dict], drafts, temperature: float) -> list[dict]:
-  """Rows (vanilla first) from `measure`'s result."""
-  base = measured["vanilla"]
-  base_per_token = base["seconds"] / max(base["tokens"], 1)
+  total = lambda values: sum(int(np.asarray(v)[0]) for v in values)  # over scenes, batch 1 each
   rows = []
-  for name, m in measured.items():
-    per_token = m["seconds"] / max(m["tokens"], 1)
+  for name, r in runs.items():
+    tokens, outputs = total(o.lengths for o in r.out), [vj.trim(o)[0] for o in r.out]
     if name == "vanilla":
-      tau, forwards, kind = 0.0, m["tokens"], "vanilla"
+      tau, forwards, kind, vanilla = 0.0, tokens, "vanilla", (outputs, r.median / max(tokens, 1))
     else:
-      tau, forwards = m["accepted"] / max(m["target_forwards"], 1), m["target_forwards"]
-      kind = drafts[name].config.kind
-    identical = None
-    if temperature == 0:
-      identical = name == "vanilla" or m["outputs"] == base["outputs"]
+      forwards = total(o.stats.target_forwards for o in r.out)
+      tau, kind = total(o.stats.accepted for o in r.out) / max(forwards, 1), drafts[name].config.kind
+    per_token = r.median / max(tokens, 1)
     rows.append({
-        "name": name, "kind": kind, "temperature": temperature, "tokens": m["tokens"],
+        "name": name, "kind": kind, "temperature": temperature, "tokens": tokens,
         "target_forwards": forwards, "tau": tau, "tokens_per_forward": tau + 1.0,
-        "tokens_per_s": m["tokens"] / m["seconds"] if m["seconds"] > 0 else 0.0,
-        "seconds": m["seconds"], "all_seconds": m["all_seconds"],
-        "speedup": base_per_token / per_token if per_token > 0 else 0.0,
-        "identical": identical,
+        "tokens_per_s": tokens / r.median if r.median > 0 else 0.0,
+        "seconds": r.median, "all_seconds": r.seconds,
+        "speedup": vanilla[1] / per_token if per_token > 0 else 0.0,
+        "identical": None if temperature else outputs == vanilla[0],
     })
   return rows
 
 
-def _scenes(n: int) -> str:
+def start(args, **info):
+  """Checks, loads and describes a `table` or `length` run: (target, drafts, scenes, tree,
+  setup info)."""
+  drafts, tree = check_args(args)
+  target, loaded, scenes = load(args, drafts, tree)
+  info = {"target": os.path.abspath(args.target),
+          "drafts": {k: os.path.abspath(v) for k, v in drafts.items()},
+          "tree": args.tree, "tree_config": dataclasses.asdict(tree), "split": args.split,
+          "seeds": [s.seed for s in scenes], "kinds": [s.kind for s in scenes],
+          "prompt_tokens": [int(s.batch.prompt_lengths[0]) for s in scenes],
+          "repeats": args.repeats, "batch": 1, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+          "jax": jax.__version__, "loadavg_before": list(os.getloadavg()), **info}
+  return target, loaded, scenes, tree, info
+
+
+def plural(n: int) -> str:
   return f"{n} scene" + ("" if n == 1 else "s")
-
-
-def setup_info(args, drafts: dict[str, str], tree, scenes) -> dict:
-  return {
-      "target": os.path.abspath(args.target),
-      "drafts": {k: os.path.abspath(v) for k, v in drafts.items()},
-      "tree": args.tree, "tree_config": dataclasses.asdict(tree), "split": args.split,
-      "seeds": [s.seed for s in scenes], "kinds": [s.kind for s in scenes],
-      "prompt_tokens": [int(s.batch.prompt_lengths[0]) for s in scenes],
-      "repeats": args.repeats, "batch": 1, "devices": [str(d) for d in jax.devices()],
-      **common.machine(),
-  }
 
 
 # ------------------------------------------------------------------------------ table
 
 
-COLUMNS = [("name", "{}"), ("kind", "{}"), ("T", "{:g}"), ("tokens", "{}"), ("tau", "{:.2f}"),
-           ("tokens/forward", "{:.2f}"), ("tokens/s", "{:.1f}"), ("speedup", "{:.2f}x"),
-           ("identical", "{}")]
-KEYS = ["name", "kind", "temperature", "tokens", "tau", "tokens_per_forward", "tokens_per_s",
-        "speedup", "identical"]
+COLUMNS = [("name", "name", "{}"), ("kind", "kind", "{}"), ("T", "temperature", "{:g}"),
+           ("tokens", "tokens", "{}"), ("tau", "tau", "{:.2f}"),
+           ("tokens/forward", "tokens_per_forward", "{:.2f}"), ("tokens/s", "tokens_per_s", "{:.1f}"),
+           ("speedup", "speedup", "{:.2f}x"), ("identical", "identical", "{}")]
 
 
 def format_table(rows: list[dict], markdown: bool) -> str:
-  cells = [[fmt.format(r[k]) if not (k == "identical" and r[k] is None) else "n/a (sampling)"
-            for (_, fmt), k in zip(COLUMNS, KEYS)] for r in rows]
-  head = [c for c, _ in COLUMNS]
+  cells = [common.cells(COLUMNS, {**r, "identical": "n/a (sampling)" if r["identical"] is None
+                                  else r["identical"]}) for r in rows]
+  head = [h for h, _, _ in COLUMNS]
   widths = [max(len(x) for x in col) for col in zip(head, *cells)]
   left = {0, 1}
   def line(values):
     parts = [v.ljust(w) if j in left else v.rjust(w)
              for j, (v, w) in enumerate(zip(values, widths))]
-    return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
+    return common.md_line(parts) if markdown else "  ".join(parts)
   out = [line(head)]
   if markdown:
     out.append("|" + "|".join(("-" * (w + 1) + ("-" if j in left else ":")) for j, w in
@@ -251,20 +235,14 @@ def format_table(rows: list[dict], markdown: bool) -> str:
 
 
 def run_table(args) -> dict:
-  drafts, tree = check_args(args)
-  target, loaded, scenes = load(args, drafts, tree)
-  info = setup_info(args, drafts, tree, scenes)
-  info["max_new_tokens"] = args.max_new_tokens
-  print(f"table: {_scenes(len(scenes))} ({args.split}, seeds {scenes[0].seed}.."
-        f"{scenes[-1].seed}), "
+  target, drafts, scenes, tree, info = start(args, max_new_tokens=args.max_new_tokens)
+  print(f"table: {plural(len(scenes))} ({args.split}, seeds {scenes[0].seed}..{scenes[-1].seed}), "
         f"batch 1, up to {args.max_new_tokens} new tokens, tree {args.tree}, median of "
         f"{args.repeats}, {info['backend']}, load average {info['loadavg_before'][0]:.1f}",
         flush=True)
   rows = []
   for temperature in args.temperatures:
-    measured = measure(target, loaded, scenes, tree, args.max_new_tokens, temperature,
-                       args.repeats)
-    rows += summarise(measured, loaded, temperature)
+    rows += measure(target, drafts, scenes, tree, args.max_new_tokens, temperature, args.repeats)
   info["loadavg_after"] = list(os.getloadavg())
   print(format_table(rows, args.markdown))
   return {"benchmark": "table", "setup": info, "rows": rows}
@@ -274,33 +252,28 @@ def run_table(args) -> dict:
 
 
 def run_length(args) -> dict:
-  drafts, tree = check_args(args)
   if not args.out:
     raise ValueError("--out must name the PNG to write")
-  target, loaded, scenes = load(args, drafts, tree)
-  info = setup_info(args, drafts, tree, scenes)
-  info.update(temperature=args.temperature, ignore_eos=args.ignore_eos)
-  print(f"length: {_scenes(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, tree "
+  target, drafts, scenes, tree, info = start(args, temperature=args.temperature,
+                                             ignore_eos=args.ignore_eos)
+  print(f"length: {plural(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, tree "
         f"{args.tree}, lengths {' '.join(map(str, args.lengths))}, median of {args.repeats}",
         flush=True)
   rows = []
   for n in args.lengths:
-    measured = measure(target, loaded, scenes, tree, n, args.temperature, args.repeats)
-    by_name = {r["name"]: r for r in summarise(measured, loaded, args.temperature)}
-    vanilla = by_name.pop("vanilla")
-    for name, r in by_name.items():
-      rows.append({"name": name, "kind": r["kind"], "max_new_tokens": n,
+    vanilla, *by_draft = measure(target, drafts, scenes, tree, n, args.temperature, args.repeats)
+    for r in by_draft:
+      rows.append({"name": r["name"], "kind": r["kind"], "max_new_tokens": n,
                    "mean_tokens": r["tokens"] / len(scenes), "tau": r["tau"],
                    "tokens_per_forward": r["tokens_per_forward"], "tokens_per_s": r["tokens_per_s"],
                    "vanilla_tokens_per_s": vanilla["tokens_per_s"], "speedup": r["speedup"],
                    "identical": r["identical"]})
-      print(f"  {n:>5} {name:<12} tau {r['tau']:.2f}  {r['tokens_per_s']:.1f} tokens/s "
+      print(f"  {n:>5} {r['name']:<12} tau {r['tau']:.2f}  {r['tokens_per_s']:.1f} tokens/s "
             f"(vanilla {vanilla['tokens_per_s']:.1f})  speedup {r['speedup']:.2f}x"
             + ("" if r["identical"] is None else f"  identical {r['identical']}"), flush=True)
   info["loadavg_after"] = list(os.getloadavg())
-  title = (f"{_scenes(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, "
-           f"tree {args.tree}"
-           + (", EOS ignored" if args.ignore_eos else ""))
+  title = (f"{plural(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, tree "
+           f"{args.tree}" + (", EOS ignored" if args.ignore_eos else ""))
   plot_length(rows, list(drafts), args.out, title)
   print(f"wrote {os.path.abspath(args.out)}")
   return {"benchmark": "length", "setup": info, "rows": rows, "png": os.path.abspath(args.out)}

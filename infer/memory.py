@@ -15,9 +15,7 @@ import json
 import jax.numpy as jnp
 
 from infer import cli
-from vispec_jax import draft, sharding
-from vispec_jax.configs import TargetConfig
-from vispec_jax import models
+from vispec_jax import draft, models, sharding
 
 # Qwen/Qwen2.5-VL-7B-Instruct config.json (the fields that set shapes).
 QWEN2_5_VL_7B = {
@@ -41,20 +39,19 @@ def report(raw: dict, batch: int, length: int, dtype=jnp.bfloat16, meshes=MESHES
   shapes = models.family(cfg).param_shapes(cfg, dtype)
   dcfg = draft.DraftConfig.for_target(cfg.text, kind="vispec")
   dshapes = draft.param_shapes(dcfg, dtype)
-  itemsize = jnp.dtype(dtype).itemsize
+  itemsize, gib = jnp.dtype(dtype).itemsize, 1024 ** 3
+  head_dims = {"text": cfg.text.head_dim, "vision": cfg.vision.head_dim}
   rows = []
   for spec in meshes:
-    sizes = {k: int(v) for k, v in (p.split("=") for p in spec.split(","))}
-    mesh = sharding.MeshShape(**sizes)
-    head_dims = {"text": cfg.text.head_dim, "vision": cfg.vision.head_dim}
-    gib = 1024 ** 3
-    rows.append({
+    mesh = sharding.MeshShape(**{k: int(v) for k, v in (p.split("=") for p in spec.split(","))})
+    row = {
         "mesh": spec, "devices": mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["tensor"],
         "target_params_gib": sharding.bytes_per_device(shapes, mesh, head_dims) / gib,
         "draft_params_gib": sharding.bytes_per_device(dshapes, mesh, dcfg.head_dim) / gib,
         "target_kv_gib": sharding.kv_cache_bytes_per_device(cfg.text, batch, length, mesh, itemsize) / gib,
-    })
-    rows[-1]["total_gib"] = rows[-1]["target_params_gib"] + rows[-1]["draft_params_gib"] + rows[-1]["target_kv_gib"]
+    }
+    rows.append({**row, "total_gib": row["target_params_gib"] + row["draft_params_gib"]
+                 + row["target_kv_gib"]})
   return rows
 
 
