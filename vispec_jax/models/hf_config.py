@@ -11,7 +11,8 @@ import json
 import math
 from typing import Any
 
-from vispec_jax.configs import ConfigError, LlavaVisionConfig, QwenVisionConfig, TargetConfig
+from vispec_jax.configs import (ConfigError, LlavaVisionConfig, QwenVisionConfig, TargetConfig,
+                                TextConfig)
 from vispec_jax.layers import ACTIVATIONS
 
 
@@ -20,6 +21,25 @@ def require(d: dict[str, Any], key: str, where: str) -> Any:
   if d.get(key) is None:
     raise ConfigError(f"config.json: missing key {key!r} in {where}")
   return d[key]
+
+
+def text_config(t: dict[str, Any], raw: dict[str, Any], where: str, **fields) -> TextConfig:
+  """The TextConfig of LM keys `t` (LLaMA/Qwen2 names; a missing size is a ConfigError naming
+  `where`); `fields` are the family's own (RoPE, biases, ...). Pre-v5 saves put
+  tie_word_embeddings inside text_config: either place ties."""
+  hidden = int(require(t, "hidden_size", where))
+  heads = int(require(t, "num_attention_heads", where))
+  return TextConfig(**{
+      "vocab_size": int(require(t, "vocab_size", where)), "hidden_size": hidden,
+      "intermediate_size": int(require(t, "intermediate_size", where)),
+      "num_layers": int(require(t, "num_hidden_layers", where)), "num_heads": heads,
+      "num_kv_heads": int(t.get("num_key_value_heads") or heads),
+      "head_dim": int(t.get("head_dim") or hidden // heads),
+      "rms_norm_eps": float(t.get("rms_norm_eps", 1e-6)), "hidden_act": t.get("hidden_act", "silu"),
+      "max_position_embeddings": int(t.get("max_position_embeddings", 32768)),
+      "tie_word_embeddings": bool(raw.get("tie_word_embeddings")
+                                  or (raw.get("text_config") or {}).get("tie_word_embeddings")),
+      **fields})
 
 
 def as_tuple(x) -> tuple[int, ...]:

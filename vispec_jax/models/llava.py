@@ -74,26 +74,11 @@ def _text_config(raw: dict) -> tuple[TextConfig, dict]:
   if rope_type != "default":
     raise ConfigError(f"config.json: text_config rope_type {rope_type!r} is not supported "
                       f"(only unscaled RoPE)")
-  hidden, heads = int(t["hidden_size"]), int(t["num_attention_heads"])
   max_pos = int(t["max_position_embeddings"])
   if t.get("sliding_window"):  # identical to full attention for sequences within the window
     max_pos = min(max_pos, int(t["sliding_window"]))
-  text = TextConfig(
-      vocab_size=int(t["vocab_size"]),
-      hidden_size=hidden,
-      intermediate_size=int(t["intermediate_size"]),
-      num_layers=int(t["num_hidden_layers"]),
-      num_heads=heads,
-      num_kv_heads=int(t.get("num_key_value_heads") or heads),
-      head_dim=int(t.get("head_dim") or hidden // heads),
-      rms_norm_eps=float(t["rms_norm_eps"]),
-      rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 10000.0))),
-      mrope_section=None,
-      qkv_bias=False,
-      hidden_act=t.get("hidden_act", "silu"),
-      tie_word_embeddings=bool(raw.get("tie_word_embeddings") or t_raw.get("tie_word_embeddings")),
-      max_position_embeddings=max_pos,
-  )
+  text = hf_config.text_config(t, raw, "text_config", max_position_embeddings=max_pos,
+                               rope_theta=float(rope.get("rope_theta", t.get("rope_theta", 10000.0))))
   return text, t
 
 

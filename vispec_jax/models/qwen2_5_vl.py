@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from vispec_jax import checkpoints, layers, processing
-from vispec_jax.configs import ConfigError, QwenVisionConfig, TargetConfig, TextConfig
+from vispec_jax.configs import ConfigError, QwenVisionConfig, TargetConfig
 from vispec_jax.models import decoder, hf_config
 from vispec_jax.processing import VisionInput
 
@@ -48,29 +48,11 @@ def config_from_hf(raw: dict) -> TargetConfig:
     rope_type = r.get("rope_type", r.get("type", "default"))
     if rope_type not in ("default", "mrope"):
       raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (plain mRoPE only)")
-  hidden = int(hf_config.require(t, "hidden_size", where))
-  heads = int(hf_config.require(t, "num_attention_heads", where))
-  head_dim = int(t.get("head_dim") or hidden // heads)
+  text = hf_config.text_config(t, raw, where, rope_theta=float(theta), qkv_bias=True,
+                              mrope_section=tuple(int(s) for s in section))
+  hidden, head_dim = text.hidden_size, text.head_dim
   if 2 * sum(section) != head_dim:
     raise ConfigError(f"config.json: mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
-  text = TextConfig(
-      vocab_size=int(hf_config.require(t, "vocab_size", where)),
-      hidden_size=hidden,
-      intermediate_size=int(hf_config.require(t, "intermediate_size", where)),
-      num_layers=int(hf_config.require(t, "num_hidden_layers", where)),
-      num_heads=heads,
-      num_kv_heads=int(t.get("num_key_value_heads") or heads),
-      head_dim=head_dim,
-      rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)),
-      rope_theta=float(theta),
-      mrope_section=tuple(int(s) for s in section),
-      qkv_bias=True,
-      hidden_act=t.get("hidden_act", "silu"),
-      # Pre-v5 saves put tie_word_embeddings inside text_config; either place ties.
-      max_position_embeddings=int(t.get("max_position_embeddings", 32768)),
-      tie_word_embeddings=bool(raw.get("tie_word_embeddings")
-                               or (raw.get("text_config") or {}).get("tie_word_embeddings")),
-  )
   v = hf_config.require(raw, "vision_config", "config")
   vrope = v.get("rope_parameters") or {}
   vision = QwenVisionConfig(
