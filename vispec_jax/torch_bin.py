@@ -29,27 +29,21 @@ import numpy as np
 
 from vispec_jax.errors import CheckpointError
 
-# storage class / dtype name -> (NumPy dtype, safetensors dtype name)
-_STORAGES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
+# torch dtype name -> (NumPy dtype, safetensors dtype name)
 _DTYPES = {
-    "float64": np.float64, "float32": np.float32, "float16": np.float16,
-    "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "int32": np.int32, "int16": np.int16,
-    "int8": np.int8, "uint8": np.uint8, "bool": np.bool_, "uint16": np.uint16,
-    "uint32": np.uint32, "uint64": np.uint64, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
-    "float8_e5m2": ml_dtypes.float8_e5m2,
+    "float64": (np.float64, "F64"), "float32": (np.float32, "F32"), "float16": (np.float16, "F16"),
+    "bfloat16": (ml_dtypes.bfloat16, "BF16"), "int64": (np.int64, "I64"),
+    "int32": (np.int32, "I32"), "int16": (np.int16, "I16"), "int8": (np.int8, "I8"),
+    "uint8": (np.uint8, "U8"), "bool": (np.bool_, "BOOL"), "uint16": (np.uint16, "U16"),
+    "uint32": (np.uint32, "U32"), "uint64": (np.uint64, "U64"),
+    "float8_e4m3fn": (ml_dtypes.float8_e4m3fn, "F8_E4M3"),
+    "float8_e5m2": (ml_dtypes.float8_e5m2, "F8_E5M2"),
 }
-_ST_NAMES = {
-    np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
-    np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32",
-    np.dtype(np.int16): "I16", np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8",
-    np.dtype(np.bool_): "BOOL", np.dtype(np.uint16): "U16", np.dtype(np.uint32): "U32",
-    np.dtype(np.uint64): "U64", np.dtype(ml_dtypes.float8_e4m3fn): "F8_E4M3",
-    np.dtype(ml_dtypes.float8_e5m2): "F8_E5M2",
+_ST_NAMES = {np.dtype(d): st for d, st in _DTYPES.values()}
+_STORAGES = {  # typed storage class -> torch dtype name
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
 }
 
 
@@ -91,11 +85,11 @@ class _Unpickler(pickle.Unpickler):
                                              "_rebuild_parameter"):
       return getattr(self, name)
     if module == "torch" and name in _STORAGES:
-      return _StorageType(name, np.dtype(_STORAGES[name]))
+      return _StorageType(name, np.dtype(_DTYPES[_STORAGES[name]][0]))
     if (module, name) in (("torch.storage", "UntypedStorage"), ("torch", "UntypedStorage")):
       return _StorageType(name, None)
     if module == "torch" and name in _DTYPES:
-      return _Dtype(name, np.dtype(_DTYPES[name]))
+      return _Dtype(name, np.dtype(_DTYPES[name][0]))
     self._refuse(f"the global {module}.{name}")
 
   def persistent_load(self, pid):
