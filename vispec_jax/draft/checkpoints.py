@@ -95,15 +95,12 @@ def official_name_map(cfg: DraftConfig) -> NameMap:
   return m
 
 
-def _path_name(path) -> str:
-  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def native_name_map(cfg: DraftConfig) -> NameMap:
   """Our format: every param under its dotted path, stored as is."""
   m = NameMap([])
   for path, _ in jax.tree_util.tree_flatten_with_path(param_shapes(cfg))[0]:
-    m.add(_path_name(path), tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path))
+    keys = tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path)
+    m.add(".".join(map(str, keys)), keys)
   return m
 
 
