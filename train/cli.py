@@ -76,7 +76,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(cli.EXIT_BAD_INPUT)
   try:
     return flags.FLAGS(argv)
-  except SystemExit as e:
+  except SystemExit:
     if set(argv[1:]) & set(HELP_FLAGS):  # absl's help flags exit 1 after printing
       sys.exit(0)
     raise

@@ -25,7 +25,6 @@ Command line:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np

@@ -334,15 +334,9 @@ def plot_curve(rows: list[dict], path: str, title: str, target: float = 0.95) ->
 
 def _wall_offset(workdir: str, start: int) -> float:
   """Training seconds of earlier runs: `wall_s` of the last held-out row at or before `start`."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  best = 0.0
-  if start and os.path.isfile(path):
-    with open(path) as f:
-      for line in f:
-        row = json.loads(line)
-        if "wall_s" in row and row["step"] <= start:
-          best = float(row["wall_s"])
-  return best
+  if not start or not os.path.isfile(os.path.join(workdir, "metrics.jsonl")):
+    return 0.0
+  return ([float(r["wall_s"]) for r in curve(workdir) if r["step"] <= start] or [0.0])[-1]
 
 
 def train(config, workdir: str, export_only: bool = False) -> dict:
