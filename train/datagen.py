@@ -69,6 +69,7 @@ from configs import common
 from infer import cli as checks
 from train import cli, loop, targets
 import vispec_jax as vj
+from vispec_jax.target import batch_from_rows
 from vispec_jax import processing, testing
 
 SYNTHETIC_QUESTIONS = [
@@ -222,32 +223,6 @@ def image_first(position: str, index: int) -> bool:
   return position == "before" or (position == "mixed" and index % 2 == 0)
 
 
-def rows_to_batch(target, rows: list[np.ndarray], row_items: list[list]):
-  """A left-padded `Batch` for token rows that already hold their expanded vision tokens (the
-  tail of `vj.prepare`, for sequences that are not prompts: prompt + answer)."""
-  from vispec_jax import processing
-  cfg, fam = target.config, target.family
-  length = processing.bucket_length(max(len(r) for r in rows))
-  input_ids, mask = processing.pad_batch(rows, cfg.pad_token_id, length)
-  b = len(rows)
-  vision_index = np.full((b, length), -1, np.int32)
-  pos_rows, next_pos, offset, items = [], np.zeros(b, np.int32), 0, []
-  for i, (ids, its) in enumerate(zip(rows, row_items)):
-    pos, next_pos[i] = fam.positions(ids, cfg, its)
-    pos_rows.append(pos)
-    is_vis = np.isin(ids, [t for t in (cfg.image_token_id, cfg.video_token_id) if t is not None])
-    row_index = np.full(len(ids), -1, np.int32)
-    row_index[is_vis] = offset + np.arange(int(is_vis.sum()))
-    vision_index[i, length - len(ids):] = row_index
-    offset += int(is_vis.sum())
-    items.extend(its)
-  positions = np.zeros(((3,) if pos_rows[0].ndim == 2 else ()) + (b, length), np.int32)
-  for i, pos in enumerate(pos_rows):
-    positions[..., i, length - pos.shape[-1]:] = pos
-  return processing.Batch(input_ids, mask, positions, next_pos, items, vision_index,
-                          np.asarray([len(r) for r in rows], np.int32))
-
-
 # ------------------------------------------------------------------------ generation
 
 
@@ -318,7 +293,7 @@ class Generator:
       items.append(batch.vision[k:k + 1] if im is not None else [])
       k += im is not None
     rows = [np.concatenate([pr, a]).astype(np.int32) for pr, a in zip(prompt_rows, answers)]
-    full = rows_to_batch(t, rows, items)
+    full = batch_from_rows(t, rows, items)
     feats = embeds = None
     if cfg.store_features:
       embeds_all = t.embed(t.params, full)

@@ -34,6 +34,7 @@ from configs import common
 from train import data, datagen, loop, model, sharding, targets
 import vispec_jax as vj
 from vispec_jax import draft as draft_lib
+from vispec_jax.target import batch_from_rows
 
 
 # ----------------------------------------------------------------------------- setup
@@ -115,7 +116,7 @@ def speculative_tau(config, target, dcfg, params, records, image_hw) -> dict:
       its.append(target.family.preprocess_image(target.image_processor, target.config,
                                                 Image.fromarray(np.asarray(rec["image"]))))
     items.append(its)
-  batch = datagen.rows_to_batch(target, rows, items)
+  batch = batch_from_rows(target, rows, items)
   t = config.eval_tau
   tree = vj.TreeConfig(depth=t.depth, top_k=t.top_k, total_tokens=t.total_tokens)
   out = vj.speculative_generate(target, vj.make_drafter(dcfg), params, batch, tree=tree,

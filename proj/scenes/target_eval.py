@@ -33,6 +33,7 @@ import numpy as np
 from configs import common
 from train import cli, datagen
 import vispec_jax as vj
+from vispec_jax.target import batch_from_rows
 
 
 def sentences(text: str) -> list[str]:
@@ -47,7 +48,7 @@ def teacher_forced(target, batch, answers: list[np.ndarray], rotate: int = 0) ->
   items = [[it] for it in batch.vision]
   items = items[rotate:] + items[:rotate]
   rows = [np.concatenate([pr, a]).astype(np.int32) for pr, a in zip(prompts, answers)]
-  full = datagen.rows_to_batch(target, rows, items)
+  full = batch_from_rows(target, rows, items)
   logits, _ = target.forward(target.params, full)
   pred = np.asarray(logits).argmax(-1)
   length = full.input_ids.shape[1]
