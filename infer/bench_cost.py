@@ -32,7 +32,7 @@ import os
 
 from infer import bench_common as common, cli
 from infer.memory import QWEN2_5_VL_7B
-from vispec_jax import draft, models
+from vispec_jax import draft, models, testing
 from vispec_jax.configs import TextConfig
 from vispec_jax.engine import tree as tree_lib
 
@@ -113,11 +113,9 @@ def round_seconds(device: Device, target: Stack, draft: Stack, tree: tree_lib.Tr
 
 def run_cost(args) -> list[dict]:
   qwen_7b = models.config_from_hf(QWEN2_5_VL_7B).text
-  m = common.BENCH_MODEL
-  bench = dataclasses.replace(  # the text model of infer.bench's checkpoint (shapes only)
-      qwen_7b, vocab_size=common.BENCH_VOCAB, hidden_size=m["hidden"], num_layers=m["layers"],
-      num_heads=m["heads"], num_kv_heads=m["kv_heads"], head_dim=m["hidden"] // m["heads"],
-      intermediate_size=common.BENCH_INTERMEDIATE)
+  bench = models.config_from_hf(common.bench_config(  # infer.bench's model (shapes only)
+      testing.tiny_tokenizer(), common.BENCH_VOCAB, common.BENCH_INTERMEDIATE,
+      **common.BENCH_MODEL)).text
   targets = {"bench-61M": bench, "qwen2.5-vl-7b": qwen_7b}
   for folder in args.target or []:  # e.g. the shipped scenes target
     with open(os.path.join(folder, "config.json")) as f:

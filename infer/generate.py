@@ -17,13 +17,12 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 
 import vispec_jax as vj
-from infer import cli
+from infer import bench_common as common, cli
 from infer.cli import UsageError
 from vispec_jax import processing, sharding, testing
 
@@ -248,21 +247,13 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
     batch = sharding.shard_batch(batch, mesh)
   out_stream = StdoutStream() if args.stream else None
   streamer = vj.TextStreamer(target.tokenizer, write=out_stream) if args.stream else None
-  options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                 top_k=args.top_k, top_p=args.top_p, key=jax.random.PRNGKey(args.seed),
-                 on_tokens=streamer)
-
-  def gen():
-    if draft is None:
-      return jax.block_until_ready(vj.generate(target, batch, **options))
-    return jax.block_until_ready(vj.speculative_generate(
-        target, draft.drafter, draft.params, batch, tree=tree, **options))
-
+  drafting = () if draft is None else (draft.drafter, draft.params, tree)
+  gen = common.decoder(target, batch, args.max_new_tokens, *drafting,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       key=jax.random.PRNGKey(args.seed), on_tokens=streamer)
   if args.warmup:
     gen()
-  start = time.perf_counter()
-  out = gen()
-  seconds = time.perf_counter() - start
+  seconds, out = common.timed(gen)
   if streamer is not None:
     streamer.finish()
     if out_stream.closed:
