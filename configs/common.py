@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-6, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, clip_value=0.5,
       clip_norm=placeholder(float),
-      lr_scales=placeholder(object)))  # {top-level params key: lr multiplier}, e.g. {"vision": 0.1}
+      lr_scales=placeholder(object)))  # {params path prefix: lr multiplier}, e.g. {"vision": 0.1}
 
   # Losses (train/losses.py): weight of each term (0 = off); mtp_steps: extra passes feeding
   # the draft its own shifted predictions; mask_offset: draft position i is supervised iff token
@@ -241,7 +241,7 @@ def _scales(v):
   if v is None:
     return None
   if not hasattr(v, "items"):
-    return "must be a dict {top-level params key: lr multiplier} or None"
+    return "must be a dict {params path prefix: lr multiplier} or None"
   return _weights(v)
 
 

@@ -117,6 +117,10 @@ FALSE = [
     ("Yes, there is one purple object in the image.", {"one purple object"}),  # focus
     ("No, there is no star in the image.", {"no stars"}),
     ("The colours that do appear are red and blue.", {"the colours are blue and red"}),
+    ("Top left: a large red circle, striped.",  # inventory (stage 1)
+     {"a red circle", "the object in the top left is red", "the object in the top left is a circle",
+      "the object in the top left is striped"}),
+    ("That is five objects in all.", {"five objects"}),
 ]
 
 
@@ -135,6 +139,19 @@ def test_false_sentences_are_caught(sentence, false):
   assert r.unparsed == 0, r.unparsed_sentences
   assert set(r.false_facts) == false
   assert r.correct == r.stated - len(false)
+
+
+@pytest.mark.parametrize("style", sorted(scenes.STYLES))
+def test_inventory_answers_are_all_true(style):
+  """The short inventories (generator.SHORT_KINDS): every object with its cell and attributes and
+  the object count, all parsed and true; every object's four cell facts are recalled."""
+  for seed in range(100):
+    ex = scenes.sample(seed, kind="inventory", style=style)
+    r = sf.check(ex["scene"], ex["answer"])
+    assert r.unparsed == 0 and r.precision == 1.0, (seed, r.unparsed_sentences, r.false_facts)
+    for a in ("colour", "shape", "size", "texture"):
+      c = r.by_class[f"cell {a}"]
+      assert c["correct"] == c["true"] == len(ex["scene"]["objects"]), (seed, a, c)
 
 
 def _expected_relation_pairs(kind: str, n: int) -> int:

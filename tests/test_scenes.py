@@ -76,6 +76,18 @@ def test_styles():
 
 
 @pytest.mark.parametrize("style", sorted(scenes.STYLES))
+def test_inventory_answers_are_short_and_name_every_object(tokenizer, style):
+  lengths = scenes.answer_lengths(tokenizer, HELD_OUT, kinds=scenes.SHORT_KINDS, style=style)
+  assert 30 <= min(lengths["inventory"]) and max(lengths["inventory"]) <= 100, lengths
+  for seed in HELD_OUT[:20]:
+    ex = scenes.sample(seed, kind="inventory", style=style)
+    assert ex["question"] in scenes.QUESTIONS["inventory"]
+    for o in ex["scene"]["objects"]:
+      assert f"{o['size']} {o['colour']} {o['shape']}, {o['texture']}." in ex["answer"]
+  assert "inventory" not in scenes.KINDS  # not in the default mix: the shipped data is unchanged
+
+
+@pytest.mark.parametrize("style", sorted(scenes.STYLES))
 def test_answers_are_long(tokenizer, style):
   assert 500 < len(tokenizer) <= 2048
   lengths = scenes.answer_lengths(tokenizer, HELD_OUT, style=style)
@@ -200,3 +212,24 @@ def test_tfds_build_and_read(tmp_path):
   scenes_tfds.build(data_dir, train=8, validation=4, test=0)
   assert mtime == os.path.getmtime(os.path.join(data_dir, scenes_tfds.NAME, "default", "1.0.0",
                                                 "dataset_info.json"))
+
+
+def test_tfds_bold_inventory_config(tmp_path):
+  """The stage-1 build (--config bold_inventory): bold scenes with inventory answers, the style
+  in the metadata; the default build's metadata has no style key."""
+  import tensorflow_datasets as tfds
+
+  from proj.scenes import tfds_builder as scenes_tfds
+  data_dir = str(tmp_path / "tfds")
+  assert scenes_tfds.main(["--data-dir", data_dir, "--config", "bold_inventory", "--train", "3",
+                           "--validation", "2", "--test", "0"]) == 0
+  src = tfds.data_source(f"{scenes_tfds.NAME}/bold_inventory", split="validation",
+                         data_dir=data_dir)
+  for i in range(len(src)):
+    ref = scenes.sample(scenes.SPLIT_SEEDS["validation"] + i, kinds=scenes.SHORT_KINDS,
+                        style="bold")
+    assert scenes_tfds.decode_text(src[i]["answer"]) == ref["answer"]
+    assert np.array_equal(src[i]["image"], np.asarray(ref["image"]))
+    assert json.loads(scenes_tfds.decode_text(src[i]["scene"]))["style"] == "bold"
+  meta = tfds.builder(f"{scenes_tfds.NAME}/bold_inventory", data_dir=data_dir).info.metadata
+  assert meta["style"] == "bold" and meta["kinds"] == ["inventory"]

@@ -153,3 +153,52 @@ def test_export_uses_the_target_checkpoint_names(runs, tiny_qwen_dir, tmp_path):
   with open(os.path.join(folder, "stage0.json")) as f:
     info = json.load(f)
   assert info["step"] == STEPS and info["vision_config"]["hidden_size"] == 16
+
+
+def test_stage1_init_takes_the_tower_and_scales_its_tokens(runs, tiny_qwen_dir, tmp_path):
+  """proj.scenes.train_target's stage-1 init: the stage-0 tower in params["vision"], its merger's
+  last layer scaled so that the tokens' mean norm is the text embeddings' (init.json says by
+  how much), written once."""
+  from proj.scenes import train_target
+  from proj.scenes.configs import target as scenes_target
+  c = scenes_target.get_config("model=tiny,stage=1,runlocal")
+  c.init.vision = runs["ref"]["export"]
+  c.datagen.image_size = (112, 112)
+  tok = target_folder.load_tokenizer(tiny_qwen_dir)
+  folder = train_target.init_folder(c, str(tmp_path), tok)
+  target = vj.load_target(folder)
+  with open(os.path.join(folder, "init.json")) as f:
+    info = json.load(f)
+  assert info["vision"] == c.init.vision
+  s = info["token_scale"]["scale"]
+  assert 0 < s < 1  # a trained tower's tokens are louder than fresh embeddings
+  tower = vp.load_tower(c.init.vision, target.config)
+  flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(jax.device_get(t))[0])
+  got, want = flat(target.params["vision"]), flat(tower)
+  for path, w in want.items():
+    fc2 = "fc2" in jax.tree_util.keystr(path)
+    np.testing.assert_allclose(got[path], w * s if fc2 else w, rtol=1e-6, atol=1e-7)
+  adapter = vp.make_adapter(tiny_config(tiny_qwen_dir, str(tmp_path)), target.config)
+  pixels = np.stack([adapter.pixels(np.asarray(scenes.make_scene(i, 112, style="bold")[0]))
+                     for i in range(32)])
+  norm = np.linalg.norm(np.asarray(adapter.encode(target.params["vision"], pixels)), axis=-1)
+  embed = np.linalg.norm(np.asarray(target.params["text"]["embed"]), axis=-1).mean()
+  np.testing.assert_allclose(norm.mean(), embed, rtol=1e-4)
+  assert np.isclose(embed, info["token_scale"]["text_embed_norm"])
+  mtime = os.path.getmtime(os.path.join(folder, "model.safetensors"))
+  assert train_target.init_folder(c, str(tmp_path), tok) == folder  # a resume reads it again
+  assert os.path.getmtime(os.path.join(folder, "model.safetensors")) == mtime
+
+
+def test_lr_scales_freeze_a_subtree_but_not_its_exceptions():
+  from configs import common
+  c = common.base_config()
+  c.optim.update(dict(lr=1e-2, lr_scales={"vision": 0.0, "vision/merger": 1.0}))
+  params = {"vision": {"blocks": [{"w": np.ones(3)}], "merger": {"fc2": {"kernel": np.ones(3)}}},
+            "text": {"embed": np.ones(3)}}
+  tx = loop.make_optimizer(c, 1e-2)  # a constant lr (a schedule starts at 0)
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert not np.asarray(updates["vision"]["blocks"][0]["w"]).any()
+  assert np.asarray(updates["vision"]["merger"]["fc2"]["kernel"]).all()
+  assert np.asarray(updates["text"]["embed"]).all()

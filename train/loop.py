@@ -49,8 +49,9 @@ def schedule(config, total_steps: int, warmup: int):
 
 def make_optimizer(config, sched) -> optax.GradientTransformation:
   """Gradient clipping (by value, the reference's 0.5; and/or by global norm), then AdamW.
-  `optim.lr_scales` ({top-level params key: multiplier}, optional) gives a subtree its own
-  learning rate, e.g. a slower vision tower."""
+  `optim.lr_scales` ({params path prefix: multiplier}, optional) gives a subtree its own
+  learning rate: "vision" a slower tower, {"vision": 0, "vision/merger": 1} a frozen tower with
+  a trained merger (the longest matching prefix wins; 0 freezes, weight decay included)."""
   o = config.optim
   parts = []
   if o.clip_value:
@@ -60,9 +61,16 @@ def make_optimizer(config, sched) -> optax.GradientTransformation:
   parts.append(optax.adamw(sched, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
   scales = {k: float(v) for k, v in (o.get("lr_scales") or {}).items()}
   if scales:  # AdamW's update (step and decay) is proportional to the lr: scale it per subtree
-    parts.append(optax.stateless(lambda updates, params=None: {
-        k: jax.tree.map(lambda u, m=scales.get(k, 1.0): u * m, v) for k, v in updates.items()}))
+    parts.append(optax.stateless(lambda updates, params=None: jax.tree_util.tree_map_with_path(
+        lambda path, u: u * lr_scale(scales, path), updates)))
   return optax.chain(*parts)
+
+
+def lr_scale(scales: dict[str, float], path) -> float:
+  """The multiplier of the longest prefix in `scales` of a params key path (1 if none)."""
+  name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  best = max((p for p in scales if name == p or name.startswith(p + "/")), key=len, default=None)
+  return 1.0 if best is None else scales[best]
 
 
 # --------------------------------------------------------------------------- state

@@ -165,7 +165,7 @@ _PIECES = {  # placeholder -> regex (each becomes a named group)
     "num": _alt(scenes.NUMBERS) + r"|\d+", "colour": _COLOUR, "size": _alt(scenes.SIZES),
     "shape": _SHAPE, "shapes": _SHAPE + "(?:es|s)?", "phrase": _alt(scenes.TEXTURE_PHRASES.values()),
     "cell": _alt(CELLS), "row": _alt(scenes.ROWS), "col": _alt(scenes.COLS),
-    "bg": _alt(scenes.BACKGROUNDS), "ord": _alt(scenes.ORDINALS), "name": f"{_COLOUR} {_SHAPE}",
+    "bg": _alt(scenes.BACKGROUNDS), "texture": _alt(scenes.TEXTURES), "ord": _alt(scenes.ORDINALS), "name": f"{_COLOUR} {_SHAPE}",
     "full": f"{_alt(scenes.SIZES)} {_COLOUR} {_SHAPE}", "value": _alt(_KEY_OF),
     "key": _alt(ATTRIBUTES), "list": ".+?", "which": "biggest|smallest",
     "opening": "in summary|to sum up|overall",
@@ -226,8 +226,8 @@ def _plural_shape(word: str) -> str:
 def _described(g) -> list[tuple]:
   m = re.fullmatch(f"({_PIECES['size']}) ({_COLOUR}) ({_SHAPE})", g["full"])
   size, colour, shape = m.groups()
-  r, c = CELLS[g["cell"]]
-  texture = _PHRASE_TEXTURE[g["phrase"]]
+  r, c = CELLS[g["cell"].lower()]
+  texture = g["texture"] if "texture" in g else _PHRASE_TEXTURE[g["phrase"]]
   return [("object", colour, shape)] + [("cell", r, c, a, v) for a, v in
                                         zip(ATTRIBUTES, (colour, shape, size, texture))]
 
@@ -253,6 +253,16 @@ def _grid(g):
            "The {full} is in the {cell}{,} {phrase}")
 def _object(g):
   return _described(g)
+
+
+@_template("{cell}: {a} {full}, {texture}")  # the inventory answers
+def _inventory_item(g):
+  return _described(g)
+
+
+@_template("That is {num} object{s} in all")
+def _inventory_count(g):
+  return [("summary", "objects", _num(g["num"]))]
 
 
 @_template("The {cell} cell is empty")

@@ -58,7 +58,10 @@ DEFAULT_STYLE = "classic"
 TEXTURES = ["solid", "striped", "dotted", "outlined"]
 ROWS = ["top", "middle", "bottom"]
 COLS = ["left", "centre", "right"]
-KINDS = ["describe", "count", "where", "compare", "colour", "shape"]
+KINDS = ["describe", "count", "where", "compare", "colour", "shape"]  # the long answers
+# Short, image-dense answers (30-80 tokens: nearly every content word comes from the image), for
+# teaching a language model to read its vision tower (issue 16, stage 1); not in the default mix.
+SHORT_KINDS = ["inventory"]
 MIN_OBJECTS, MAX_OBJECTS = 3, 6
 
 NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -78,6 +81,8 @@ QUESTIONS = {
     "colour": ["Are there any {colour} objects in the image?",
                "Tell me about the {colour} shapes in the picture."],
     "shape": ["Is there a {shape} in the image?", "Tell me about every {shape} in the picture."],
+    "inventory": ["List the objects in the image.", "What objects does the picture contain?",
+                  "Name every shape in the image with its place."],
 }
 
 
@@ -463,7 +468,17 @@ def s_compare_relations(scene, rng):
 
 # The sections of each kind's answer, in order ("colour" and "shape" start with the answer to
 # the question asked).
+def s_inventory(scene, rng) -> list[str]:
+  """Every object, row by row, with its cell and all four attributes, then the object count."""
+  del rng
+  out = [f"{cell_name(o['row'], o['col']).capitalize()}: {with_article(o['size'])} {o['colour']} "
+         f"{o['shape']}, {o['texture']}." for o in scene["objects"]]
+  n = len(scene["objects"])
+  return out + [f"That is {counted(n, 'object')} in all."]
+
+
 _SECTIONS = {
+    "inventory": [s_inventory],
     "describe": [s_intro, s_objects, s_colour_counts, s_shape_counts, s_extremes, s_rows,
                  s_relations, s_empty, s_summary],
     "count": [s_intro, s_colour_counts, s_shape_counts, s_size_counts, s_texture_counts, s_rows,
@@ -487,7 +502,7 @@ def question_for(kind: str, rng, shapes=SHAPES) -> tuple[str, dict]:
   elif kind == "shape":
     params["shape"] = _pick(rng, shapes)
   elif kind not in QUESTIONS:
-    raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS + SHORT_KINDS}")
   return _pick(rng, QUESTIONS[kind]).format(**params), params
 
 

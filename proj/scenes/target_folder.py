@@ -44,12 +44,15 @@ def load_tokenizer(path: str):
   return tok
 
 
-def write(folder: str, raw: dict, params, name_map, tokenizer, dtype=None) -> str:
+def write(folder: str, raw: dict, params, name_map, tokenizer, dtype=None,
+          extra: dict | None = None) -> str:
   """Writes config.json, model.safetensors (`dtype`: e.g. bfloat16 storage), the tokenizer with
-  its chat template and preprocessor_config.json, atomically (`checkpoints.write_folder`)."""
+  its chat template, preprocessor_config.json and `extra` ({file name: JSON-able}), atomically
+  (`checkpoints.write_folder`)."""
   def fill(tmp):
     checkpoints.save_hf(params, name_map, os.path.join(tmp, "model.safetensors"), dtype=dtype)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(raw, f, indent=1)
+    for name, value in {"config.json": raw, **(extra or {})}.items():
+      with open(os.path.join(tmp, name), "w") as f:
+        json.dump(value, f, indent=1)
     testing.write_tokenizer_and_processor(tokenizer, tmp)
   return checkpoints.write_folder(folder, fill)

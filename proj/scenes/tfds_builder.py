@@ -2,6 +2,7 @@
 read without TensorFlow (`tfds.data_source`, grain).
 
     python -m proj.scenes.tfds_builder --data-dir DIR --train 20000 --validation 500 --test 500
+    python -m proj.scenes.tfds_builder --data-dir DIR --config bold_inventory   # issue 16 stage 1
 
     import tensorflow_datasets as tfds
     import proj.scenes.tfds_builder  # registers "scenes_dataset" (optional once built: TFDS
@@ -43,11 +44,17 @@ class ScenesConfig(tfds.core.BuilderConfig):
   image_size: int = 224
   kinds: tuple[str, ...] = tuple(scenes.KINDS)
   seed_offset: int = 0
+  style: str = scenes.DEFAULT_STYLE
 
 
 CONFIGS = [ScenesConfig(name="default", description="224 x 224 scenes (64 Qwen2.5-VL tokens)")] + [
     ScenesConfig(name=f"size{s}", image_size=s, description=f"{s} x {s} scenes")
-    for s in (112, 336, 448)]
+    for s in (112, 336, 448)] + [
+    # Issue 16's staged recipe: bold scenes (generator.STYLES), short image-dense inventories
+    # (stage 1) and the long answers (stage 2).
+    ScenesConfig(name="bold_inventory", style="bold", kinds=tuple(scenes.SHORT_KINDS),
+                 description="224 x 224 bold scenes, inventory answers (30-80 tokens)"),
+    ScenesConfig(name="bold", style="bold", description="224 x 224 bold scenes, long answers")]
 
 
 def config_name(image_size: int) -> str:
@@ -80,7 +87,9 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
     return epath.Path(os.path.abspath(__file__))
 
   def _info(self) -> tfds.core.DatasetInfo:
-    s = self.builder_config.image_size
+    c = self.builder_config
+    s = c.image_size
+    style = {} if c.style == scenes.DEFAULT_STYLE else {"style": c.style}
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n")[0],
@@ -93,9 +102,8 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
             "scene": tfds.features.Text(),  # the scene dict as JSON
         }),
         metadata=tfds.core.MetadataDict(
-            image_size=s, kinds=list(self.builder_config.kinds),
-            split_seeds={k: v + self.builder_config.seed_offset
-                         for k, v in scenes.SPLIT_SEEDS.items()}),
+            image_size=s, kinds=list(c.kinds), **style,
+            split_seeds={k: v + c.seed_offset for k, v in scenes.SPLIT_SEEDS.items()}),
         disable_shuffling=True,
     )
 
@@ -108,17 +116,18 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
   def _generate_examples(self, base: int, n: int):
     c = self.builder_config
     for i in range(n):
-      ex = scenes.sample(base + i, c.image_size, kinds=c.kinds)
+      ex = scenes.sample(base + i, c.image_size, kinds=c.kinds, style=c.style)
       yield i, {"image": np.asarray(ex["image"], np.uint8), "question": ex["question"],
                 "answer": ex["answer"], "kind": ex["kind"], "seed": ex["seed"],
                 "scene": json.dumps(ex["scene"], sort_keys=True)}
 
 
 def build(data_dir: str, *, train: int, validation: int, test: int = 0,
-          image_size: int = 224) -> ScenesDataset:
-  """Builds (or finds already built) the dataset under data_dir; returns the builder."""
+          image_size: int = 224, config: str | None = None) -> ScenesDataset:
+  """Builds (or finds already built) the dataset under data_dir; returns the builder. `config`
+  names a builder config (CONFIGS); by default the classic one of `image_size`."""
   builder = ScenesDataset(data_dir=data_dir, train=train, validation=validation, test=test,
-                          config=config_name(image_size), file_format="array_record")
+                          config=config or config_name(image_size), file_format="array_record")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(verify_ssl=False, try_download_gcs=False))
   return builder
@@ -136,10 +145,13 @@ def main(argv=None) -> int:
   ap.add_argument("--train", type=int, default=20_000)
   ap.add_argument("--validation", type=int, default=500)
   ap.add_argument("--test", type=int, default=500)
-  ap.add_argument("--image-size", type=int, default=224, choices=[c.image_size for c in CONFIGS])
+  ap.add_argument("--image-size", type=int, default=224,
+                  choices=sorted({c.image_size for c in CONFIGS}))
+  ap.add_argument("--config", choices=[c.name for c in CONFIGS],
+                  help="a builder config by name (default: the classic scenes of --image-size)")
   args = ap.parse_args(argv)
   builder = build(args.data_dir, train=args.train, validation=args.validation, test=args.test,
-                  image_size=args.image_size)
+                  image_size=args.image_size, config=args.config)
   sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
   print(f"{NAME} at {builder.data_dir}: {sizes}")
   if any(sizes.get(k, 0) != n for k, n in (("train", args.train), ("validation", args.validation),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -34,14 +35,20 @@ from ml_collections import config_flags
 
 from configs import common
 from train import cli, data, datagen, lm, loop, sharding, targets
-from proj.scenes import target_eval, target_folder
+from proj.scenes import generator, target_eval, target_folder, vision_pretrain
 import vispec_jax as vj
 from vispec_jax import models
 
 
 def init_folder(config, workdir: str, tokenizer) -> str:
-  """workdir/init: config.json from `config.model`, random weights (`config.seed`), tokenizer and
-  processor. Written once; a later run (resume) reads the same folder."""
+  """workdir/init: config.json from `config.model`, the starting weights and the tokenizer and
+  processor. Written once (atomically); a later run (resume) reads the same folder.
+
+  The weights are random (`config.seed`), then, where `config.init` says so (issue 16's stages):
+  `init.target` a trained target folder of the same dimensions (stage 2 starts from stage 1),
+  `init.vision` a stage-0 tower export (proj/scenes/vision_pretrain.py) for params["vision"],
+  with `init.scale_tokens` scaling its merger's last layer so that its tokens enter the language
+  model at the norm of the text embeddings (measured on 32 train scenes of the tower's style)."""
   folder = os.path.join(workdir, "init")
   raw = target_folder.hf_config(tokenizer, config.model)
   path = os.path.join(folder, "config.json")
@@ -50,11 +57,47 @@ def init_folder(config, workdir: str, tokenizer) -> str:
       if json.load(f) != json.loads(json.dumps(raw)):
         raise ValueError(f"{path} was written for other model dimensions or another tokenizer "
                          "than this config's; use another workdir")
-  else:
-    fresh = vj.init_target(models.config_from_hf(raw), jax.random.PRNGKey(config.seed))
-    target_folder.write(folder, raw, jax.device_get(fresh.params),
-                        fresh.family.name_map(fresh.config), tokenizer)
+    return folder
+  fresh = vj.init_target(models.config_from_hf(raw), jax.random.PRNGKey(config.seed))
+  params, info = jax.device_get(fresh.params), {}
+  init = config.get("init") or {}
+  if init.get("target"):
+    start = vj.load_target(init["target"])
+    if start.config != fresh.config:
+      raise ValueError(f"init.target {init['target']} has other dimensions than config.model")
+    params, info["target"] = jax.device_get(start.params), init["target"]
+  if init.get("vision"):
+    params = dict(params, vision=vision_pretrain.load_tower(init["vision"], fresh.config))
+    info["vision"] = init["vision"]
+  if init.get("vision") and init.get("scale_tokens"):
+    with tempfile.TemporaryDirectory() as tmp:  # the processor the target will use
+      target_folder.write(tmp, raw, params, fresh.family.name_map(fresh.config), tokenizer)
+      params["vision"], info["token_scale"] = scale_tokens(
+          vj.load_target(tmp), params, init["vision"], tuple(config.datagen.image_size))
+  target_folder.write(folder, raw, params, fresh.family.name_map(fresh.config), tokenizer,
+                      extra={"init.json": info})
+  logging.info("init folder %s: %s", folder, info or "random weights")
   return folder
+
+
+def scale_tokens(target, params, stage0_folder: str, image_hw: tuple[int, int],
+                 scenes: int = 32) -> tuple[dict, dict]:
+  """params["vision"] with the merger's last layer (fc2) multiplied by the mean L2 norm of the
+  text embedding rows over that of the tower's tokens on `scenes` train scenes (the style the
+  tower was trained on), and the numbers."""
+  with open(os.path.join(stage0_folder, "stage0.json")) as f:
+    options = json.load(f).get("scene_options") or {}
+  adapter = targets.VisionAdapter.for_target(target, image_hw)
+  pixels = np.stack([adapter.pixels(np.asarray(generator.make_scene(seed, image_hw[0], **options)[0]))
+                     for seed in range(scenes)])
+  tokens = adapter.encode(params["vision"], pixels)
+  token_norm = float(np.linalg.norm(np.asarray(tokens, np.float32), axis=-1).mean())
+  text_norm = float(np.linalg.norm(np.asarray(params["text"]["embed"], np.float32), axis=-1).mean())
+  s = text_norm / token_norm
+  merger = dict(params["vision"]["merger"], fc2={k: v * s for k, v in
+                                                 params["vision"]["merger"]["fc2"].items()})
+  return (dict(params["vision"], merger=merger),
+          {"scale": s, "token_norm": token_norm, "text_embed_norm": text_norm})
 
 
 def train_step(text_cfg, vision, tx, state, batch):

@@ -6,8 +6,19 @@
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py --workdir runs/target
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:model=tiny,runlocal --workdir /tmp/t
 
-arg keys: model (a key of SIZES), runlocal (a few steps, for a smoke test).
+arg keys: model (a key of SIZES), runlocal (a few steps, for a smoke test), stage (0: the shipped
+recipe, end to end on the classic scenes; 1 and 2: issue 16's staged recipe on the bold scenes,
+docs/embedded-model.md "Stage 1"):
+
+    python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold_inventory
+    python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=1 \
+        --workdir runs/scenes_stage1
+    python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold
+    python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=2 \
+        --workdir runs/scenes_stage2
 """
+
+from ml_collections.config_dict import placeholder
 
 from configs import common
 
@@ -34,7 +45,7 @@ def model_dims(size: str) -> dict:
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, model="base", runlocal=False)
+  arg = common.parse_arg(arg, model="base", runlocal=False, stage=0)
   c = common.without(common.base_config(), *common.DRAFT_ONLY)
   c.model = model_dims(arg.model)
   c.tokenizer = "data/scenes-tokenizer"   # python -m proj.scenes.generator tokenizer --out ...
@@ -69,8 +80,45 @@ def get_config(arg=None):
   c.heldout = dict(input="tfds:scenes_dataset:validation", scenes=16, max_new_tokens=640,
                    batch_size=8)
 
+  # Where the weights start (proj/scenes/train_target.py:init_folder): random unless set.
+  c.init = dict(target=placeholder(str), vision=placeholder(str), scale_tokens=False)
+  if arg.stage == 1:
+    stage_1(c)
+  elif arg.stage == 2:
+    stage_2(c)
+  elif arg.stage != 0:
+    raise ValueError(f"stage must be 0, 1 or 2, got {arg.stage!r}")
+
   if arg.runlocal:
     c.update(dict(total_steps=10, warmup_steps=2, eval_every=10, eval_batches=1,
                   checkpoint=dict(every=5), heldout=dict(scenes=2, max_new_tokens=16,
                                                          batch_size=2)))
   return c
+
+
+def stage_1(c) -> None:
+  """Issue 16, stage 1: the language model (from scratch) and the merger learn to read the
+  stage-0 tower (frozen) on short inventories of bold scenes, where nearly every content token
+  comes from the image. The tower's tokens enter at the text embeddings' norm (init.scale_tokens;
+  its output norm was ~4 against ~0.2 for the embeddings)."""
+  c.tokenizer = "models/scenes/target"  # the shipped scenes tokenizer (the same vocabulary)
+  c.init.update(dict(vision="models/scenes/stage0", scale_tokens=True))
+  # Records: a question (<= 15 tokens), 64 image tokens and a 43-85 token answer (300 held-out
+  # bold scenes, the scenes tokenizer): 125-170 tokens.
+  c.datagen.update(dict(input="tfds:scenes_dataset/bold_inventory:train", max_new_tokens=128))
+  c.data.update(dict(name="scenes_inventory", max_len=192, buckets=(160, 192)))
+  c.update(dict(batch_size=16, total_steps=600, warmup_steps=30))
+  c.optim.lr_scales = {"vision": 0.0, "vision/merger": 1.0}
+  c.heldout.update(dict(input="tfds:scenes_dataset/bold_inventory:validation",
+                        max_new_tokens=128))
+
+
+def stage_2(c) -> None:
+  """Issue 16, stage 2: the long answers of every question kind on bold scenes, from the
+  stage-1 target (its workdir's export), the tower still frozen."""
+  c.tokenizer = "models/scenes/target"
+  c.init.target = "runs/scenes_stage1/target"
+  c.datagen.input = "tfds:scenes_dataset/bold:train"
+  c.data.name = "scenes_bold"
+  c.optim.lr_scales = {"vision": 0.0, "vision/merger": 1.0}
+  c.heldout.input = "tfds:scenes_dataset/bold:validation"
