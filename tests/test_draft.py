@@ -371,8 +371,8 @@ def test_prefill_matches_numpy_reference(loaded, head, rows):
                                atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(state.extra[r]), g, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(g_last[r]), g, atol=1e-5, rtol=1e-5)
-    assert int(state.position[r]) == n and int(state.length[r]) == P
-    np.testing.assert_array_equal(np.asarray(state.prompt_valid[r]), keys[r])
+    assert int(state.position[r]) == n and int(state.cache.length[r]) == P
+    np.testing.assert_array_equal(np.asarray(state.cache.prompt_valid[r]), keys[r])
   print(f"max |flax - numpy| over prompt hidden states: {worst:.2e}")
 
 

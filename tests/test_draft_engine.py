@@ -62,7 +62,7 @@ def test_vispec_prefill_sees_two_images(setup, drafts):
   extra = np.asarray(state.extra)
   assert np.abs(extra[0]).max() > 0 and np.abs(extra[1]).max() == 0
   n_vision = (batch.vision_index[0] >= 0).sum()
-  dropped = np.asarray(batch.attention_mask[0]).sum() - np.asarray(state.prompt_valid[0]).sum()
+  dropped = np.asarray(batch.attention_mask[0]).sum() - np.asarray(state.cache.prompt_valid[0]).sum()
   assert dropped == n_vision - 2  # each image run keeps num_q - 1 = 1 compressed token
 
 

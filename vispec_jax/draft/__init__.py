@@ -29,6 +29,11 @@ from vispec_jax.draft.eagle import EagleDrafter
 from vispec_jax.draft.medusa import MedusaDrafter
 from vispec_jax.draft.vispec import ViSpecDrafter
 
+__all__ = ["KINDS", "DRAFTERS", "DRAFTER_METHODS", "DraftConfig", "DraftState", "Params",
+           "PrefillContext", "EagleDrafter", "ViSpecDrafter", "MedusaDrafter", "make_drafter",
+           "check_drafter", "fuse", "head_params", "init_params", "layer_forward", "log_probs",
+           "param_shapes", "prompt_positions", "shifted_embeds"]
+
 DRAFTERS = {"eagle": EagleDrafter, "vispec": ViSpecDrafter, "medusa": MedusaDrafter}
 assert set(DRAFTERS) == set(KINDS)
 

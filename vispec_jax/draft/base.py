@@ -8,9 +8,10 @@ feature at i and the input embedding of token i+1, and predicts the next feature
 convention, vispec-reference.md section 2.5). Draft RoPE is 1-D even for Qwen targets, computed
 from the positions on the fly (no table, so no length limit).
 
-Draft cache: S slots per row. Slots [0, P) hold the prompt (prompt_valid says which count),
-committed tokens follow from slot P up to `length`; a round's tree nodes are written as scratch
-right after `length` and forgotten (overwritten by the next commit).
+Draft cache: a `KVCache` (engine/kv_cache.py) of one layer, S slots per row. Slots [0, P) hold
+the prompt (prompt_valid says which count), committed tokens follow from slot P up to `length`;
+a round's tree nodes are written as scratch right after `length` and forgotten (overwritten by
+the next commit).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from vispec_jax import layers
 from vispec_jax.configs import TextConfig
+from vispec_jax.engine.kv_cache import KVCache
 from vispec_jax.models import decoder
 
 Params = layers.Params
@@ -151,12 +153,16 @@ def log_probs(head: Params, hidden) -> jax.Array:
   return jax.nn.log_softmax(decoder.logits(head, hidden), axis=-1)
 
 
+def last_committed(x: jax.Array, n_valid: jax.Array, before: jax.Array) -> jax.Array:
+  """x[b, n_valid[b] - 1] of a commit's x [B, n, E]; `before` [B, E] where nothing was committed."""
+  last = jnp.take_along_axis(x, jnp.maximum(n_valid - 1, 0)[:, None, None], axis=1)[:, 0]
+  return jnp.where((n_valid > 0)[:, None], last.astype(before.dtype), before)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DraftState:
-  cache: Any              # [(k, v)] one layer, each [B, K, S, D]
-  prompt_valid: jax.Array  # bool[B, P]: prompt slots that count as keys
-  length: jax.Array       # int32[B]: next committed slot
+  cache: KVCache          # one layer [(k, v)], each [B, K, S, D]; length int32[B]
   position: jax.Array     # int32[B]: 1-D position id of the next committed slot
   last_hidden: jax.Array  # [B, E]: draft output at the last committed slot (the tree's root)
   extra: Any = None       # drafter-specific (ViSpec: the global image feature [B, E])
@@ -186,11 +192,3 @@ def shifted_embeds(head: Params, ctx: PrefillContext) -> jax.Array:
 def prompt_positions(attention_mask: jax.Array) -> jax.Array:
   """1-D draft positions of left-padded prompt slots: index in the unpadded prompt."""
   return jnp.cumsum(attention_mask, axis=1).astype(jnp.int32) - 1
-
-
-def committed_slots(state: DraftState, slots: int) -> jax.Array:
-  """bool[B, S]: which cache slots hold committed keys."""
-  p = state.prompt_valid.shape[1]
-  slot = jnp.arange(slots)[None, :]
-  prompt = jnp.pad(state.prompt_valid, ((0, 0), (0, slots - p)))
-  return prompt | ((slot >= p) & (slot < state.length[:, None]))

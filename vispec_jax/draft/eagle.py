@@ -11,9 +11,9 @@ import jax.numpy as jnp
 
 from vispec_jax import sharding
 from vispec_jax.models import decoder
-from vispec_jax.draft.base import (DraftConfig, DraftState, PrefillContext,
-                                   committed_slots, fuse, layer_forward, log_probs,
-                                   prompt_positions, shifted_embeds)
+from vispec_jax.draft.base import (DraftConfig, DraftState, PrefillContext, fuse, last_committed,
+                                   layer_forward, log_probs, prompt_positions, shifted_embeds)
+from vispec_jax.engine.kv_cache import KVCache, causal, prompt_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +53,7 @@ class EagleDrafter:
     x, keys, extra = self.prompt_inputs(params, features, next_embeds, attention_mask,
                                         image_slots)
     positions = prompt_positions(attention_mask)
-    slots = p if cache is None else cache[0].shape[2]
-    causal = jnp.arange(slots)[None, :] <= jnp.arange(p)[:, None]
-    mask = causal[None] & jnp.pad(keys, ((0, 0), (0, slots - p)))[:, None, :]
+    mask = prompt_mask(keys, p if cache is None else cache[0].shape[2])
     h, cache = layer_forward(params, self.cfg, x, positions, mask, cache,
                              None if cache is None else 0)
     return h, keys, positions, extra, cache
@@ -71,42 +69,37 @@ class EagleDrafter:
                                           ctx.embeds.dtype), sharding.CACHE_AXES),) * 2
     h, keys, positions, extra, cache = self.prompt_forward(
         params, ctx.features, shifted_embeds(head, ctx), ctx.attention_mask, image_slots, cache)
-    state = DraftState(cache=[cache], prompt_valid=keys, length=jnp.full((b,), p, jnp.int32),
+    state = DraftState(cache=KVCache([cache], keys, jnp.full((b,), p, jnp.int32)),
                        position=positions[:, -1] + 1, last_hidden=h[:, -1], extra=extra)
     return state, log_probs(head, h[:, -1])
 
   def step(self, params, head, state: DraftState, level, offset, tokens, parent_hidden,
            scratch_mask):
     """Feeds one tree level (see tree.py); its nodes are written at scratch slots offset..."""
-    b, n = tokens.shape
-    slots = state.cache[0][0].shape[2]
-    width = scratch_mask.shape[-1]
-    x = fuse(params, decoder.embed_tokens(head, tokens, parent_hidden.dtype),
-             self.features_in(params, state, parent_hidden))
-    rel = jnp.arange(slots)[None, :] - state.length[:, None]  # slot relative to scratch start
-    in_scratch = (rel >= 0) & (rel < width)
-    tree_vis = jnp.take_along_axis(
-        scratch_mask, jnp.broadcast_to(jnp.clip(rel, 0, width - 1)[:, None, :], (b, n, slots)), axis=2)
-    mask = committed_slots(state, slots)[:, None, :] | (tree_vis & in_scratch[:, None, :])
-    positions = jnp.broadcast_to((state.position + level)[:, None], (b, n))
-    h, cache = layer_forward(params, self.cfg, x, positions, mask, state.cache[0],
-                             state.length + offset)
-    return log_probs(head, h), h, dataclasses.replace(state, cache=[cache])
+    positions = jnp.broadcast_to((state.position + level)[:, None], tokens.shape)
+    h, cache = self.extend(params, head, state, tokens, parent_hidden, positions, scratch_mask,
+                           offset)
+    return log_probs(head, h), h, dataclasses.replace(state, cache=cache)
 
   def commit(self, params, head, state: DraftState, features, next_tokens, n_valid):
     """Appends the round's committed positions: features [B, n, E] of root + accepted tokens,
     next_tokens [B, n] (the token after each), of which the first n_valid[B] are real."""
-    b, n = next_tokens.shape
-    slots = state.cache[0][0].shape[2]
-    x = fuse(params, decoder.embed_tokens(head, next_tokens, features.dtype),
-             self.features_in(params, state, features))
-    new = jnp.arange(slots)[None, :] - state.length[:, None]  # [B, S]
-    causal = new[:, None, :] <= jnp.arange(n)[None, :, None]
-    mask = committed_slots(state, slots)[:, None, :] | ((new[:, None, :] >= 0) & causal)
+    n = next_tokens.shape[1]
     positions = state.position[:, None] + jnp.arange(n, dtype=jnp.int32)[None, :]
-    h, cache = layer_forward(params, self.cfg, x, positions, mask, state.cache[0], state.length)
-    last = jnp.take_along_axis(h, jnp.maximum(n_valid - 1, 0)[:, None, None], axis=1)[:, 0]
-    last = jnp.where((n_valid > 0)[:, None], last, state.last_hidden)
-    state = dataclasses.replace(state, cache=[cache], length=state.length + n_valid,
+    h, cache = self.extend(params, head, state, next_tokens, features, positions, causal(n))
+    last = last_committed(h, n_valid, state.last_hidden)
+    state = dataclasses.replace(state, cache=cache.advance(n_valid),
                                 position=state.position + n_valid, last_hidden=last)
     return state, log_probs(head, last)
+
+  def extend(self, params, head, state: DraftState, tokens, features, positions, vis,
+             offset: int = 0):
+    """The layer over new tokens [B, n] with their features [B, n, E], written from cache slot
+    length + offset; they see the committed keys and the new slots `vis` allows (see
+    `KVCache.mask`). Returns (hidden [B, n, E], the cache)."""
+    x = fuse(params, decoder.embed_tokens(head, tokens, features.dtype),
+             self.features_in(params, state, features))
+    cache = state.cache
+    h, layer = layer_forward(params, self.cfg, x, positions, cache.mask(vis), cache.layers[0],
+                             cache.length + offset)
+    return h, cache.replace(layers=[layer])

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers
-from vispec_jax.draft.base import DraftConfig, PrefillContext, log_probs
+from vispec_jax.draft.base import DraftConfig, PrefillContext, last_committed, log_probs
 
 
 def head_forward(params, i: int, features: jax.Array) -> jax.Array:
@@ -54,6 +54,5 @@ class MedusaDrafter:
 
   def commit(self, params, head, state, features, next_tokens, n_valid):
     del next_tokens
-    last = jnp.take_along_axis(features, jnp.maximum(n_valid - 1, 0)[:, None, None], axis=1)[:, 0]
-    f = jnp.where((n_valid > 0)[:, None], last.astype(state.dtype), state)
+    f = last_committed(features, n_valid, state)
     return f, self._head_logp(params, head, 0, f)

@@ -1,10 +1,10 @@
 """Vanilla generation: one jitted program (prefill + a `lax.while_loop` over tokens).
 
-Cache layout: S = P + max_new_tokens slots per row; the prompt (left-padded to P) fills slots
-[0, P) and generated token s is written at slot P + s - 1 when it is fed back, so every row writes
-the same slot each step (one in-place dynamic-update-slice per layer). A key slot is visible if it
-holds a real prompt token or an already generated one; positions continue per row from
-`batch.next_position`.
+Cache layout (a `KVCache`): S = P + max_new_tokens slots per row; the prompt (left-padded to P)
+fills slots [0, P) and generated token s is written at slot P + s - 1 when it is fed back, so
+every row writes the same slot each step (one in-place dynamic-update-slice per layer). A key
+slot is visible if it holds a real prompt token or an already generated one; positions continue
+per row from `batch.next_position`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from vispec_jax.engine import sampling
+from vispec_jax.engine.kv_cache import KVCache, prompt_mask
 from vispec_jax.configs import GenerationConfig, TargetConfig, TextConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch, InputError
@@ -32,23 +33,24 @@ class GenerateOutput:
   lengths: jax.Array
 
 
-def _positions(next_position: jax.Array, offset, mrope: bool, t: int = 1) -> jax.Array:
-  pos = next_position[:, None] + offset + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, t]
+def rope_positions(next_position: jax.Array, offsets, mrope: bool) -> jax.Array:
+  """Position ids next_position[b] + offsets ([B, t], or a scalar for one token): int32[B, t],
+  or [3, B, t] for mRoPE (every section advances alike past the prompt)."""
+  pos = next_position[:, None] + offsets
   return jnp.broadcast_to(pos, (3,) + pos.shape) if mrope else pos
 
 
 def prefill(params, cfg: TextConfig, embeds, positions, attention_mask, cache_len: int):
   """Runs the prompt through the LM into a fresh cache of `cache_len` slots.
 
-  Returns (hidden [B, P, E], cache, key_valid bool[B, cache_len]).
+  Returns (hidden [B, P, E], KVCache holding the prompt: length P, the same for every row).
   """
   b, p, _ = embeds.shape
+  valid = attention_mask.astype(bool)
   cache = decoder.init_cache(cfg, b, cache_len, embeds.dtype)
-  key_valid = jnp.zeros((b, cache_len), bool).at[:, :p].set(attention_mask)
-  causal = jnp.arange(cache_len)[None, :] <= jnp.arange(p)[:, None]  # [P, S]
-  mask = causal[None] & key_valid[:, None, :]
-  hidden, cache = decoder.forward(params, cfg, embeds, positions, mask, cache, write_index=0)
-  return hidden, cache, key_valid
+  hidden, cache = decoder.forward(params, cfg, embeds, positions, prompt_mask(valid, cache_len),
+                                  cache, write_index=0)
+  return hidden, KVCache(cache, valid, jnp.int32(p))
 
 
 def emit(on_tokens, tokens: jax.Array, counts: jax.Array) -> None:
@@ -59,6 +61,18 @@ def emit(on_tokens, tokens: jax.Array, counts: jax.Array) -> None:
     io_callback(on_tokens, None, tokens, counts, ordered=True)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GenState:
+  """The vanilla loop's state before step `step` (which feeds token step - 1 back)."""
+  step: jax.Array     # int32: next token to generate
+  tokens: jax.Array   # int32[B, max_new_tokens]: generated so far, pad after
+  done: jax.Array     # bool[B]: the row has emitted EOS or is full
+  lengths: jax.Array  # int32[B]: generated tokens per row, including EOS
+  cache: KVCache      # length P + step - 1, the same for every row
+  key: jax.Array      # per-row PRNG keys
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "greedy", "top_k",
                                              "use_top_p", "eos_ids", "pad_id", "on_tokens"))
 def _generate(params, embeds, positions, attention_mask, next_position, key, temperature, top_p,
@@ -67,40 +81,34 @@ def _generate(params, embeds, positions, attention_mask, next_position, key, tem
   mrope = positions.ndim == 3
   select = functools.partial(sampling.select_tokens, greedy=greedy, temperature=temperature,
                              top_k=top_k, top_p=top_p if use_top_p else None)
-  hidden, cache, key_valid = prefill(params, cfg, embeds, positions, attention_mask,
-                                     p + max_new_tokens)
+  hidden, cache = prefill(params, cfg, embeds, positions, attention_mask, p + max_new_tokens)
   key, sub = sampling.split_rows(sampling.row_keys(key, b))  # one key per row
   first = select(decoder.logits(params, hidden[:, -1]), sub)
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
-  tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
-  done = jnp.isin(first, eos)
   lengths = jnp.ones((b,), jnp.int32)
   emit(on_tokens, first[:, None], lengths)
 
-  def cond(state):
-    step, _, done, *_ = state
-    return (step < max_new_tokens) & ~jnp.all(done)
+  def cond(s: GenState):
+    return (s.step < max_new_tokens) & ~jnp.all(s.done)
 
-  def body(state):
-    step, tokens, done, lengths, cache, key_valid, key = state
-    slot = p + step - 1  # where the previous token's keys/values go
-    key_valid = jax.lax.dynamic_update_slice(key_valid, jnp.ones((b, 1), bool), (0, slot))
-    prev = jax.lax.dynamic_slice(tokens, (0, step - 1), (b, 1))
+  def body(s: GenState):
+    prev = jax.lax.dynamic_slice(s.tokens, (0, s.step - 1), (b, 1))
     x = decoder.embed_tokens(params, prev, embeds.dtype)
-    h, cache = decoder.forward(params, cfg, x, _positions(next_position, step - 1, mrope),
-                               key_valid[:, None, :], cache, write_index=slot)
-    key, sub = sampling.split_rows(key)
-    nxt = select(decoder.logits(params, h[:, 0]), sub)
-    nxt = jnp.where(done, pad_id, nxt)
-    emit(on_tokens, nxt[:, None], (~done).astype(jnp.int32))
-    tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, step))
-    lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(nxt, eos)
-    return step + 1, tokens, done, lengths, cache, key_valid, key
+    h, kv = decoder.forward(params, cfg, x, rope_positions(next_position, s.step - 1, mrope),
+                            s.cache.mask(jnp.ones((1, 1), bool)), s.cache.layers,
+                            write_index=s.cache.length)
+    key, sub = sampling.split_rows(s.key)
+    nxt = jnp.where(s.done, pad_id, select(decoder.logits(params, h[:, 0]), sub))
+    emit(on_tokens, nxt[:, None], (~s.done).astype(jnp.int32))
+    return GenState(step=s.step + 1,
+                    tokens=jax.lax.dynamic_update_slice(s.tokens, nxt[:, None], (0, s.step)),
+                    done=s.done | jnp.isin(nxt, eos), lengths=s.lengths + (~s.done).astype(jnp.int32),
+                    cache=s.cache.replace(layers=kv).advance(1), key=key)
 
-  state = (jnp.int32(1), tokens, done, lengths, cache, key_valid, key)
-  _, tokens, _, lengths, *_ = jax.lax.while_loop(cond, body, state)
-  return GenerateOutput(tokens, lengths)
+  tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+  state = GenState(jnp.int32(1), tokens, jnp.isin(first, eos), lengths, cache, key)
+  state = jax.lax.while_loop(cond, body, state)
+  return GenerateOutput(state.tokens, state.lengths)
 
 
 def generate(target, batch: Batch, max_new_tokens: int = 128, temperature: float = 0.0,
@@ -119,18 +127,32 @@ def generate(target, batch: Batch, max_new_tokens: int = 128, temperature: float
   Raises ValueError (InputError for the batch and prompt length) on bad arguments.
   """
   gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
-  check_request(target, batch, embeds, gen)
+  embeds, keys = start_request(target, batch, embeds, gen, key, seeds, keys)
+  scalars, static = loop_args(target.config, gen, on_tokens)
+  return _generate(target.params["text"], embeds, *prompt_arrays(batch), keys, *scalars, **static)
+
+
+def start_request(target, batch: Batch, embeds, gen: GenerationConfig, key, seeds, keys,
+                  tree_depth: int = 0):
+  """`check_request`, then (the prompt embeddings, computed unless given; per-row keys)."""
+  check_request(target, batch, embeds, gen, tree_depth)
   keys = sampling.request_keys(batch.batch_size, key, seeds, keys)
-  if embeds is None:
-    embeds = target.embed(target.params, batch)
-  cfg = target.config
-  return _generate(
-      target.params["text"], embeds, jnp.asarray(batch.positions),
-      jnp.asarray(batch.attention_mask), jnp.asarray(batch.next_position), keys,
-      jnp.float32(max(gen.temperature, 1e-6)), jnp.float32(gen.top_p),
-      cfg=cfg.text, max_new_tokens=gen.max_new_tokens, greedy=gen.temperature == 0,
-      top_k=gen.top_k, use_top_p=gen.top_p < 1.0, eos_ids=tuple(cfg.eos_token_ids),
-      pad_id=cfg.pad_token_id, on_tokens=on_tokens)
+  return (target.embed(target.params, batch) if embeds is None else embeds), keys
+
+
+def prompt_arrays(batch: Batch) -> tuple[jax.Array, ...]:
+  """(positions, attention_mask, next_position) of a batch, as the loops take them."""
+  return (jnp.asarray(batch.positions), jnp.asarray(batch.attention_mask),
+          jnp.asarray(batch.next_position))
+
+
+def loop_args(config: TargetConfig, gen: GenerationConfig, on_tokens) -> tuple[tuple, dict]:
+  """What both jitted loops take for these settings: the traced scalars (temperature, top_p)
+  and the static keywords."""
+  return ((jnp.float32(max(gen.temperature, 1e-6)), jnp.float32(gen.top_p)),
+          dict(cfg=config.text, max_new_tokens=gen.max_new_tokens, greedy=gen.temperature == 0,
+               top_k=gen.top_k, use_top_p=gen.top_p < 1.0, eos_ids=tuple(config.eos_token_ids),
+               pad_id=config.pad_token_id, on_tokens=on_tokens))
 
 
 def check_request(target, batch: Batch, embeds, gen: GenerationConfig, tree_depth: int = 0):

@@ -1,17 +1,18 @@
 """Speculative decoding: draft a token tree, verify it in one target forward, keep the longest
 accepted path. The whole generation is ONE compiled `lax.while_loop`.
 
-Per round, for every row of the batch:
-  tree    = tree.build(drafter)                      T nodes, node 0 = root (the pending token)
-  verify  = target forward over the T nodes          writes their KV at [len, len + T), tree mask
-  accept  = greedy argmax path, or lossless recursive rejection sampling
-  compact = move the accepted path's KV to [len, len + a + 1) (target), commit it to the draft
-  emit    = accepted draft tokens + the bonus token (truncated at EOS and max_new_tokens)
+Per round (`speculative_loop`'s body), for every row of the batch:
+  draft_tree = tree.build(drafter)              T nodes, node 0 = root (the pending token)
+  verify     = target forward over the T nodes  writes their KV at [len, len + T), tree mask
+  accept     = greedy argmax path, or lossless recursive rejection sampling
+  commit     = emit the accepted draft tokens + the bonus token (cut at EOS and max_new_tokens),
+               move the accepted path's KV to [len, len + a + 1) (target), commit it to the draft
 Rows accept different lengths and finish at different times; finished rows keep their shapes
 but stop advancing.
 
-Target cache: P prompt slots (left-padded), then committed tokens up to `length[b]`, then scratch
-for the tree. Positions: node at depth d gets position next_position[b] + d (all mRoPE rows).
+Target cache (a `KVCache`): P prompt slots (left-padded), then committed tokens up to
+`length[b]`, then scratch for the tree. Positions: node at depth d gets position
+next_position[b] + d (all mRoPE rows).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vispec_jax import draft as draft_lib, layers
 from vispec_jax.engine import decoding, sampling, tree as tree_lib
+from vispec_jax.engine.kv_cache import KVCache
 from vispec_jax.configs import GenerationConfig, TargetConfig
 from vispec_jax.models import decoder
 from vispec_jax.processing import Batch
@@ -139,17 +140,24 @@ def compact_cache(cache, base: jax.Array, path: jax.Array):
           for kv in cache]
 
 
-def tree_mask(committed: jax.Array, anc: jax.Array, base: jax.Array) -> jax.Array:
-  """bool[B, T, S]: committed keys plus each node's ancestors in slots base + [0, T)."""
-  b, t, _ = anc.shape
-  slots = committed.shape[1]
-  rel = jnp.arange(slots)[None, :] - base[:, None]
-  inside = (rel >= 0) & (rel < t)
-  vis = jnp.take_along_axis(anc, jnp.broadcast_to(jnp.clip(rel, 0, t - 1)[:, None, :], (b, t, slots)), 2)
-  return committed[:, None, :] | (vis & inside[:, None, :])
-
-
 # ---------------------------------------------------------------------------- loop
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SpecState:
+  """The speculative loop's state between rounds."""
+  cache: KVCache          # the target's: prompt + committed tokens, length[B] per row
+  dstate: Any             # the drafter's state
+  root: jax.Array         # int32[B]: the pending token (emitted, not yet in the caches)
+  root_logp: jax.Array    # [B, V]: the drafter's next-token log-probs after the root
+  done: jax.Array         # bool[B]: the row has emitted EOS or max_new_tokens
+  out: jax.Array          # int32[B, max_new_tokens + n_emit]: emitted tokens, pad after
+  drafted: jax.Array      # bool[B, max_new_tokens + n_emit]: out[b, i] was an accepted draft
+  count: jax.Array        # int32[B]: tokens emitted
+  next_position: jax.Array  # int32[B]: position id of the root
+  stats: SpecStats
+  key: jax.Array          # per-row PRNG keys
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "drafter", "tree_cfg", "max_new_tokens",
@@ -175,89 +183,91 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
   b, p, _ = embeds.shape
   t, dmax = tree_cfg.num_nodes, tree_cfg.max_depth
   n_emit = dmax + 1  # most tokens one round can emit (accepted drafts + bonus)
+  j = jnp.arange(n_emit)[None, :]
   mrope = positions.ndim == 3
   head = draft_lib.head_params(tparams)
   warp = dict(temperature=temperature, top_k=top_k, top_p=top_p if use_top_p else None)
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
-  slots = p + max_new_tokens + n_emit + t
+  put = jax.vmap(lambda o, v, i: jax.lax.dynamic_update_slice(o, v, (i,)))
 
-  hidden, cache, _ = decoding.prefill(tparams, cfg, embeds, positions, attention_mask, slots)
+  def draft_tree(s: SpecState):
+    """The round's tree of T nodes grown by the drafter from the root."""
+    step = functools.partial(drafter.step, dparams, head)
+    return tree_lib.build(tree_cfg, s.root, s.root_logp, drafter.root_hidden(s.dstate), step,
+                          s.dstate)
+
+  def verify(s: SpecState, tree: tree_lib.Tree, anc):
+    """Every node through the target in one forward, written as scratch from slot length."""
+    x = decoder.embed_tokens(tparams, tree.tokens, embeds.dtype)
+    h, kv = decoder.forward(tparams, cfg, x,
+                            decoding.rope_positions(s.next_position, tree.depths, mrope),
+                            s.cache.mask(anc), s.cache.layers, write_index=s.cache.length)
+    return h, s.cache.replace(layers=kv)
+
+  def accept(tree: tree_lib.Tree, anc, logits, key):
+    """(path int32[B, n_emit]: root + accepted nodes (+ filler), a: accepted draft tokens,
+    after int32[B, n_emit]: the token after each path node, the bonus last)."""
+    if greedy:
+      best, a, bonus = accept_greedy(tree, anc, logits)
+    else:
+      best, a, bonus = accept_sampling(tree, sampling.target_probs(logits, **warp), key, dmax)
+    path = path_nodes(anc, tree.depths, best, n_emit)
+    path_tokens = jnp.take_along_axis(tree.tokens, path, axis=1)
+    return path, a, jnp.where(j < a[:, None], jnp.roll(path_tokens, -1, axis=1), bonus[:, None])
+
+  def commit(s: SpecState, h, cache: KVCache, path, a, after, key) -> SpecState:
+    """Emits the accepted drafts and the bonus (cut at EOS and max_new_tokens), moves the
+    path's KV to the committed slots of the target cache and catches the drafter up."""
+    is_eos = jnp.isin(after, eos) & (j <= a[:, None])
+    first_eos = jnp.where(is_eos.any(1), jnp.argmax(is_eos, 1), n_emit)
+    n_new = jnp.minimum(jnp.minimum(a + 1, first_eos + 1), max_new_tokens - s.count)
+    n_new = jnp.where(s.done, 0, n_new)
+    new = jnp.where(j < n_new[:, None], after, pad_id)
+    decoding.emit(on_tokens, new, n_new)
+    running = ~s.done
+    advance = jnp.where(running, a + 1, 0)
+    dstate, root_logp = drafter.commit(dparams, head, s.dstate, gather_rows(h, path), after,
+                                       advance)
+    stats = SpecStats(
+        s.stats.target_forwards + running, s.stats.accepted + jnp.where(running, a, 0),
+        s.stats.histogram + (running[:, None] & (jnp.arange(dmax + 1)[None] == a[:, None])),
+        s.stats.draft_steps + jnp.where(running, len(tree_lib.level_widths(tree_cfg)) + 1, 0))
+    count = s.count + n_new
+    return SpecState(
+        cache=cache.replace(layers=compact_cache(cache.layers, cache.length, path)).advance(advance),
+        dstate=dstate, root=jnp.take_along_axis(after, a[:, None], 1)[:, 0],  # the bonus
+        root_logp=root_logp,
+        done=s.done | (first_eos < n_new) | (count >= max_new_tokens),
+        out=put(s.out, new, s.count),
+        drafted=put(s.drafted, (j < a[:, None]) & (j < n_new[:, None]), s.count), count=count,
+        next_position=s.next_position + advance, stats=stats, key=key)
+
+  def body(s: SpecState) -> SpecState:
+    tree, dstate = draft_tree(s)
+    anc = tree_lib.ancestor_mask(tree.parents, dmax)
+    h, cache = verify(s, tree, anc)
+    key, sub = sampling.split_rows(s.key)
+    path, a, after = accept(tree, anc, decoder.logits(tparams, h), sub)
+    return commit(dataclasses.replace(s, dstate=dstate), h, cache, path, a, after, key)
+
+  hidden, cache = decoding.prefill(tparams, cfg, embeds, positions, attention_mask,
+                                   p + max_new_tokens + n_emit + t)
+  cache = cache.replace(length=jnp.full((b,), p, jnp.int32))  # rows will advance differently
   key, sub = sampling.split_rows(sampling.row_keys(key, b))  # one key per row
   root = sampling.select_tokens(decoder.logits(tparams, hidden[:, -1]), sub, greedy=greedy, **warp)
   ctx = draft_lib.PrefillContext(hidden, embeds, attention_mask, vision_mask, root,
                                  p + max_new_tokens + n_emit + tree_cfg.scratch_slots + n_emit)
   dstate, root_logp = drafter.start(dparams, head, ctx)
-
-  out = jnp.full((b, max_new_tokens + n_emit), pad_id, jnp.int32).at[:, 0].set(root)
-  drafted = jnp.zeros(out.shape, bool)
   count = jnp.ones((b,), jnp.int32)
   decoding.emit(on_tokens, root[:, None], count)
-  done = jnp.isin(root, eos) | (count >= max_new_tokens)
+  out = jnp.full((b, max_new_tokens + n_emit), pad_id, jnp.int32).at[:, 0].set(root)
   stats = SpecStats(jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32),
                     jnp.zeros((b, dmax + 1), jnp.int32), jnp.ones((b,), jnp.int32))
-  length = jnp.full((b,), p, jnp.int32)
-  prompt_valid = jnp.pad(attention_mask, ((0, 0), (0, slots - p)))
-
-  def cond(state):
-    return ~jnp.all(state[4])
-
-  def body(state):
-    (cache, dstate, root, root_logp, done, out, drafted, count, length, next_position, stats,
-     key) = state
-    step = functools.partial(drafter.step, dparams, head)
-    tree, dstate = tree_lib.build(tree_cfg, root, root_logp, drafter.root_hidden(dstate), step,
-                                  dstate)
-    anc = tree_lib.ancestor_mask(tree.parents, dmax)
-    # Verify every node in one target forward.
-    slot = jnp.arange(slots)[None, :]
-    committed = prompt_valid | ((slot >= p) & (slot < length[:, None]))
-    pos = next_position[:, None] + tree.depths
-    pos = jnp.broadcast_to(pos, (3,) + pos.shape) if mrope else pos
-    x = decoder.embed_tokens(tparams, tree.tokens, embeds.dtype)
-    h, cache = decoder.forward(tparams, cfg, x, pos, tree_mask(committed, anc, length), cache,
-                               write_index=length)
-    logits = decoder.logits(tparams, h)
-    key, sub = sampling.split_rows(key)
-    if greedy:
-      best, a, bonus = accept_greedy(tree, anc, logits)
-    else:
-      probs = sampling.target_probs(logits, **warp)
-      best, a, bonus = accept_sampling(tree, probs, sub, dmax)
-    path = path_nodes(anc, tree.depths, best, n_emit)  # root + accepted (+ filler)
-    path_tokens = jnp.take_along_axis(tree.tokens, path, axis=1)
-    # Emitted tokens: accepted drafts then the bonus, cut at EOS and at max_new_tokens.
-    j = jnp.arange(n_emit)[None, :]
-    new = jnp.where(j < a[:, None], jnp.roll(path_tokens, -1, axis=1), bonus[:, None])
-    is_eos = jnp.isin(new, eos) & (j <= a[:, None])
-    first_eos = jnp.where(is_eos.any(1), jnp.argmax(is_eos, 1), n_emit)
-    n_new = jnp.minimum(jnp.minimum(a + 1, first_eos + 1), max_new_tokens - count)
-    n_new = jnp.where(done, 0, n_new)
-    new = jnp.where(j < n_new[:, None], new, pad_id)
-    decoding.emit(on_tokens, new, n_new)
-    put = jax.vmap(lambda o, v, i: jax.lax.dynamic_update_slice(o, v, (i,)))
-    out = put(out, new, count)
-    drafted = put(drafted, (j < a[:, None]) & (j < n_new[:, None]), count)
-    # Commit the accepted path: KV compaction in the target, catch-up in the draft.
-    advance = jnp.where(done, 0, a + 1)
-    cache = compact_cache(cache, length, path)
-    feats = gather_rows(h, path)
-    next_tokens = jnp.where(j < a[:, None], jnp.roll(path_tokens, -1, axis=1), bonus[:, None])
-    dstate, root_logp = drafter.commit(dparams, head, dstate, feats, next_tokens, advance)
-    running = ~done
-    stats = SpecStats(
-        stats.target_forwards + running, stats.accepted + jnp.where(running, a, 0),
-        stats.histogram + (running[:, None] & (jnp.arange(dmax + 1)[None] == a[:, None])),
-        stats.draft_steps + jnp.where(running, len(tree_lib.level_widths(tree_cfg)) + 1, 0))
-    count = count + n_new
-    done = done | (first_eos < n_new) | (count >= max_new_tokens)
-    return (cache, dstate, bonus, root_logp, done, out, drafted, count, length + advance,
-            next_position + advance, stats, key)
-
-  state = (cache, dstate, root, root_logp, done, out, drafted, count, length, next_position,
-           stats, key)
-  state = jax.lax.while_loop(cond, body, state)
-  out, drafted, count, stats = state[5], state[6], state[7], state[10]
-  return SpecOutput(out[:, :max_new_tokens], count, stats, drafted[:, :max_new_tokens])
+  state = SpecState(cache, dstate, root, root_logp, jnp.isin(root, eos) | (count >= max_new_tokens),
+                    out, jnp.zeros(out.shape, bool), count, next_position, stats, key)
+  state = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, state)
+  return SpecOutput(state.out[:, :max_new_tokens], state.count, state.stats,
+                    state.drafted[:, :max_new_tokens])
 
 
 def speculative_fn(config, drafter, tree: tree_lib.TreeConfig = tree_lib.TreeConfig(),
@@ -277,13 +287,10 @@ def speculative_fn(config, drafter, tree: tree_lib.TreeConfig = tree_lib.TreeCon
                     f"{type(config).__name__}")
   tree_lib.check_tree(tree, config.text.vocab_size)
   draft_lib.check_drafter(drafter, text=config.text)
+  scalars, static = decoding.loop_args(config, gen, on_tokens)
   def fn(tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask, key):
-    return speculative_loop(
-        tparams, dparams, embeds, positions, attention_mask, next_position, vision_mask, key,
-        jnp.float32(max(gen.temperature, 1e-6)), jnp.float32(gen.top_p), cfg=config.text,
-        drafter=drafter, tree_cfg=tree, max_new_tokens=gen.max_new_tokens,
-        greedy=gen.temperature == 0, top_k=gen.top_k, use_top_p=gen.top_p < 1.0,
-        eos_ids=tuple(config.eos_token_ids), pad_id=config.pad_token_id, on_tokens=on_tokens)
+    return speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_position,
+                            vision_mask, key, *scalars, drafter=drafter, tree_cfg=tree, **static)
   return fn
 
 
@@ -304,12 +311,9 @@ def speculative_generate(target, drafter, draft_params, batch: Batch,
   gen = GenerationConfig(max_new_tokens, temperature, top_k, top_p)  # validates
   tree_lib.check_tree(tree)
   draft_lib.check_drafter(drafter, draft_params)
-  decoding.check_request(target, batch, embeds, gen, tree.max_depth)
-  keys = sampling.request_keys(batch.batch_size, key, seeds, keys)
-  if embeds is None:
-    embeds = target.embed(target.params, batch)
+  embeds, keys = decoding.start_request(target, batch, embeds, gen, key, seeds, keys,
+                                        tree.max_depth)
   fn = speculative_fn(target.config, drafter, tree, max_new_tokens, temperature, top_k, top_p,
                       on_tokens)
-  return fn(target.params["text"], draft_params, embeds, jnp.asarray(batch.positions),
-            jnp.asarray(batch.attention_mask), jnp.asarray(batch.next_position),
+  return fn(target.params["text"], draft_params, embeds, *decoding.prompt_arrays(batch),
             jnp.asarray(batch.vision_index >= 0), keys)

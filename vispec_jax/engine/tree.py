@@ -126,6 +126,8 @@ def _normalize_paths(paths) -> tuple[tuple[int, ...], ...]:
   rank = max(max(p) for p in out)
   if rank >= MAX_NODES:
     raise ValueError(f"tree child rank {rank} is more than the maximum {MAX_NODES - 1}")
+  if min(min(p) for p in out) < 0:
+    raise ValueError(f"tree path {min(out, key=min)} has a negative rank")
   return tuple(sorted(out, key=lambda p: (len(p), p)))
 
 
@@ -167,15 +169,10 @@ def from_spec(spec: str) -> TreeConfig:
 
 
 def static_structure(paths) -> dict[str, Any]:
-  """NumPy buffers of a static tree: parents, depths, child ranks, and per level the nodes fed
-  to the drafter (those with children)."""
-  paths = sorted({tuple(int(r) for r in p) for p in paths}, key=lambda p: (len(p), p))
-  if not paths:
-    raise ValueError("a static tree needs at least one path")
+  """NumPy buffers of a static tree (its TreeConfig's sorted paths): parents, depths, child
+  ranks, and per level the nodes fed to the drafter (those with children)."""
   index = {(): 0}
   for i, p in enumerate(paths):
-    if any(r < 0 for r in p):
-      raise ValueError(f"tree path {p} has a negative rank")
     if p[:-1] not in index:
       raise ValueError(f"tree path {p} has no parent path {p[:-1]}")
     index[p] = i + 1
