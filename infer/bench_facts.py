@@ -1,9 +1,11 @@
 """`python -m infer.bench facts`: does a scenes target state true facts about its image?
 
     python -m infer.bench facts --target DIR [--scenes 32] [--split validation]
-        [--max-new-tokens 512] [--batch-size 8] [--control] [--json out.json]
+        [--style classic|bold] [--kind KIND] [--max-new-tokens 512] [--batch-size 8] [--control]
+        [--json out.json]
 
-Held-out scenes (`proj.scenes.generator.sample(SPLIT_SEEDS[split] + i)`, i < --scenes; validation
+Held-out scenes (`proj.scenes.generator.sample(SPLIT_SEEDS[split] + i)`, i < --scenes, in the
+scene style --style; every question kind, or only --kind, e.g. inventory for a stage-1 target; validation
 and test seeds are never trained on), each prompted as infer/demo.py does
 (`vj.prepare(target, [question], images=[[image]])`, no system prompt), answered greedily with
 `vj.generate` (--batch-size rows per call), and every answer's facts checked against its scene
@@ -34,6 +36,10 @@ def add_parser(sub):
   p.add_argument("--scenes", type=int, default=32, help="held-out scenes")
   p.add_argument("--split", choices=list(SPLIT_SEEDS), default="validation",
                  help="seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
+  p.add_argument("--style", choices=sorted(scenes.STYLES), default=scenes.DEFAULT_STYLE,
+                 help="scene style (the one the target was trained on)")
+  p.add_argument("--kind", choices=scenes.KINDS + scenes.SHORT_KINDS, default=None,
+                 help="one question kind (default: each scene's own, from the long kinds)")
   p.add_argument("--max-new-tokens", type=int, default=512)
   p.add_argument("--batch-size", type=int, default=8, help="rows per generate call")
   p.add_argument("--control", action="store_true",
@@ -100,9 +106,11 @@ def main(args) -> int:
   """Runs `facts` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
   common.check_args(args)
   target = vj.load_target(args.target)
-  examples = [scenes.sample(SPLIT_SEEDS[args.split] + i) for i in range(args.scenes)]
+  examples = [scenes.sample(SPLIT_SEEDS[args.split] + i, kind=args.kind, style=args.style)
+              for i in range(args.scenes)]
   result = measure(target, examples, args.max_new_tokens, args.batch_size, args.control)
-  result = {"target": os.path.abspath(args.target), "split": args.split,
+  result = {"target": os.path.abspath(args.target), "split": args.split, "style": args.style,
+            "kind": args.kind,
             "max_new_tokens": args.max_new_tokens, **result}
   print(report({k: v for k, v in result.items() if k in ("own", "control")}))
   return common.finish(args, result, True)

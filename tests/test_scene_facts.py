@@ -280,6 +280,12 @@ def test_bench_facts_cli(tiny_qwen_dir, tmp_path):
     assert 0 <= result[name]["correct"] <= result[name]["stated"]
   assert bench.main(["facts", "--target", str(tmp_path / "nope")]) == 2
   assert bench.main(["facts", "--target", tiny_qwen_dir, "--scenes", "0"]) == 2
+  # a stage-1 target's measure: bold scenes, inventory questions
+  assert bench.main(["facts", "--target", tiny_qwen_dir, "--scenes", "2", "--max-new-tokens", "4",
+                     "--style", "bold", "--kind", "inventory", "--json", str(out)]) == 0
+  result = json.loads(out.read_text())
+  assert (result["style"], result["kind"]) == ("bold", "inventory")
+  assert {s["kind"] for s in result["own"]["scenes"]} == {"inventory"}
 
 
 def test_a_scene_without_objects():
