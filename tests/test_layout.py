@@ -35,17 +35,27 @@ def _package(name: str, path: str) -> str:
 
 
 def imports(tree: ast.AST, name: str, path: str, mods: dict):
-  """(node, [imported project modules]) for every import statement."""
+  """(node, [(local name, project module)]) for every import statement; a `from` import of a
+  name that is not a module counts as importing its package (the local name is then None)."""
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
-      yield node, [a.name for a in node.names if a.name in mods]
+      yield node, [(a.asname or a.name.split(".")[0], a.name) for a in node.names
+                   if a.name in mods]
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
         parts = _package(name, path).split(".")
         base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-      targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
-      yield node, [t for t in targets if t in mods]
+      pairs = [(a.asname or a.name, f"{base}.{a.name}") if f"{base}.{a.name}" in mods
+               else (None, base) for a in node.names]
+      yield node, [(local, t) for local, t in pairs if t in mods]
+
+
+def violations(parsed, check) -> list[str]:
+  """'path:line: what' for every (node, what) that `check(module, tree)` yields."""
+  mods, trees = parsed
+  return sorted(f"{mods[m]}:{node.lineno}: {what}" for m, tree in trees.items()
+                for node, what in check(m, tree))
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +68,8 @@ def test_no_import_cycle(parsed):
   mods, trees = parsed
   edges = {m: set() for m in mods}
   for m, tree in trees.items():
-    for _, targets in imports(tree, m, mods[m], mods):
-      edges[m].update(t for t in targets if t != m)
+    for _, pairs in imports(tree, m, mods[m], mods):
+      edges[m].update(t for _, t in pairs if t != m)
   cycles, state = [], {}
 
   def visit(m, stack):
@@ -81,53 +91,49 @@ def test_no_import_cycle(parsed):
 
 
 def test_function_local_imports_only_for_optional_packages(parsed):
-  mods, trees = parsed
-  bad = []
-  for m, tree in trees.items():
+  def check(m, tree):
     for fn in ast.walk(tree):
-      if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        continue
-      for node in ast.walk(fn):
-        if isinstance(node, ast.Import):
-          roots = [a.name.split(".")[0] for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and not node.level:
-          roots = [(node.module or "").split(".")[0]]
-        else:
-          roots = ["<relative>"] if isinstance(node, ast.ImportFrom) else []
-        if any(r not in LAZY_OK for r in roots):
-          bad.append(f"{mods[m]}:{node.lineno}: {ast.unparse(node)}")
-  assert not bad, "function-local imports (move them to the top):\n" + "\n".join(sorted(bad))
+      if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        for node in ast.walk(fn):
+          if isinstance(node, ast.Import):
+            roots = [a.name.split(".")[0] for a in node.names]
+          elif isinstance(node, ast.ImportFrom):
+            roots = ["<relative>"] if node.level else [(node.module or "").split(".")[0]]
+          else:
+            continue
+          if any(r not in LAZY_OK for r in roots):
+            yield node, ast.unparse(node)
+
+  bad = violations(parsed, check)
+  assert not bad, "function-local imports (move them to the top):\n" + "\n".join(bad)
 
 
 def test_no_private_name_across_modules(parsed):
-  mods, trees = parsed
-  bad = []
-  for m, tree in trees.items():
+  mods = parsed[0]
+
+  def check(m, tree):
     bound = set()  # local names bound to project modules
-    for node, targets in imports(tree, m, mods[m], mods):
-      if isinstance(node, ast.ImportFrom):
-        for a in node.names:
-          if a.name.startswith("_") and node.module != "__future__":
-            bad.append(f"{mods[m]}:{node.lineno}: imports {a.name}")
-          full = f"{targets[0] if targets else ''}"
-          if full.endswith("." + a.name) or full == a.name:
-            bound.add(a.asname or a.name)
-      else:
-        bound.update(a.asname or a.name.split(".")[0] for a in node.names if a.name in mods)
+    for node, pairs in imports(tree, m, mods[m], mods):
+      bound.update(local for local, _ in pairs if local)
+      if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+        yield from ((node, f"imports {a.name}") for a in node.names if a.name.startswith("_"))
     for node in ast.walk(tree):
       if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
           and not node.attr.startswith("__") and isinstance(node.value, ast.Name)
           and node.value.id in bound):
-        bad.append(f"{mods[m]}:{node.lineno}: {node.value.id}.{node.attr}")
-  assert not bad, "private names used across modules:\n" + "\n".join(sorted(bad))
+        yield node, f"{node.value.id}.{node.attr}"
+
+  bad = violations(parsed, check)
+  assert not bad, "private names used across modules:\n" + "\n".join(bad)
 
 
 def test_library_imports_no_app_or_project(parsed):
-  mods, trees = parsed
-  bad = []
-  for m, tree in trees.items():
-    if not m.startswith("vispec_jax"):
-      continue
-    for node, targets in imports(tree, m, mods[m], mods):
-      bad += [f"{mods[m]}:{node.lineno}: {t}" for t in targets if not t.startswith("vispec_jax")]
+  mods = parsed[0]
+
+  def check(m, tree):
+    if m.startswith("vispec_jax"):
+      for node, pairs in imports(tree, m, mods[m], mods):
+        yield from ((node, t) for _, t in pairs if not t.startswith("vispec_jax"))
+
+  bad = violations(parsed, check)
   assert not bad, "the library imports an app or a project:\n" + "\n".join(bad)
