@@ -35,7 +35,7 @@ from ml_collections import config_flags
 
 from configs import common
 from train import cli, data, datagen, lm, loop, sharding, targets
-from proj.scenes import generator, target_eval, target_folder, vision_pretrain
+from proj.scenes import target_eval, target_folder, vision_pretrain
 import vispec_jax as vj
 from vispec_jax import models
 
@@ -88,8 +88,7 @@ def scale_tokens(target, params, stage0_folder: str, image_hw: tuple[int, int],
   with open(os.path.join(stage0_folder, "stage0.json")) as f:
     options = json.load(f).get("scene_options") or {}
   adapter = targets.VisionAdapter.for_target(target, image_hw)
-  pixels = np.stack([adapter.pixels(np.asarray(generator.make_scene(seed, image_hw[0], **options)[0]))
-                     for seed in range(scenes)])
+  pixels = vision_pretrain.SceneBatches(adapter, scenes, 0, options).arrays(range(scenes))["pixels"]
   tokens = adapter.encode(params["vision"], pixels)
   token_norm = float(np.linalg.norm(np.asarray(tokens, np.float32), axis=-1).mean())
   text_norm = float(np.linalg.norm(np.asarray(params["text"]["embed"], np.float32), axis=-1).mean())
