@@ -1,9 +1,8 @@
-"""Reading Hugging Face checkpoint folders into params pytrees.
+"""Hugging Face checkpoint folders <-> params pytrees.
 
-A small safetensors reader (memory-mapped, one tensor at a time, bf16 through ml_dtypes) so that
-loading never holds two full copies of the weights and a truncated file is reported by name.
-Each family supplies a name map: checkpoint tensor name -> (params path, transform). Several
-spellings of the same tensor (transformers 4 vs 5 module names) are folded by prefix rules.
+A memory-mapped safetensors reader (one tensor at a time: loading never holds two copies of the
+weights) and writer. Each family supplies a name map: checkpoint tensor name -> (params path,
+transform); prefix rules fold other spellings (transformers 4 vs 5 module names).
 """
 
 from __future__ import annotations
@@ -18,18 +17,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
 from vispec_jax.errors import CheckpointError
-from vispec_jax.torch_bin import TorchBinFile
+from vispec_jax.torch_bin import DTYPES, TorchBinFile
 
-
-_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
-}
+_DTYPES = {name: np_dtype for np_dtype, name in DTYPES.values()}  # safetensors name -> NumPy
 
 
 def read_json(path: str, what: str = "a JSON object") -> dict[str, Any]:
@@ -63,14 +56,12 @@ def preprocessor_config(folder: str | None) -> dict[str, Any]:
   return read_json(path, "a JSON object (the image processor settings)")
 
 
-# Weight files, in the order we look for them: safetensors first (no pickle at all), then
-# torch.save files, which the reference ViSpec loader tries first (read by torch_bin, no torch).
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-
-
-def _shards(folder: str, index: str) -> list[str]:
-  """The shard files named by an index's weight_map, each checked to be a file in `folder`."""
+def _shards(folder: str, name: str) -> list[str] | None:
+  """The shard files named by index `name`'s weight_map (None without that index), each checked
+  to be a file in `folder`."""
+  index = os.path.join(folder, name)
+  if not os.path.isfile(index):
+    return None
   raw = read_json(index, 'a JSON object with a "weight_map"')
   wmap = raw.get("weight_map")
   if not isinstance(wmap, dict):
@@ -91,27 +82,24 @@ def _shards(folder: str, index: str) -> list[str]:
 
 
 def weight_files(folder: str) -> list[str]:
-  """The weight files of a folder, first of: the shards of model.safetensors.index.json, the
-  *.safetensors files, the shards of pytorch_model.bin.index.json, pytorch_model.bin."""
-  index = os.path.join(folder, SAFETENSORS_INDEX)
-  if os.path.isfile(index):
-    return _shards(folder, index)
-  files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors"))
-  if files:
-    return files
-  index = os.path.join(folder, TORCH_BIN_INDEX)
-  if os.path.isfile(index):
-    return _shards(folder, index)
-  if os.path.isfile(os.path.join(folder, TORCH_BIN)):
-    return [os.path.join(folder, TORCH_BIN)]
-  raise CheckpointError(f"no weights (*.safetensors, {TORCH_BIN} or a shard index) in {folder}")
+  """The weight files of a folder, the first found of: the shards of model.safetensors.index.json,
+  the *.safetensors files, the shards of pytorch_model.bin.index.json, pytorch_model.bin.
+  Safetensors first (no pickle at all; the reference ViSpec loader tries the .bin first)."""
+  binary = os.path.join(folder, "pytorch_model.bin")
+  files = (_shards(folder, "model.safetensors.index.json")
+           or sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                     if f.endswith(".safetensors"))
+           or _shards(folder, "pytorch_model.bin.index.json")
+           or ([binary] if os.path.isfile(binary) else []))
+  if not files:
+    raise CheckpointError(f"no weights (*.safetensors, pytorch_model.bin or a shard index) in "
+                          f"{folder}")
+  return files
 
 
 def open_weights(path: str):
   """A SafetensorsFile, or a TorchBinFile for a torch.save file (same interface)."""
-  if path.endswith(".safetensors"):
-    return SafetensorsFile(path)
-  return TorchBinFile(path)
+  return SafetensorsFile(path) if path.endswith(".safetensors") else TorchBinFile(path)
 
 
 def _is_uint(x) -> bool:
@@ -254,7 +242,7 @@ def load_params(files: list[str], name_map: NameMap, shapes, dtype, shardings=No
   Raises CheckpointError naming every unexpected and missing tensor, or the first shape mismatch.
   """
   params = jax.tree.map(lambda _: None, shapes)
-  unexpected, seen = [], set()
+  unexpected, seen, np_dtype = [], set(), np.dtype(dtype)
   for name, array in iter_tensors(files):
     canon = name_map.canonical(name)
     if canon not in name_map.entries:
@@ -269,7 +257,6 @@ def load_params(files: list[str], name_map: NameMap, shapes, dtype, shardings=No
         raise CheckpointError(
             f"shape mismatch for tensor {name}: checkpoint gives {tuple(value.shape)} after "
             f"conversion (stored {tuple(array.shape)}), model expects {tuple(want)}")
-      np_dtype = np.dtype(dtype)
       if shardings is None:
         # Cast on the host (ml_dtypes handles bf16), then one device copy of this tensor only.
         _set_path(params, path, jnp.asarray(np.asarray(value, dtype=np_dtype)))
@@ -278,12 +265,9 @@ def load_params(files: list[str], name_map: NameMap, shapes, dtype, shardings=No
             tuple(want), _get_path(shardings, path),
             lambda index, value=value: np.asarray(value[index], dtype=np_dtype)))
   missing = sorted(set(name_map.entries) - seen)
-  if unexpected or missing:
-    parts = []
-    if missing:
-      parts.append(f"missing tensors: {missing[:20]}" + (" ..." if len(missing) > 20 else ""))
-    if unexpected:
-      parts.append(f"unexpected tensors: {unexpected[:20]}" + (" ..." if len(unexpected) > 20 else ""))
+  parts = [f"{what} tensors: {names[:20]}" + (" ..." if len(names) > 20 else "")
+           for what, names in (("missing", missing), ("unexpected", unexpected)) if names]
+  if parts:
     raise CheckpointError("checkpoint does not match the model: " + "; ".join(parts))
   return params
 

@@ -1,18 +1,11 @@
 """Reading `torch.save` checkpoints (`pytorch_model.bin`) without torch and without running code.
 
 A `torch.save` file (torch >= 1.6) is a zip archive: `<name>/data.pkl`, a pickle of the state
-dict, and one record `<name>/data/<key>` per storage, its raw bytes (stored uncompressed and
-aligned, so they are memory-mapped here like a safetensors file). The pickle is read with a
-restricted unpickler that knows only what rebuilds a tensor:
-
-  collections.OrderedDict, torch._utils._rebuild_tensor_v2 / _v3 / _rebuild_parameter,
-  the typed storage classes (torch.FloatStorage, HalfStorage, BFloat16Storage, ...),
-  torch.storage.UntypedStorage and the torch dtypes that _rebuild_tensor_v3 names,
-
-each mapped to a NumPy stand-in (bf16 through ml_dtypes). Any other global (os.system, a
-class from some module, ...) is refused before anything is called: `CheckpointError` names the
-file and the global. The result must be a flat {name: tensor} dict, as `state_dict()` gives.
-The legacy pre-1.6 format (not a zip) is refused with a hint to re-save.
+dict, and one record `<name>/data/<key>` per storage (raw bytes, memory-mapped here). The pickle
+is read by an unpickler that knows only what rebuilds a tensor (OrderedDict, torch's
+`_rebuild_tensor_v2`/`_v3`/`_rebuild_parameter`, storage classes, dtypes), each mapped to a NumPy
+stand-in; any other global is refused before anything is called. The legacy pre-1.6 format is
+refused with a hint to re-save.
 """
 
 from __future__ import annotations
@@ -30,7 +23,7 @@ import numpy as np
 from vispec_jax.errors import CheckpointError
 
 # torch dtype name -> (NumPy dtype, safetensors dtype name)
-_DTYPES = {
+DTYPES = {
     "float64": (np.float64, "F64"), "float32": (np.float32, "F32"), "float16": (np.float16, "F16"),
     "bfloat16": (ml_dtypes.bfloat16, "BF16"), "int64": (np.int64, "I64"),
     "int32": (np.int32, "I32"), "int16": (np.int16, "I16"), "int8": (np.int8, "I8"),
@@ -39,7 +32,7 @@ _DTYPES = {
     "float8_e4m3fn": (ml_dtypes.float8_e4m3fn, "F8_E4M3"),
     "float8_e5m2": (ml_dtypes.float8_e5m2, "F8_E5M2"),
 }
-_ST_NAMES = {np.dtype(d): st for d, st in _DTYPES.values()}
+_ST_NAMES = {np.dtype(d): st for d, st in DTYPES.values()}
 _STORAGES = {  # typed storage class -> torch dtype name
     "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
     "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
@@ -47,7 +40,7 @@ _STORAGES = {  # typed storage class -> torch dtype name
 }
 
 
-class _StorageType(NamedTuple):  # what `torch.FloatStorage` etc. unpickle to (immutable)
+class _StorageType(NamedTuple):  # what `torch.FloatStorage` etc. unpickle to
   name: str
   dtype: Any  # None for UntypedStorage (bytes)
 
@@ -69,9 +62,9 @@ def _is_int(x) -> bool:
 class _Unpickler(pickle.Unpickler):
   """Rebuilds tensors as NumPy views of the archive's records; refuses every other global."""
 
-  def __init__(self, file, path: str, record):
+  def __init__(self, file, path: str, zf: zipfile.ZipFile, prefix: str, mm: np.ndarray):
     super().__init__(file)
-    self._path, self._record, self._storages = path, record, {}
+    self._path, self._zf, self._prefix, self._mm, self._storages = path, zf, prefix, mm, {}
 
   def _refuse(self, what: str):
     raise CheckpointError(f"{self._path}: refusing to load: the pickle asks for {what}, which is "
@@ -85,12 +78,33 @@ class _Unpickler(pickle.Unpickler):
                                              "_rebuild_parameter"):
       return getattr(self, name)
     if module == "torch" and name in _STORAGES:
-      return _StorageType(name, np.dtype(_DTYPES[_STORAGES[name]][0]))
+      return _StorageType(name, np.dtype(DTYPES[_STORAGES[name]][0]))
     if (module, name) in (("torch.storage", "UntypedStorage"), ("torch", "UntypedStorage")):
       return _StorageType(name, None)
-    if module == "torch" and name in _DTYPES:
-      return _Dtype(name, np.dtype(_DTYPES[name][0]))
+    if module == "torch" and name in DTYPES:
+      return _Dtype(name, np.dtype(DTYPES[name][0]))
     self._refuse(f"the global {module}.{name}")
+
+  def _record(self, key: str) -> np.ndarray:
+    """The bytes of record `data/<key>`: a view of the memory-mapped file when stored
+    uncompressed (as torch writes it), else a copy."""
+    try:
+      info = self._zf.getinfo(f"{self._prefix}data/{key}")
+    except KeyError:
+      raise CheckpointError(f"{self._path}: storage record data/{key} is missing from the "
+                            "archive") from None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+      return np.frombuffer(self._zf.read(info), np.uint8)
+    start, mm = info.header_offset, self._mm
+    local = bytes(mm[start:start + 30])
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+      raise CheckpointError(f"{self._path}: corrupt zip entry for storage data/{key}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    begin = start + 30 + name_len + extra_len
+    if begin + info.file_size > mm.size:
+      raise CheckpointError(f"{self._path}: truncated file: storage data/{key} needs bytes up to "
+                            f"{begin + info.file_size}, file has {mm.size}")
+    return mm[begin:begin + info.file_size]
 
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
@@ -98,10 +112,8 @@ class _Unpickler(pickle.Unpickler):
       self._refuse(f"the persistent object {pid!r:.100}")
     _, kind, key, _location, _numel = pid
     if key not in self._storages:
-      raw = self._record(key)
-      dtype = kind.dtype or np.dtype(np.uint8)
-      n = raw.size // dtype.itemsize
-      self._storages[key] = _Storage(key, raw[:n * dtype.itemsize].view(dtype))
+      raw, dtype = self._record(key), kind.dtype or np.dtype(np.uint8)
+      self._storages[key] = _Storage(key, raw[:raw.size - raw.size % dtype.itemsize].view(dtype))
     return self._storages[key]
 
   def _tensor(self, storage, offset, size, stride, dtype=None) -> np.ndarray:
@@ -118,18 +130,12 @@ class _Unpickler(pickle.Unpickler):
         raise CheckpointError(f"{self._path}: storage {storage.key} is typed but the tensor "
                               f"names the dtype {dtype}")
       data = data[:data.size - data.size % dtype.itemsize].view(dtype)
-    if 0 not in size:
-      last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-      if last >= data.size:
-        raise CheckpointError(f"{self._path}: tensor of size {size} at offset {offset} reads past "
-                              f"the end of storage {storage.key} ({data.size} elements)")
-    elif offset > data.size:
-      raise CheckpointError(f"{self._path}: tensor offset {offset} is past the end of storage "
-                            f"{storage.key}")
-    base = data[offset:]
-    itemsize = data.dtype.itemsize
-    return np.lib.stride_tricks.as_strided(base, shape=size, strides=[s * itemsize for s in stride],
-                                           writeable=False)
+    end = offset + (0 if 0 in size else 1 + sum((n - 1) * s for n, s in zip(size, stride)))
+    if end > data.size:
+      raise CheckpointError(f"{self._path}: tensor of size {size} at offset {offset} reads past "
+                            f"the end of storage {storage.key} ({data.size} elements)")
+    return np.lib.stride_tricks.as_strided(data[offset:], shape=size, writeable=False,
+                                           strides=[s * data.dtype.itemsize for s in stride])
 
   def _rebuild_tensor_v2(self, storage, offset, size, stride, requires_grad=False,
                          backward_hooks=None, metadata=None):
@@ -147,32 +153,10 @@ class _Unpickler(pickle.Unpickler):
     return data
 
 
-def _record_reader(path: str, zf: zipfile.ZipFile, prefix: str, mm: np.ndarray):
-  """key -> the bytes of record `<prefix>data/<key>`: a view of the memory-mapped file when the
-  record is stored uncompressed (as torch writes it), else a copy."""
-  def record(key: str) -> np.ndarray:
-    try:
-      info = zf.getinfo(f"{prefix}data/{key}")
-    except KeyError:
-      raise CheckpointError(f"{path}: storage record data/{key} is missing from the archive") from None
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-      return np.frombuffer(zf.read(info), np.uint8)
-    start = info.header_offset
-    local = bytes(mm[start:start + 30])
-    if len(local) < 30 or local[:4] != b"PK\x03\x04":
-      raise CheckpointError(f"{path}: corrupt zip entry for storage data/{key}")
-    name_len, extra_len = struct.unpack("<HH", local[26:30])
-    begin = start + 30 + name_len + extra_len
-    if begin + info.file_size > mm.size:
-      raise CheckpointError(f"{path}: truncated file: storage data/{key} needs bytes up to "
-                            f"{begin + info.file_size}, file has {mm.size}")
-    return mm[begin:begin + info.file_size]
-  return record
-
-
 class TorchBinFile:
-  """A `torch.save` state dict, memory-mapped; the interface of `checkpoints.SafetensorsFile`:
-  `keys()`, `get(name)` (a read-only NumPy view) and `header` {name: {"dtype", "shape"}}."""
+  """A `torch.save` state dict, memory-mapped, with `checkpoints.SafetensorsFile`'s interface:
+  `keys()`, `get(name)` (a read-only NumPy view), `header` {name: {"dtype", "shape"}}.
+  The file must hold a flat {name: tensor} dict, as `state_dict()` gives."""
 
   def __init__(self, path: str):
     self.path = path
@@ -203,12 +187,10 @@ class TorchBinFile:
         raise CheckpointError(f"{path}: expected one data.pkl in the torch.save archive, "
                               f"found {len(pickles)}")
       prefix = pickles[0][:-len("data.pkl")]
-      big = False
-      if f"{prefix}byteorder" in zf.namelist():
-        big = zf.read(f"{prefix}byteorder").strip() == b"big"
-      mm = np.memmap(path, dtype=np.uint8, mode="r")
+      big = (f"{prefix}byteorder" in zf.namelist()
+             and zf.read(f"{prefix}byteorder").strip() == b"big")
       with zf.open(pickles[0]) as f:
-        obj = _Unpickler(f, path, _record_reader(path, zf, prefix, mm)).load()
+        obj = _Unpickler(f, path, zf, prefix, np.memmap(path, dtype=np.uint8, mode="r")).load()
     if not isinstance(obj, dict):
       raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
     for k, v in obj.items():

@@ -1,23 +1,15 @@
 """Loading and saving draft checkpoints: the released ViSpec folders and our own format.
 
-Released ViSpec drafts (vispec-reference.md sections 2.1-2.3, 9) are a folder with `config.json`
-(a LLaMA-style config of the one-layer draft) and `model.safetensors` or `pytorch_model.bin`
-(the reference loader tries the .bin first; we prefer safetensors when both exist, see
-`checkpoints.weight_files`; a .bin is read without torch by `torch_bin`) with the PyTorch
-module names: embed_tokens.weight, fc.*, layers.0.self_attn.{q,k,v,o}_proj.*, layers.0.mlp.*,
-layers.0.post_attention_layernorm.weight, imadpt.q, imadpt.{k,v,o}_proj.*, img_fc.*. A folder
-without imadpt.* is a stage-1 EAGLE draft, one with medusa_head.* a Medusa baseline. Missing
-config fields fall back as the reference does: rope_theta 10000, qkv_bias False, fc/img_fc bias
-("bias") True, num_q 2 (here read from the shape of imadpt.q when present).
-
-The checkpoint's copy of the target embedding (embed_tokens.weight) is checked against the
-target's and dropped: drafts always embed through the target's table (`head_params`). A shape
-mismatch is an error; different values only warn by default (`embedding_check`), since drafting
-stays lossless with any draft and bf16/fp16 copies of one table differ by rounding.
+Released drafts (vispec-reference.md sections 2.1-2.3, 9): `config.json` (a LLaMA config of the
+one-layer draft) and safetensors or `pytorch_model.bin` weights under the PyTorch module names
+(embed_tokens, fc, layers.0.*, imadpt.*, img_fc; no imadpt: a stage-1 EAGLE draft; medusa_head.*:
+Medusa). Missing fields fall back as the reference does (rope_theta 10000, qkv_bias False, bias
+True); num_q is read from imadpt.q. The embedding copy is checked against the target's table and
+dropped (drafts embed through the target's); different values only warn by default, since bf16
+and fp16 copies of one table differ by rounding and drafting stays lossless with any draft.
 
 Our format: `config.json` {"vispec_jax_draft": {DraftConfig fields}} and `model.safetensors`
-with the params paths as names ("layer.attn.q.kernel", kernels stored [in, out]), written
-atomically; `load_draft(save_draft(...))` round-trips exactly.
+under the params paths ("layer.attn.q.kernel", kernels [in, out]); it round-trips exactly.
 """
 
 from __future__ import annotations
@@ -67,31 +59,27 @@ def official_name_map(cfg: DraftConfig) -> NameMap:
   """Reference (PyTorch) tensor names -> our params paths."""
   m = NameMap(OFFICIAL_PREFIXES)
   m.ignore("embed_tokens.weight")  # checked against the target, not kept
+
+  def linear(name: str, path: tuple, bias: bool = False):
+    m.add(f"{name}.weight", path + ("kernel",), TRANSPOSE)
+    if bias:
+      m.add(f"{name}.bias", path + ("bias",))
+
   if cfg.kind == "medusa":
     for i in range(cfg.medusa_heads):
-      m.add(f"medusa_head.{i}.0.linear.weight", ("heads", i, "kernel"), TRANSPOSE)
-      m.add(f"medusa_head.{i}.0.linear.bias", ("heads", i, "bias"))
+      linear(f"medusa_head.{i}.0.linear", ("heads", i), bias=True)
     return m
-  m.add("fc.weight", ("fc", "kernel"), TRANSPOSE)
-  if cfg.fc_bias:
-    m.add("fc.bias", ("fc", "bias"))
-  hf = "layers.0."
+  linear("fc", ("fc",), cfg.fc_bias)
   for proj in "qkvo":
-    m.add(f"{hf}self_attn.{proj}_proj.weight", ("layer", "attn", proj, "kernel"), TRANSPOSE)
-    if cfg.qkv_bias and proj != "o":
-      m.add(f"{hf}self_attn.{proj}_proj.bias", ("layer", "attn", proj, "bias"))
+    linear(f"layers.0.self_attn.{proj}_proj", ("layer", "attn", proj), cfg.qkv_bias and proj != "o")
   for proj in ("gate", "up", "down"):
-    m.add(f"{hf}mlp.{proj}_proj.weight", ("layer", "mlp", proj, "kernel"), TRANSPOSE)
-  m.add(f"{hf}post_attention_layernorm.weight", ("layer", "post_norm", "scale"))
+    linear(f"layers.0.mlp.{proj}_proj", ("layer", "mlp", proj))
+  m.add("layers.0.post_attention_layernorm.weight", ("layer", "post_norm", "scale"))
   if cfg.kind == "vispec":
     m.add("imadpt.q", ("adaptor", "q"))
     for proj in "kvo":
-      m.add(f"imadpt.{proj}_proj.weight", ("adaptor", proj, "kernel"), TRANSPOSE)
-      if cfg.qkv_bias and proj != "o":
-        m.add(f"imadpt.{proj}_proj.bias", ("adaptor", proj, "bias"))
-    m.add("img_fc.weight", ("img_fc", "kernel"), TRANSPOSE)
-    if cfg.fc_bias:
-      m.add("img_fc.bias", ("img_fc", "bias"))
+      linear(f"imadpt.{proj}_proj", ("adaptor", proj), cfg.qkv_bias and proj != "o")
+    linear("img_fc", ("img_fc",), cfg.fc_bias)
   return m
 
 
@@ -107,49 +95,32 @@ def native_name_map(cfg: DraftConfig) -> NameMap:
 # --------------------------------------------------------------------------- configs
 
 
-def _official_config(raw: dict, header: dict[str, dict], folder: str) -> DraftConfig:
-  """DraftConfig from a reference draft config.json; the kind and num_q from the tensors.
-
-  The reference configs are LLaMA configs (model_type "llama") that carry many keys a draft
-  does not use (torch_dtype, use_cache, a fork's own options): those are ignored, as
-  transformers ignores them. Another model_type means the folder is not a draft.
-  """
+def _official_config(raw: dict, header: dict[str, dict], path: str) -> DraftConfig:
+  """DraftConfig from a reference draft config.json, a LLaMA config whose keys a draft does not
+  use are ignored (as transformers ignores them); the kind and num_q from the tensors."""
   def need(key):
     if key not in raw:
-      raise CheckpointError(f"{folder}/config.json: missing key {key!r}")
+      raise CheckpointError(f"{path}: missing key {key!r}")
     return raw[key]
   if raw.get("model_type", "llama") != "llama":
-    raise CheckpointError(f"{folder}/config.json: model_type {raw['model_type']!r} is not a "
-                          "draft (ViSpec/EAGLE/Medusa drafts have model_type 'llama'); is this "
-                          "the target's folder?")
+    raise CheckpointError(f"{path}: model_type {raw['model_type']!r} is not a draft "
+                          "(ViSpec/EAGLE/Medusa drafts have model_type 'llama'); is this the "
+                          "target's folder?")
   if raw.get("rope_scaling"):
-    raise CheckpointError(f"{folder}/config.json: rope_scaling {raw['rope_scaling']} is not "
-                          "supported for drafts")
+    raise CheckpointError(f"{path}: rope_scaling {raw['rope_scaling']} is not supported for drafts")
   layers_n = int(raw.get("num_hidden_layers", 1))
   if layers_n != 1:
-    raise CheckpointError(f"{folder}/config.json: num_hidden_layers is {layers_n}; ViSpec/EAGLE "
-                          "drafts have exactly 1 layer")
+    raise CheckpointError(f"{path}: num_hidden_layers is {layers_n}; ViSpec/EAGLE drafts have "
+                          "exactly 1 layer")
   hidden, heads = int(need("hidden_size")), int(need("num_attention_heads"))
-  if hidden % heads:
-    raise CheckpointError(f"{folder}/config.json: hidden_size {hidden} is not a multiple of "
-                          f"num_attention_heads {heads}")
-  names = set(header)
-  if "imadpt.q" in names:
-    kind = "vispec"
-  elif any(n.startswith("medusa_head.") for n in names):
-    kind = "medusa"
-  else:
-    kind = "eagle"
+  medusa = [n.split(".")[1] for n in header if n.startswith("medusa_head.")]
+  kind = "vispec" if "imadpt.q" in header else "medusa" if medusa else "eagle"
   num_q = int(raw.get("num_q", 2))
   if kind == "vispec":
     stored = int(header["imadpt.q"]["shape"][0])
     if "num_q" in raw and stored != num_q:
-      raise CheckpointError(f"{folder}: config.json says num_q {num_q} but imadpt.q holds "
-                            f"{stored} queries")
+      raise CheckpointError(f"{path} says num_q {num_q} but imadpt.q holds {stored} queries")
     num_q = stored
-  medusa = 5
-  if kind == "medusa":
-    medusa = 1 + max(int(n.split(".")[1]) for n in names if n.startswith("medusa_head."))
   return DraftConfig(
       kind=kind, hidden_size=hidden,
       intermediate_size=int(raw.get("intermediate_size", 0) if kind == "medusa"
@@ -159,7 +130,8 @@ def _official_config(raw: dict, header: dict[str, dict], folder: str) -> DraftCo
       rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
       rope_theta=float(raw.get("rope_theta", 10000.0)),
       qkv_bias=bool(raw.get("qkv_bias", False)), fc_bias=bool(raw.get("bias", True)),
-      hidden_act=raw.get("hidden_act", "silu"), num_q=num_q, medusa_heads=medusa)
+      hidden_act=raw.get("hidden_act", "silu"), num_q=num_q,
+      medusa_heads=1 + max(map(int, medusa)) if kind == "medusa" else 5)
 
 
 # What each DraftConfig field must hold in our config.json (by its annotation).
@@ -173,8 +145,7 @@ _FIELD_CHECKS = {
 }
 
 
-def _native_config(raw: dict, folder: str) -> DraftConfig:
-  path = os.path.join(folder, "config.json")
+def _native_config(raw: dict, path: str) -> DraftConfig:
   fields = {f.name: f for f in dataclasses.fields(DraftConfig)}
   d = raw[FORMAT_KEY]
   if not isinstance(d, dict):
@@ -193,32 +164,26 @@ def _native_config(raw: dict, folder: str) -> DraftConfig:
     raise CheckpointError(f"{path}: bad draft config: {e}") from None
 
 
-def check_config(cfg: DraftConfig) -> None:
-  """Raises CheckpointError if the draft's own sizes cannot work together."""
-  if cfg.kind == "medusa":
-    return
-  if cfg.num_heads * cfg.head_dim != cfg.hidden_size:
-    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} x head_dim {cfg.head_dim} "
-                          f"!= hidden_size {cfg.hidden_size}")
-  if cfg.num_heads % cfg.num_kv_heads:
-    raise CheckpointError(f"draft num_attention_heads {cfg.num_heads} is not a multiple of "
-                          f"num_key_value_heads {cfg.num_kv_heads}")
-  if cfg.hidden_act not in layers.ACTIVATIONS:
-    raise CheckpointError(f"draft hidden_act {cfg.hidden_act!r} is not supported; known: "
-                          f"{sorted(layers.ACTIVATIONS)}")
-
-
-def validate(cfg: DraftConfig, text) -> None:
-  """Raises CheckpointError if the draft cannot run on a target with TextConfig `text`."""
-  checks = [("hidden_size", cfg.hidden_size, text.hidden_size),
-            ("vocab_size", cfg.vocab_size, text.vocab_size)]
+def check_config(cfg: DraftConfig, text, where: str) -> None:
+  """Raises CheckpointError (prefixed `where`) if the draft's sizes cannot work together or,
+  given the target's TextConfig `text`, do not fit that target."""
+  def need(ok: bool, msg: str):
+    if not ok:
+      raise CheckpointError(f"{where}: draft {msg}")
+  checks = [] if text is None else [("hidden_size", cfg.hidden_size, text.hidden_size),
+                                    ("vocab_size", cfg.vocab_size, text.vocab_size)]
   if cfg.kind != "medusa":
-    checks.append(("num_attention_heads", cfg.num_heads, text.num_heads))
+    need(cfg.num_heads * cfg.head_dim == cfg.hidden_size, f"num_attention_heads {cfg.num_heads} "
+         f"x head_dim {cfg.head_dim} != hidden_size {cfg.hidden_size}")
+    need(cfg.num_heads % cfg.num_kv_heads == 0, f"num_attention_heads {cfg.num_heads} is not a "
+         f"multiple of num_key_value_heads {cfg.num_kv_heads}")
+    need(cfg.hidden_act in layers.ACTIVATIONS, f"hidden_act {cfg.hidden_act!r} is not "
+         f"supported; known: {sorted(layers.ACTIVATIONS)}")
+    if text is not None:
+      checks.append(("num_attention_heads", cfg.num_heads, text.num_heads))
   for name, mine, theirs in checks:
-    if mine != theirs:
-      raise CheckpointError(f"draft {name} is {mine} but the target's {name} is {theirs}: this "
-                            "draft was made for another target")
-  check_config(cfg)
+    need(mine == theirs, f"{name} is {mine} but the target's {name} is {theirs}: this draft was "
+         "made for another target")
 
 
 def check_embedding(stored: np.ndarray, table, mode: str = "warn", rtol: float = 1e-2) -> None:
@@ -246,45 +211,36 @@ def check_embedding(stored: np.ndarray, table, mode: str = "warn", rtol: float =
 
 
 def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "warn") -> Draft:
-  """Loads a draft folder: a released ViSpec/EAGLE checkpoint or one written by `save_draft`.
+  """Loads a released ViSpec/EAGLE/Medusa draft folder or one written by `save_draft`.
 
-  Args:
-    target: the `Target` the draft will run with (validated: hidden size, vocab, heads, and the
-      official checkpoints' embedding copy). None skips these checks.
-    dtype: params dtype; default the target's (float32 without a target).
-    embedding_check: "warn" (default), "error" or "skip" for an embedding copy whose values
-      differ from the target's (a shape mismatch is always an error).
-  Raises CheckpointError naming the file, tensor or config value.
+  With the `Target` it will run with, the draft's sizes and (released checkpoints) embedding copy
+  are checked against it; `embedding_check` "warn", "error" or "skip" says what a copy whose
+  values differ does (a shape mismatch is always an error). dtype: default the target's
+  (float32 without a target). Raises CheckpointError naming the file, tensor or config value.
   """
   if embedding_check not in ("warn", "error", "skip"):
     raise ValueError(f"embedding_check must be 'warn', 'error' or 'skip', got {embedding_check!r}")
   raw = checkpoints.read_config(folder)
+  path = os.path.join(folder, "config.json")
   native = FORMAT_KEY in raw
   if not native:
     try:
-      check_hf_config(raw, os.path.join(folder, "config.json"))
+      check_hf_config(raw, path)
     except ConfigError as e:
       raise CheckpointError(str(e)) from None
   files = checkpoints.weight_files(folder)
-  header, where = {}, {}  # canonical official name -> info / (file, stored name)
-  strip = NameMap(OFFICIAL_PREFIXES)
-  for f in files:
+  header, where = {}, {}  # canonical official name -> header entry / (file, stored name)
+  for f in [] if native else files:
     for name, info in checkpoints.open_weights(f).header.items():
-      header[strip.canonical(name)] = info
-      where[strip.canonical(name)] = (f, name)
-  text = None if target is None else target.config.text
+      canon = NameMap(OFFICIAL_PREFIXES).canonical(name)
+      header[canon], where[canon] = info, (f, name)
   if dtype is None:
     dtype = jnp.float32 if target is None else target.params["text"]["embed"].dtype
-  cfg = _native_config(raw, folder) if native else _official_config(raw, header, folder)
-  try:
-    check_config(cfg)
-  except CheckpointError as e:
-    raise CheckpointError(f"{os.path.join(folder, 'config.json')}: {e}") from None
-  if text is not None:
-    validate(cfg, text)
+  cfg = _native_config(raw, path) if native else _official_config(raw, header, path)
+  check_config(cfg, None if target is None else target.config.text, path)
   name_map = native_name_map(cfg) if native else official_name_map(cfg)
   params = checkpoints.load_params(files, name_map, param_shapes(cfg, dtype), dtype)
-  if not native and target is not None and "embed_tokens.weight" in where:
+  if target is not None and "embed_tokens.weight" in where:
     f, name = where["embed_tokens.weight"]
     check_embedding(checkpoints.open_weights(f).get(name), target.params["text"]["embed"],
                     embedding_check)
