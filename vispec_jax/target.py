@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vispec_jax import checkpoints, layers, models, processing, sharding
-from vispec_jax.configs import ConfigError, TargetConfig
-from vispec_jax.models import decoder
+from vispec_jax.configs import TargetConfig
+from vispec_jax.models import decoder, hf_config
 from vispec_jax.processing import Batch, InputError
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,11 +52,6 @@ class Target:
     """Full-sequence (logits fp32 [B, P, V], final hidden [B, P, E]), no cache (for parity)."""
     return _forward(params["text"], self.config.text, self.embed(params, batch),
                     jnp.asarray(batch.positions), jnp.asarray(batch.attention_mask))
-
-  def prepare(self, prompts: Sequence[str], images=None, videos=None, *, video_fps: float = 2.0,
-              chat: bool = True, max_length: int | None = None) -> Batch:
-    return prepare(self, prompts, images=images, videos=videos, video_fps=video_fps, chat=chat,
-                   max_length=max_length)
 
 
 @jax.jit
@@ -98,25 +93,18 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
   Raises `CheckpointError` (folder, files, tensor names, shapes) or `ConfigError` (the config
   file and key), both ValueErrors.
   """
-  raw = checkpoints.read_config(folder)
-  config_file = os.path.join(folder, "config.json")
-  try:
-    cfg = models.config_from_hf(raw)
-  except ConfigError as e:  # name the file itself, not just "config.json"
-    msg = str(e)
-    msg = msg[len("config.json: "):] if msg.startswith("config.json: ") else msg
-    raise ConfigError(f"{config_file}: {msg}") from None
+  cfg = models.config_from_hf(checkpoints.read_config(folder), os.path.join(folder, "config.json"))
   fam = models.family(cfg)
   files = checkpoints.weight_files(folder)
   shapes = fam.param_shapes(cfg, dtype)
   shardings = None
   if mesh is not None:
-    head_dims = {"text": cfg.text.head_dim,
-                 "vision": getattr(cfg.vision, "head_dim", 1) if cfg.vision is not None else 1}
+    head_dims = {"text": cfg.text.head_dim, "vision": getattr(cfg.vision, "head_dim", 1)}
     shardings = sharding.param_shardings(shapes, mesh, head_dims)
   params = checkpoints.load_params(files, fam.name_map(cfg), shapes, dtype, shardings)
   tokenizer = _load_tokenizer(folder)
-  _check_preprocessor(folder)
+  hf_config.check_preprocessor(checkpoints.preprocessor_config(folder),
+                               os.path.join(folder, "preprocessor_config.json"))
   try:
     processor = fam.make_image_processor(folder, cfg)
   except (ValueError, TypeError, KeyError, AttributeError) as e:  # a bad preprocessor_config.json
@@ -124,50 +112,6 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
         f"{os.path.join(folder, 'preprocessor_config.json')}: cannot build the image processor "
         f"({type(e).__name__}: {e})") from None
   return Target(cfg, params, tokenizer, processor, folder)
-
-
-def _positive_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-
-
-# preprocessor_config.json keys the families pass to transformers' image processors, and what
-# each must hold (transformers checks them only when the first image is processed).
-_PREPROCESSOR_CHECKS = {
-    "min_pixels": (_positive_int, "a positive integer"),
-    "max_pixels": (_positive_int, "a positive integer"),
-    "size": (lambda v: _positive_int(v) or (isinstance(v, dict) and v and all(
-        x is None or _positive_int(x) for x in v.values())),
-             "a positive integer or an object of positive integers"),
-    "crop_size": (lambda v: _positive_int(v) or (isinstance(v, dict) and v and all(
-        _positive_int(x) for x in v.values())),
-                  "a positive integer or an object of positive integers"),
-    "image_mean": (lambda v: _number(v) or (isinstance(v, list) and v and all(map(_number, v))),
-                   "a number or a list of numbers"),
-    "image_std": (lambda v: (_number(v) and v > 0) or (isinstance(v, list) and v and all(
-        _number(x) and x > 0 for x in v)), "a positive number or a list of positive numbers"),
-    "rescale_factor": (lambda v: _number(v) and v > 0, "a positive number"),
-    "resample": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 5,
-                 "a PIL resampling filter number (0-5)"),
-    **{k: (lambda v: isinstance(v, bool), "true or false")
-       for k in ("do_pad", "do_resize", "do_center_crop", "do_rescale", "do_normalize",
-                 "do_convert_rgb")},
-}
-
-
-def _check_preprocessor(folder: str) -> None:
-  """CheckpointError naming preprocessor_config.json and the key whose value is unusable."""
-  path = os.path.join(folder, "preprocessor_config.json")
-  raw = checkpoints.preprocessor_config(folder)
-  for key, (ok, what) in _PREPROCESSOR_CHECKS.items():
-    if key in raw and not ok(raw[key]):
-      raise checkpoints.CheckpointError(f"{path}: {key} must be {what}, got {raw[key]!r:.80}")
-  lo, hi = raw.get("min_pixels"), raw.get("max_pixels")
-  if lo is not None and hi is not None and lo > hi:
-    raise checkpoints.CheckpointError(f"{path}: min_pixels {lo} is larger than max_pixels {hi}")
 
 
 def _load_tokenizer(folder: str):

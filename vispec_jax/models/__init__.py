@@ -1,8 +1,7 @@
-"""Target model families and their registry. Each family module exposes the same small functional
+"""Target model families and their registry. Each family module exposes the same functional
 surface (HF_TYPES, config_from_hf, param_shapes, name_map, make_image_processor,
 preprocess_image, tower_input, encode_item, encode_vision, positions, vision_placeholder);
-`family(cfg)` picks it, and `config_from_hf(raw)` parses a Hugging Face config.json into a
-TargetConfig with the family that claims its model_type or architecture."""
+`family(cfg)` picks it, `config_from_hf(raw)` parses a config.json with it."""
 
 from typing import Any
 
@@ -18,22 +17,23 @@ def family(cfg: TargetConfig):
   return FAMILIES[cfg.family]
 
 
-def config_from_hf(raw: dict[str, Any]) -> TargetConfig:
-  """A TargetConfig from the dict of a Hugging Face config.json.
+def config_from_hf(raw: dict[str, Any], file: str = "config.json") -> TargetConfig:
+  """A TargetConfig from the dict of a Hugging Face config.json (`file` names it in errors).
 
-  Keys we do not read are ignored, as transformers ignores them (real configs carry many:
-  use_cache, initializer_range, torch_dtype, ...); an unknown architecture, or a key we need
-  that is missing or has an unsupported value, is a ConfigError. Every key we read is checked
-  first (`hf_config.check_hf_config`), the parsed sizes after (`hf_config.check_target_config`).
+  Keys we do not read are ignored, as transformers ignores them; an unknown architecture, or a
+  key we need that is missing or has an unsupported value, is a ConfigError.
   """
-  hf_config.check_hf_config(raw)
+  hf_config.check_hf_config(raw, file)
   archs = raw.get("architectures") or []
   model_type = raw.get("model_type")
   name = next((t for t, a in HF_TYPES.items() if model_type == t or a in archs), None)
-  if name is None:
-    known = ", ".join(f"{t} ({a})" for t, a in HF_TYPES.items())
-    raise ConfigError(f"unknown architecture: model_type={model_type!r}, architectures={archs!r}; "
-                      f"supported: {known}")
-  cfg = FAMILIES[name].config_from_hf(raw)
-  hf_config.check_target_config(cfg)
+  try:
+    if name is None:
+      known = ", ".join(f"{t} ({a})" for t, a in HF_TYPES.items())
+      raise ConfigError(f"unknown architecture: model_type={model_type!r}, "
+                        f"architectures={archs!r}; supported: {known}")
+    cfg = FAMILIES[name].config_from_hf(raw)
+    hf_config.check_target_config(cfg)
+  except ConfigError as e:
+    raise ConfigError(f"{file}: {e}") from None
   return cfg

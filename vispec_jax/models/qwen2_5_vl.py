@@ -47,35 +47,27 @@ def config_from_hf(raw: dict) -> TargetConfig:
   for r in (rope, rope_scaling):  # scaled RoPE (yarn, linear, dynamic...) would load but be wrong
     rope_type = r.get("rope_type", r.get("type", "default"))
     if rope_type not in ("default", "mrope"):
-      raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (plain mRoPE only)")
+      raise ConfigError(f"rope type {rope_type!r} is not supported (plain mRoPE only)")
   text = hf_config.text_config(t, raw, where, rope_theta=float(theta), qkv_bias=True,
                               mrope_section=tuple(int(s) for s in section))
-  hidden, head_dim = text.hidden_size, text.head_dim
-  if 2 * sum(section) != head_dim:
-    raise ConfigError(f"config.json: mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
+  hidden = text.hidden_size
+  if 2 * sum(section) != text.head_dim:
+    raise ConfigError(f"mrope_section {section} must sum to head_dim/2 = {text.head_dim // 2}")
   v = hf_config.require(raw, "vision_config", "config")
-  vrope = v.get("rope_parameters") or {}
+  need = lambda key: int(hf_config.require(v, key, "vision_config"))
   vision = QwenVisionConfig(
-      depth=int(hf_config.require(v, "depth", "vision_config")),
-      hidden_size=int(hf_config.require(v, "hidden_size", "vision_config")),
-      intermediate_size=int(hf_config.require(v, "intermediate_size", "vision_config")),
-      num_heads=int(hf_config.require(v, "num_heads", "vision_config")),
+      depth=need("depth"), hidden_size=need("hidden_size"),
+      intermediate_size=need("intermediate_size"), num_heads=need("num_heads"),
       out_hidden_size=int(v.get("out_hidden_size", hidden)),
-      patch_size=int(v.get("patch_size", 14)),
-      temporal_patch_size=int(v.get("temporal_patch_size", 2)),
-      spatial_merge_size=int(v.get("spatial_merge_size", 2)),
-      window_size=int(v.get("window_size", 112)),
       fullatt_block_indexes=hf_config.as_tuple(v.get("fullatt_block_indexes", (7, 15, 23, 31))),
       in_channels=int(v.get("in_channels", v.get("in_chans", 3))),
       tokens_per_second=float(v.get("tokens_per_second", 2)),
-      rope_theta=float(vrope.get("rope_theta", 10000.0)),
-      hidden_act=v.get("hidden_act", "silu"),
-  )
+      rope_theta=float((v.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+      **{k: v[k] for k in ("patch_size", "temporal_patch_size", "spatial_merge_size",
+                           "window_size", "hidden_act") if k in v})  # checked, else defaults
   if vision.out_hidden_size != hidden:
-    raise ConfigError(f"config.json: vision out_hidden_size {vision.out_hidden_size} != "
+    raise ConfigError(f"vision out_hidden_size {vision.out_hidden_size} != "
                       f"text hidden_size {hidden}")
-  eos = hf_config.as_tuple(raw.get("eos_token_id", t.get("eos_token_id")))
-  pad = raw.get("pad_token_id")
   return TargetConfig(
       family="qwen2_5_vl",
       text=text,
@@ -84,9 +76,8 @@ def config_from_hf(raw: dict) -> TargetConfig:
       video_token_id=int(raw.get("video_token_id", 151656)),
       vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),
       vision_end_token_id=int(raw.get("vision_end_token_id", 151653)),
-      eos_token_ids=eos,
-      pad_token_id=int(pad if pad is not None else (eos[0] if eos else 0)),
-  )
+      **hf_config.special_tokens(raw.get("eos_token_id", t.get("eos_token_id")),
+                                 raw.get("pad_token_id")))
 
 
 # ------------------------------------------------------------------- vision tower
