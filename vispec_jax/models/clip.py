@@ -1,15 +1,11 @@
 """CLIP ViT vision tower (the LLaVA image encoder) over a params pytree.
 
-Per tile of `image_size` x `image_size` pixels: patch embed (a Conv2d with stride = kernel, i.e. one
-matmul over flattened patches) -> prepend the class token -> add learned positions -> LayerNorm
-(`pre_layrnorm` in checkpoints) -> `num_layers` pre-LN blocks of full attention (no RoPE) and a
-two-layer MLP. LLaVA reads an intermediate hidden state, so the final `post_layernorm` (which only
-feeds CLIP's pooled output) is not part of the params; loaders skip it.
+Per `image_size`^2 tile: patch embed (a Conv2d as one matmul) -> class token -> learned positions
+-> LayerNorm (`pre_layrnorm`) -> `num_layers` pre-LN blocks of full attention (no RoPE) and a
+two-layer MLP. LLaVA reads an intermediate hidden state, so CLIP's final `post_layernorm` (it only
+feeds the pooled output) is not in the params.
 
-Built from the shared layers: `layers.self_attention(..., cos=None)`, `layers.layer_norm`,
-`layers.linear`. Einsum letters: N tiles, T tokens per tile (1 + grid^2), E hidden.
-
-Params: {"patch_embed": {"kernel": [C*p*p, E]}, "class_embed": [E], "pos_embed": [T, E],
+Params: {"patch_embed": {"kernel": [C*p*p, E]}, "class_embed": [E], "pos_embed": [1 + grid^2, E],
 "pre_norm": {"scale", "bias"}, "layers": [{"norm1", "attn": {q,k,v,o with bias}, "norm2",
 "mlp": {"fc1", "fc2"}}, ...]}.
 """
@@ -20,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers
-from vispec_jax.checkpoints import TRANSPOSE, Transform
 from vispec_jax.configs import ClipVisionConfig
+from vispec_jax.models import decoder
 
 Params = layers.Params
 
@@ -73,7 +69,8 @@ def resolve_layer(index: int, cfg: ClipVisionConfig) -> int:
   """A (possibly negative) hidden-state index -> 0..num_layers, or ValueError."""
   n = cfg.num_layers + 1
   if not -n <= index < n:
-    raise ValueError(f"vision feature layer {index} out of range for a {cfg.num_layers}-layer tower")
+    raise ValueError(f"vision feature layer {index} out of range for a {cfg.num_layers}-layer "
+                     "tower")
   return index % n
 
 
@@ -81,14 +78,11 @@ def resolve_layer(index: int, cfg: ClipVisionConfig) -> int:
 
 
 def param_shapes(cfg: ClipVisionConfig, dtype=jnp.float32) -> Params:
-  lin = layers.linear_shapes
   e, f = cfg.hidden_size, cfg.intermediate_size
-  ln = lambda: {"scale": jax.ShapeDtypeStruct((e,), dtype), "bias": jax.ShapeDtypeStruct((e,), dtype)}
-  block = lambda: {
-      "norm1": ln(), "norm2": ln(),
-      "attn": {p: lin(e, e, True, dtype) for p in "qkvo"},
-      "mlp": {"fc1": lin(e, f, True, dtype), "fc2": lin(f, e, True, dtype)},
-  }
+  lin = lambda n_in, n_out: layers.linear_shapes(n_in, n_out, True, dtype)
+  ln = lambda: {k: jax.ShapeDtypeStruct((e,), dtype) for k in ("scale", "bias")}
+  block = lambda: {"norm1": ln(), "norm2": ln(), "attn": {p: lin(e, e) for p in "qkvo"},
+                   "mlp": {"fc1": lin(e, f), "fc2": lin(f, e)}}
   return {
       "patch_embed": {"kernel": jax.ShapeDtypeStruct((cfg.patch_dim, e), dtype)},
       "class_embed": jax.ShapeDtypeStruct((e,), dtype),
@@ -100,24 +94,22 @@ def param_shapes(cfg: ClipVisionConfig, dtype=jnp.float32) -> Params:
 
 def add_hf_names(nm, cfg: ClipVisionConfig, path: tuple, prefix: str):
   """Registers transformers' CLIPVisionModel tensor names (`{prefix}embeddings.*`, ...)."""
-  conv = (cfg.hidden_size, cfg.in_channels, cfg.patch_size, cfg.patch_size)
+  def norm(hf: str, ours: tuple):  # a LayerNorm
+    nm.add(hf + ".weight", ours + ("scale",))
+    nm.add(hf + ".bias", ours + ("bias",))
   nm.add(prefix + "embeddings.patch_embedding.weight", path + ("patch_embed", "kernel"),
-         Transform(lambda a: a.reshape(a.shape[0], -1).T, lambda a: a.T.reshape(conv)))
+         decoder.conv_kernel((cfg.hidden_size, cfg.in_channels, cfg.patch_size, cfg.patch_size)))
   nm.add(prefix + "embeddings.class_embedding", path + ("class_embed",))
   nm.add(prefix + "embeddings.position_embedding.weight", path + ("pos_embed",))
   nm.ignore(prefix + "embeddings.position_ids")  # a buffer some older saves include
-  nm.add(prefix + "pre_layrnorm.weight", path + ("pre_norm", "scale"))  # sic: CLIP's spelling
-  nm.add(prefix + "pre_layrnorm.bias", path + ("pre_norm", "bias"))
+  norm(prefix + "pre_layrnorm", path + ("pre_norm",))  # sic: CLIP's spelling
   nm.ignore(prefix + "post_layernorm.weight")  # feeds only CLIP's pooled output
   nm.ignore(prefix + "post_layernorm.bias")
   for i in range(cfg.num_layers):
     hf, ours = f"{prefix}encoder.layers.{i}.", path + ("layers", i)
-    for n, o in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
-      nm.add(hf + n + ".weight", ours + (o, "scale"))
-      nm.add(hf + n + ".bias", ours + (o, "bias"))
+    norm(hf + "layer_norm1", ours + ("norm1",))
+    norm(hf + "layer_norm2", ours + ("norm2",))
     for n, o in (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("out_proj", "o")):
-      nm.add(hf + f"self_attn.{n}.weight", ours + ("attn", o, "kernel"), TRANSPOSE)
-      nm.add(hf + f"self_attn.{n}.bias", ours + ("attn", o, "bias"))
+      decoder.add_linear(nm, hf + f"self_attn.{n}", ours + ("attn", o))
     for n in ("fc1", "fc2"):
-      nm.add(hf + f"mlp.{n}.weight", ours + ("mlp", n, "kernel"), TRANSPOSE)
-      nm.add(hf + f"mlp.{n}.bias", ours + ("mlp", n, "bias"))
+      decoder.add_linear(nm, hf + f"mlp.{n}", ours + ("mlp", n))

@@ -1,7 +1,5 @@
-"""A LLaMA/Qwen2-style decoder-only language model over a params pytree.
-
-Shared by every target family (Qwen2.5-VL's Qwen2 LM, LLaVA's Vicuna/LLaMA LM): pre-norm
-blocks of attention + gated MLP, a final RMSNorm and an (optionally tied) lm_head.
+"""A LLaMA/Qwen2-style decoder-only language model over a params pytree, shared by every target
+family: pre-norm blocks of attention + gated MLP, a final RMSNorm, an (optionally tied) lm_head.
 
 Params: {"embed": [V, E], "layers": [{"input_norm", "attn": {q,k,v,o}, "post_norm",
 "mlp": {gate, up, down}}, ...], "norm": {"scale"}, "lm_head": {"kernel": [E, V]} (absent if tied)}.
@@ -15,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers, sharding
-from vispec_jax.checkpoints import TRANSPOSE
+from vispec_jax.checkpoints import TRANSPOSE, Transform
 from vispec_jax.configs import TextConfig
 
 Params = layers.Params
@@ -60,7 +58,7 @@ def forward(params: Params, cfg: TextConfig, x: jax.Array, positions: jax.Array,
       x = x + layers.gated_mlp(layers.rms_norm(x, lp["post_norm"], cfg.rms_norm_eps), lp["mlp"],
                                cfg.hidden_act)
       new_cache.append(c)
-  return layers.rms_norm(x, params["norm"], cfg.rms_norm_eps), (None if cache is None else new_cache)
+  return layers.rms_norm(x, params["norm"], cfg.rms_norm_eps), None if cache is None else new_cache
 
 
 def logits(params: Params, hidden: jax.Array) -> jax.Array:
@@ -104,12 +102,24 @@ def add_hf_names(name_map, cfg: TextConfig, path: tuple = ("text",), prefix: str
     name_map.add(hf + "input_layernorm.weight", ours + ("input_norm", "scale"))
     name_map.add(hf + "post_attention_layernorm.weight", ours + ("post_norm", "scale"))
     for proj in "qkvo":
-      name_map.add(hf + f"self_attn.{proj}_proj.weight", ours + ("attn", proj, "kernel"), TRANSPOSE)
-      if cfg.qkv_bias and proj != "o":
-        name_map.add(hf + f"self_attn.{proj}_proj.bias", ours + ("attn", proj, "bias"))
+      add_linear(name_map, hf + f"self_attn.{proj}_proj", ours + ("attn", proj),
+                 cfg.qkv_bias and proj != "o")
     for proj in ("gate", "up", "down"):
-      name_map.add(hf + f"mlp.{proj}_proj.weight", ours + ("mlp", proj, "kernel"), TRANSPOSE)
+      add_linear(name_map, hf + f"mlp.{proj}_proj", ours + ("mlp", proj), bias=False)
   if cfg.tie_word_embeddings:
     name_map.ignore(lm_head)
   else:
     name_map.add(lm_head, path + ("lm_head", "kernel"), TRANSPOSE)
+
+
+def add_linear(name_map, hf: str, ours: tuple, bias: bool = True):
+  """Registers torch Linear `hf` (.weight [out, in], .bias) as our `ours` (kernel [in, out])."""
+  name_map.add(hf + ".weight", ours + ("kernel",), TRANSPOSE)
+  if bias:
+    name_map.add(hf + ".bias", ours + ("bias",))
+
+
+def conv_kernel(shape: tuple[int, ...]) -> Transform:
+  """A patch embedding's Conv weight `shape` [E, C, *kernel] (stride = kernel) as a matmul
+  kernel [C * prod(kernel), E]."""
+  return Transform(lambda a: a.reshape(a.shape[0], -1).T, lambda a: a.T.reshape(shape))

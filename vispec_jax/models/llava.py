@@ -1,20 +1,13 @@
-"""LLaVA-1.5 and LLaVA-NeXT: CLIP tower, two-layer projector, anyres tiling and packing.
+"""LLaVA-1.5 and LLaVA-NeXT: the shared decoder (1-D RoPE; Vicuna/LLaMA or Mistral), the CLIP
+tower (`models/clip.py`), a two-layer projector, anyres tiling and packing.
 
-The language model is the shared decoder (`models/decoder.py`) with 1-D RoPE (Vicuna/LLaMA or
-Mistral), the vision tower `models/clip.py`. One module serves both families:
-
-  LLaVA-1.5 (`llava`): one `image_size`^2 tile per image -> CLIP hidden state(s)
-    `feature_layers` (-2 by default), CLS dropped ("default") or kept ("full") -> projector
-    (linear_1, act, linear_2) -> grid^2 (+1) LLM tokens.
-  LLaVA-NeXT (`llava_next`, anyres): the image is resized into the best `image_grid_pinpoints`
-    resolution and cut into nph x npw tiles, plus a base tile of the whole image. LLM tokens are the
-    base tile's features, then the tiles' features laid out as one (nph*grid) x (npw*grid) map,
-    cropped back to the image's aspect ratio ("unpadding"), each row followed by `image_newline`.
-
-Which feature row becomes which LLM token depends only on image size and config, so it is computed
-on the host in NumPy (`anyres_index`, a port of transformers' `get_anyres_image_grid_shape`,
-`unpad_image` and `pack_image_features`); the jitted part runs the tower on all tiles of a batch
-(tile count bucketed) and gathers rows with that index (token count bucketed).
+LLaVA-1.5: one `image_size`^2 tile per image -> CLIP hidden state(s) `feature_layers`, CLS dropped
+("default") or kept ("full") -> projector -> grid^2 (+1) LLM tokens. LLaVA-NeXT: the image is
+resized into the best `image_grid_pinpoints` resolution and cut into nph x npw tiles, plus a base
+tile of the whole image; its tokens are the base tile's, then the tiles' as one (nph*grid) x
+(npw*grid) map cropped back to the image's aspect ratio, each row followed by `image_newline`.
+Which feature row becomes which token depends only on the image size, so `anyres_index` computes
+it on the host; the jitted part runs the tower on all tiles and gathers rows (shapes bucketed).
 """
 
 from __future__ import annotations
@@ -41,15 +34,13 @@ PREPEND_BOS = True  # LLaMA tokenizers start a prompt with <s>; the LLaVA proces
 # ------------------------------------------------------------------------ config
 
 # transformers' defaults for keys that hub configs leave out (llava-hf configs are sparse).
-_TEXT_DEFAULTS = {
-    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                  num_attention_heads=32, rms_norm_eps=1e-6, max_position_embeddings=2048,
-                  sliding_window=None, bos_token_id=1, eos_token_id=2),
-    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-6,
-                    max_position_embeddings=4096 * 32, sliding_window=4096, bos_token_id=1,
-                    eos_token_id=2),
-}
+_LLAMA_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                       num_hidden_layers=32, num_attention_heads=32, rms_norm_eps=1e-6,
+                       max_position_embeddings=2048, sliding_window=None, bos_token_id=1,
+                       eos_token_id=2)
+_TEXT_DEFAULTS = {"llama": _LLAMA_DEFAULTS,
+                  "mistral": dict(_LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8,
+                                  max_position_embeddings=4096 * 32, sliding_window=4096)}
 # CLIPVisionConfig defaults, and LlavaConfig's defaults when vision_config is absent altogether.
 _CLIP_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                       num_attention_heads=12, image_size=224, patch_size=32, num_channels=3,
@@ -178,12 +169,10 @@ def anyres_index(size_hw: tuple[int, int], cfg: LlavaVisionConfig) -> np.ndarray
   oh, ow = size_hw
   ch, cw = len(rows), len(cols)
   if ow / oh > cw / ch:  # image wider than the tile map: padding rows top and bottom
-    new_h = int(round(oh * (cw / ow), 7))
-    pad = (ch - new_h) // 2
+    pad = (ch - int(round(oh * (cw / ow), 7))) // 2
     rows = rows[pad:ch - pad]
   else:
-    new_w = int(round(ow * (ch / oh), 7))
-    pad = (cw - new_w) // 2
+    pad = (cw - int(round(ow * (ch / oh), 7))) // 2
     cols = cols[pad:cw - pad]
   tile = 1 + (rows[:, None] // g) * npw + cols[None, :] // g
   index = tile * tok + (rows[:, None] % g) * g + cols[None, :] % g
@@ -223,9 +212,8 @@ def _encode(params, cfg, pixels, index):
   image_newline)."""
   feats = project(params, cfg, pixels)
   flat = feats.reshape(-1, feats.shape[-1])
-  newline = params.get("image_newline")
-  newline = jnp.zeros((flat.shape[-1],), flat.dtype) if newline is None else newline.astype(flat.dtype)
-  flat = jnp.concatenate([flat, newline[None]])
+  newline = params.get("image_newline", jnp.zeros((flat.shape[-1],)))
+  flat = jnp.concatenate([flat, newline.astype(flat.dtype)[None]])
   return jnp.take(flat, jnp.where(index < 0, flat.shape[0] - 1, index), axis=0)
 
 
@@ -246,22 +234,18 @@ def encode_vision(params: Params, cfg: LlavaVisionConfig, items) -> list[jax.Arr
   in one call; one compiled program per (tile bucket, token bucket)."""
   if not items:
     return []
-  tok = tokens_per_tile(cfg)
-  tiles, index, offset = [], [], 0
-  for it in items:
-    tiles.append(it.patches)
-    index.append(np.where(it.layout.index >= 0, it.layout.index + offset * tok, -1))
-    offset += len(it.patches)
-  n_tiles, index = offset, np.concatenate(index).astype(np.int32)
-  s, c = cfg.clip.image_size, cfg.clip.in_channels
-  pixels = np.zeros((processing.bucket(n_tiles), c, s, s), np.float32)
-  pixels[:n_tiles] = np.concatenate(tiles)
+  first = np.cumsum([0] + [len(it.patches) for it in items])  # each image's first tile
+  index = np.concatenate([np.where(it.layout.index >= 0, it.layout.index + a * tokens_per_tile(cfg),
+                                   -1) for it, a in zip(items, first)])
+  s, n_tiles = cfg.clip.image_size, int(first[-1])
+  pixels = np.zeros((processing.bucket(n_tiles), cfg.clip.in_channels, s, s), np.float32)
+  pixels[:n_tiles] = np.concatenate([it.patches for it in items])
   padded = np.zeros(processing.bucket_length(len(index), minimum=64), np.int32)
   padded[:len(index)] = index
   dtype = params["tower"]["patch_embed"]["kernel"].dtype
   out = _encode(params, cfg, jnp.asarray(pixels, dtype), jnp.asarray(padded))
-  starts = np.cumsum([0] + [it.num_tokens for it in items])
-  return [out[a:b] for a, b in zip(starts[:-1], starts[1:])]
+  ends = np.cumsum([it.num_tokens for it in items])
+  return [out[b - it.num_tokens:b] for it, b in zip(items, ends)]
 
 
 # ------------------------------------------------------------- params and checkpoints
@@ -299,10 +283,8 @@ def name_map(cfg: TargetConfig):
                        lm_head="language_model.lm_head.weight")
   clip.add_hf_names(nm, v.clip, ("vision", "tower"), "vision_tower.")
   for n in ("linear_1", "linear_2"):
-    nm.add(f"multi_modal_projector.{n}.weight", ("vision", "projector", n, "kernel"),
-           checkpoints.TRANSPOSE)
-    if v.projector_bias:
-      nm.add(f"multi_modal_projector.{n}.bias", ("vision", "projector", n, "bias"))
+    decoder.add_linear(nm, f"multi_modal_projector.{n}", ("vision", "projector", n),
+                       v.projector_bias)
   if v.grid_pinpoints is not None:
     nm.add("image_newline", ("vision", "image_newline"))
   return nm
@@ -328,24 +310,20 @@ def make_image_processor(folder: str | None, cfg: TargetConfig):
   if cfg.vision.grid_pinpoints is None:
     return LlavaImageProcessorPil(**kwargs)
   kwargs.pop("do_pad", None)  # NeXT's do_pad pads the tile count of a batch, not the image
-  return LlavaNextImageProcessorPil(image_grid_pinpoints=[list(p) for p in cfg.vision.grid_pinpoints],
-                                    **kwargs)
+  return LlavaNextImageProcessorPil(
+      image_grid_pinpoints=[list(p) for p in cfg.vision.grid_pinpoints], **kwargs)
 
 
 def preprocess_image(processor, cfg: TargetConfig, image):
-  v = cfg.vision
+  v, s = cfg.vision, cfg.vision.clip.image_size
   out = processor(images=[image], return_tensors="np")
   pixels = np.asarray(out["pixel_values"], np.float32)
-  size = (image.height, image.width)
-  if v.grid_pinpoints is None:
-    grid = (1, 1, 1)
-  else:
+  size, grid = (image.height, image.width), (1, 1, 1)
+  if v.grid_pinpoints is not None:
     size = tuple(int(x) for x in out["image_sizes"][0])
-    nph, npw = tile_grid(size, v)
-    pixels = pixels[0, :1 + nph * npw]
-    grid = (1, nph, npw)
+    grid = (1, *tile_grid(size, v))
+    pixels = pixels[0, :1 + grid[1] * grid[2]]
   index = anyres_index(size, v)
-  s = v.clip.image_size
   if pixels.shape[-2:] != (s, s):
     raise ConfigError(f"the image processor makes {pixels.shape[-2]}x{pixels.shape[-1]} tiles but "
                       f"the vision tower takes {s}x{s} (check preprocessor_config.json crop_size)")

@@ -1,16 +1,11 @@
-"""Qwen2.5-VL: vision transformer, patch merger and 3-D (mRoPE) position ids.
+"""Qwen2.5-VL: vision transformer, patch merger and 3-D (mRoPE) position ids; the language model
+is the shared decoder (`models/decoder.py`) with mRoPE positions.
 
-The language model is the shared decoder (`models/decoder.py`) with mRoPE positions.
-
-Vision tower, per image or video (grid t x h x w patches of `patch_dim` pixels each):
-  patch embed (a Conv3d with stride = kernel, i.e. one matmul) -> `depth` pre-norm blocks with
-  2-D rotary attention, windowed except at `fullatt_block_indexes` (full attention within each
-  frame) -> RMSNorm + 2x2 patch merger MLP -> [t*h*w/4, out_hidden].
-
-Window bookkeeping (which patches form a window, their order) depends only on the grid, so it is
-done on the host in NumPy (`vision_layout`): patches are fed already permuted into window order,
-attention boundaries are segment ids, and the merged tokens come back in original order through a
-gather. The jitted part sees fixed, bucketed shapes.
+Vision tower per image/video (grid t x h x w patches): patch embed (a Conv3d as one matmul) ->
+`depth` pre-norm blocks of 2-D rotary attention, windowed except at `fullatt_block_indexes` (full
+attention within each frame) -> RMSNorm + 2x2 patch merger MLP. The windows depend only on the
+grid, so they are laid out on the host (`vision_layout`): patches enter in window order, attention
+boundaries are segment ids, and a gather restores the token order; jitted shapes are bucketed.
 """
 
 from __future__ import annotations
@@ -103,44 +98,28 @@ def vision_layout(grid_thw: tuple[int, int, int], cfg: QwenVisionConfig) -> Visi
   m = cfg.spatial_merge_size
   if h % m or w % m:
     raise ValueError(f"grid {grid_thw} not divisible by spatial_merge_size {m}")
-  unit = m * m
+  unit, lh, lw = m * m, h // m, w // m
   # Rotary (h, w) positions in processor order: merge blocks are contiguous runs of m*m patches.
-  hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-  blk = (h // m, m, w // m, m)
-  hpos = hpos.reshape(blk).transpose(0, 2, 1, 3).reshape(-1)
-  wpos = wpos.reshape(blk).transpose(0, 2, 1, 3).reshape(-1)
-  rot = np.tile(np.stack([hpos, wpos], -1), (t, 1))
-  # Windows of `win x win` merged tokens, per frame.
+  hw = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1)
+  rot = np.tile(hw.reshape(lh, m, lw, m, 2).transpose(0, 2, 1, 3, 4).reshape(-1, 2), (t, 1))
+  # Windows of win x win merged tokens per frame, -1 where a window passes the grid's edge.
   win = cfg.window_size // m // cfg.patch_size
-  lh, lw = h // m, w // m
-  index = np.arange(t * lh * lw).reshape(t, lh, lw)
   ph, pw = -lh % win, -lw % win
-  padded = np.pad(index, ((0, 0), (0, ph), (0, pw)), constant_values=-1)
-  nh, nw = (lh + ph) // win, (lw + pw) // win
-  padded = padded.reshape(t, nh, win, nw, win).transpose(0, 1, 3, 2, 4).reshape(t * nh * nw, -1)
-  window_index, window_id = [], []
-  for wid, row in enumerate(padded):
-    row = row[row >= 0]
-    window_index.append(row)
-    window_id.append(np.full(len(row), wid))
-  window_index = np.concatenate(window_index)
-  window_id = np.concatenate(window_id)
-  n_tok = t * lh * lw
-  n = n_tok * unit
-  order = (window_index[:, None] * unit + np.arange(unit)[None, :]).reshape(-1)
+  index = np.pad(np.arange(t * lh * lw).reshape(t, lh, lw), ((0, 0), (0, ph), (0, pw)),
+                 constant_values=-1)
+  windows = index.reshape(t, (lh + ph) // win, win, (lw + pw) // win, win)
+  windows = windows.transpose(0, 1, 3, 2, 4).reshape(-1, win * win)
+  window_index, window_id = windows[windows >= 0], np.nonzero(windows >= 0)[0]
+  n = t * lh * lw * unit
+  order = (window_index[:, None] * unit + np.arange(unit)).reshape(-1)
   frame = np.repeat(np.arange(t), h * w)
   pad_to = processing.bucket(n, 64 * unit)
-  def pad(a, value):
-    return np.concatenate([a, np.full((pad_to - n,) + a.shape[1:], value, a.dtype)])
+  pad = lambda a, value: np.concatenate([a, np.full((pad_to - n,) + a.shape[1:], value, a.dtype)])
   return VisionLayout(
-      order=order,
-      rot_pos=pad(rot[order].astype(np.int32), 0),
+      order=order, rot_pos=pad(rot[order].astype(np.int32), 0),
       full_seg=pad(frame[order].astype(np.int32), -1),
       window_seg=pad(np.repeat(window_id, unit).astype(np.int32), -1),
-      unmerge=np.argsort(window_index).astype(np.int32),
-      n_patches=n,
-      padded_patches=pad_to,
-  )
+      unmerge=np.argsort(window_index).astype(np.int32), n_patches=n, padded_patches=pad_to)
 
 
 def vision_forward(params: Params, cfg: QwenVisionConfig, patches: jax.Array, rot_pos: jax.Array,
@@ -209,8 +188,7 @@ def encode_vision(params: Params, cfg: QwenVisionConfig, items) -> list[jax.Arra
 # --------------------------------------------------------------------- 3-D positions
 
 
-def rope_index(tokens: np.ndarray, cfg: TargetConfig, image_grids, video_grids,
-               video_seconds_per_grid=()) -> tuple[np.ndarray, int]:
+def positions(tokens: np.ndarray, cfg: TargetConfig, items) -> tuple[np.ndarray, int]:
   """mRoPE position ids of one unpadded prompt (transformers' `get_rope_index`).
 
   Text runs advance all three rows by one per token; an image/video run of grid (t, h, w) gets
@@ -222,8 +200,8 @@ def rope_index(tokens: np.ndarray, cfg: TargetConfig, image_grids, video_grids,
   kinds[tokens == cfg.image_token_id] = 1
   if cfg.video_token_id is not None:
     kinds[tokens == cfg.video_token_id] = 2
-  grids = {1: iter(image_grids), 2: iter(video_grids)}
-  seconds = iter(video_seconds_per_grid)
+  names = {1: "image", 2: "video"}
+  queue = {k: iter([it for it in items if it.kind == name]) for k, name in names.items()}
   chunks, start, offset = [], 0, 0
   for kind, group in itertools.groupby(kinds):
     n = len(list(group))
@@ -231,24 +209,22 @@ def rope_index(tokens: np.ndarray, cfg: TargetConfig, image_grids, video_grids,
       chunks.append(np.broadcast_to(np.arange(n) + start, (3, n)))
       start += n
     else:
-      name = "image" if kind == 1 else "video"
-      grid = next(grids[kind], None)
-      if grid is None:
+      name, item = names[kind], next(queue[kind], None)
+      if item is None:
         raise ValueError(f"prompt has more {name} token runs than {name}s")
-      t, h, w = (int(g) for g in grid)
-      lt, lh, lw = t, h // m, w // m
-      if lt * lh * lw != n:
+      t, h, w = (int(g) for g in item.grid_thw)
+      if t * (h // m) * (w // m) != n:
         raise ValueError(f"{name} run of {n} tokens at offset {offset} does not match its grid "
-                         f"{tuple(grid)} ({lt * lh * lw} tokens)")
-      interval = cfg.vision.tokens_per_second * next(seconds, 1.0) if kind == 2 else 1
-      tt, hh, ww = np.meshgrid((np.arange(lt) * interval).astype(np.int64),
-                               np.arange(lh) + start, np.arange(lw) + start, indexing="ij")
+                         f"{tuple(item.grid_thw)} ({t * (h // m) * (w // m)} tokens)")
+      interval = cfg.vision.tokens_per_second * item.seconds_per_grid if kind == 2 else 1
+      tt, hh, ww = np.meshgrid((np.arange(t) * interval).astype(np.int64),
+                               np.arange(h // m) + start, np.arange(w // m) + start, indexing="ij")
       chunks.append(np.stack([tt.reshape(-1) + start, hh.reshape(-1), ww.reshape(-1)]))
       start += max(h, w) // m
     offset += n
-  for kind, it in grids.items():
-    if next(it, None) is not None:
-      raise ValueError(f"more {'images' if kind == 1 else 'videos'} than {'image' if kind == 1 else 'video'} token runs in the prompt")
+  for kind, rest in queue.items():
+    if next(rest, None) is not None:
+      raise ValueError(f"more {names[kind]}s than {names[kind]} token runs in the prompt")
   pos = np.concatenate(chunks, axis=1) if chunks else np.zeros((3, 0), np.int64)
   return pos.astype(np.int32), int(pos.max()) + 1 if pos.size else 0
 
@@ -258,22 +234,15 @@ def rope_index(tokens: np.ndarray, cfg: TargetConfig, image_grids, video_grids,
 
 def param_shapes(cfg: TargetConfig, dtype=jnp.float32) -> Params:
   v = cfg.vision
-  lin = layers.linear_shapes
-  e, f = v.hidden_size, v.intermediate_size
-  block = lambda: {
-      "norm1": {"scale": jax.ShapeDtypeStruct((e,), dtype)},
-      "norm2": {"scale": jax.ShapeDtypeStruct((e,), dtype)},
-      "attn": {"q": lin(e, e, True, dtype), "k": lin(e, e, True, dtype),
-               "v": lin(e, e, True, dtype), "o": lin(e, e, True, dtype)},
-      "mlp": {"gate": lin(e, f, True, dtype), "up": lin(e, f, True, dtype),
-              "down": lin(f, e, True, dtype)},
-  }
-  merged = e * v.merge_unit
+  e, f, merged = v.hidden_size, v.intermediate_size, v.hidden_size * v.merge_unit
+  lin = lambda n_in, n_out: layers.linear_shapes(n_in, n_out, True, dtype)
+  norm = lambda: {"scale": jax.ShapeDtypeStruct((e,), dtype)}
+  block = lambda: {"norm1": norm(), "norm2": norm(), "attn": {p: lin(e, e) for p in "qkvo"},
+                   "mlp": {"gate": lin(e, f), "up": lin(e, f), "down": lin(f, e)}}
   vision = {
       "patch_embed": {"kernel": jax.ShapeDtypeStruct((v.patch_dim, e), dtype)},
       "blocks": [block() for _ in range(v.depth)],
-      "merger": {"ln_q": {"scale": jax.ShapeDtypeStruct((e,), dtype)},
-                 "fc1": lin(merged, merged, True, dtype), "fc2": lin(merged, v.out_hidden_size, True, dtype)},
+      "merger": {"ln_q": norm(), "fc1": lin(merged, merged), "fc2": lin(merged, v.out_hidden_size)},
   }
   return {"text": decoder.param_shapes(cfg.text, dtype), "vision": vision}
 
@@ -292,9 +261,8 @@ def name_map(cfg: TargetConfig):
   nm = checkpoints.NameMap(HF_PREFIX_RULES)
   decoder.add_hf_names(nm, cfg.text)
   v = cfg.vision
-  conv_shape = (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-  nm.add("visual.patch_embed.proj.weight", ("vision", "patch_embed", "kernel"),  # Conv3d as matmul
-         checkpoints.Transform(lambda a: a.reshape(a.shape[0], -1).T, lambda a: a.T.reshape(conv_shape)))
+  nm.add("visual.patch_embed.proj.weight", ("vision", "patch_embed", "kernel"), decoder.conv_kernel(
+      (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
   for i in range(v.depth):
     hf, ours = f"visual.blocks.{i}.", ("vision", "blocks", i)
     nm.add(hf + "norm1.weight", ours + ("norm1", "scale"))
@@ -305,15 +273,12 @@ def name_map(cfg: TargetConfig):
              checkpoints.Transform(lambda a, sl=sl: a[sl].T, lambda a: a.T))
       nm.add(hf + "attn.qkv.bias", ours + ("attn", proj, "bias"),
              checkpoints.Transform(lambda a, sl=sl: a[sl], lambda a: a))
-    nm.add(hf + "attn.proj.weight", ours + ("attn", "o", "kernel"), checkpoints.TRANSPOSE)
-    nm.add(hf + "attn.proj.bias", ours + ("attn", "o", "bias"))
+    decoder.add_linear(nm, hf + "attn.proj", ours + ("attn", "o"))
     for proj in ("gate", "up", "down"):
-      nm.add(hf + f"mlp.{proj}_proj.weight", ours + ("mlp", proj, "kernel"), checkpoints.TRANSPOSE)
-      nm.add(hf + f"mlp.{proj}_proj.bias", ours + ("mlp", proj, "bias"))
+      decoder.add_linear(nm, hf + f"mlp.{proj}_proj", ours + ("mlp", proj))
   nm.add("visual.merger.ln_q.weight", ("vision", "merger", "ln_q", "scale"))
-  for hf, ours in (("mlp.0", "fc1"), ("mlp.2", "fc2")):
-    nm.add(f"visual.merger.{hf}.weight", ("vision", "merger", ours, "kernel"), checkpoints.TRANSPOSE)
-    nm.add(f"visual.merger.{hf}.bias", ("vision", "merger", ours, "bias"))
+  decoder.add_linear(nm, "visual.merger.mlp.0", ("vision", "merger", "fc1"))
+  decoder.add_linear(nm, "visual.merger.mlp.2", ("vision", "merger", "fc2"))
   return nm
 
 
@@ -327,16 +292,20 @@ def make_image_processor(folder: str | None, cfg: TargetConfig):
   kwargs = {k: raw[k] for k in ("min_pixels", "max_pixels", "image_mean", "image_std", "size")
             if k in raw}
   v = cfg.vision
-  return Qwen2VLImageProcessorPil(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-                                  merge_size=v.spatial_merge_size, **kwargs)
+  return Qwen2VLImageProcessorPil(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                                  temporal_patch_size=v.temporal_patch_size, **kwargs)
+
+
+def _item(kind: str, patches: np.ndarray, grid: tuple, cfg: TargetConfig, **kw) -> VisionInput:
+  layout = vision_layout(grid, cfg.vision)
+  return VisionInput(kind, patches.astype(np.float32), len(layout.unmerge), grid, layout=layout,
+                     **kw)
 
 
 def preprocess_image(processor, cfg: TargetConfig, image):
   out = processor(images=[image], return_tensors="np")
-  grid = tuple(int(g) for g in out["image_grid_thw"][0])
-  layout = vision_layout(grid, cfg.vision)
-  return VisionInput("image", np.asarray(out["pixel_values"], np.float32), len(layout.unmerge),
-                     grid, layout=layout)
+  return _item("image", np.asarray(out["pixel_values"]),
+               tuple(int(g) for g in out["image_grid_thw"][0]), cfg)
 
 
 def preprocess_video(processor, cfg: TargetConfig, frames, fps: float = 2.0):
@@ -344,24 +313,19 @@ def preprocess_video(processor, cfg: TargetConfig, frames, fps: float = 2.0):
   is resized to the first frame's processor size and normalised the way images are."""
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
   v = cfg.vision
-  factor = v.patch_size * v.spatial_merge_size
-  size = processor.size
-  h, w = smart_resize(frames[0].height, frames[0].width, factor=factor,
-                      min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+  p, m, tp = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
+  h, w = smart_resize(frames[0].height, frames[0].width, factor=p * m,
+                      min_pixels=processor.size["shortest_edge"],
+                      max_pixels=processor.size["longest_edge"])
   mean = np.asarray(processor.image_mean, np.float32)[:, None, None]
   std = np.asarray(processor.image_std, np.float32)[:, None, None]
   arrays = [(np.asarray(f.resize((w, h), Image.BICUBIC), np.float32).transpose(2, 0, 1) / 255.0
              - mean) / std for f in frames]
-  tp = v.temporal_patch_size
   arrays += [arrays[-1]] * (-len(arrays) % tp)  # repeat the last frame to fill a temporal patch
-  x = np.stack(arrays)  # [F, C, H, W]
-  t, gh, gw, m, p = len(arrays) // tp, h // v.patch_size, w // v.patch_size, v.spatial_merge_size, v.patch_size
-  x = x.reshape(t, tp, v.in_channels, gh // m, m, p, gw // m, m, p)
+  t, gh, gw = len(arrays) // tp, h // p, w // p
+  x = np.stack(arrays).reshape(t, tp, v.in_channels, gh // m, m, p, gw // m, m, p)
   x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * gh * gw, -1)
-  grid = (t, gh, gw)
-  layout = vision_layout(grid, v)
-  return VisionInput("video", x.astype(np.float32), len(layout.unmerge), grid,
-                     seconds_per_grid=tp / fps, layout=layout)
+  return _item("video", x, (t, gh, gw), cfg, seconds_per_grid=tp / fps)
 
 
 def vision_placeholder(cfg: TargetConfig, kind: str) -> tuple[str, int]:
@@ -369,10 +333,3 @@ def vision_placeholder(cfg: TargetConfig, kind: str) -> tuple[str, int]:
   if kind == "image":
     return "<|vision_start|><|image_pad|><|vision_end|>", cfg.image_token_id
   return "<|vision_start|><|video_pad|><|vision_end|>", cfg.video_token_id
-
-
-def positions(tokens: np.ndarray, cfg: TargetConfig, items) -> tuple[np.ndarray, int]:
-  images = [it.grid_thw for it in items if it.kind == "image"]
-  videos = [it.grid_thw for it in items if it.kind == "video"]
-  seconds = [it.seconds_per_grid for it in items if it.kind == "video"]
-  return rope_index(tokens, cfg, images, videos, seconds)
