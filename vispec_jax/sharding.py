@@ -35,26 +35,22 @@ RULES: dict[str, str | None] = {
 
 
 def parse_mesh(spec: str | Mapping[str, int]) -> dict[str, int]:
-  """"data=2,tensor=4" (or a dict) -> {"data": 2, "fsdp": 1, "tensor": 4}; -1 takes the rest.
-  Every size is a positive integer (or one -1); axes are named once; the sizes multiply to the
-  number of devices."""
+  """"data=2,tensor=4" (or a dict) -> {"data": 2, "fsdp": 1, "tensor": 4}: each axis named once
+  with a positive size or -1 (one axis at most: the rest of the devices); the sizes multiply to
+  the number of devices."""
   if isinstance(spec, str):
-    items = {}
-    parts = [p.strip() for p in spec.split(",")]
-    if not any(parts):
+    if not spec.replace(",", "").strip():
       raise ValueError("empty mesh spec: expected e.g. 'data=2,tensor=4'")
-    for part in parts:
-      m = re.fullmatch(r"(\w+)\s*=\s*([+-]?\d+)", part)
+    items = {}
+    for part in spec.split(","):
+      m = re.fullmatch(r"\s*(\w+)\s*=\s*([+-]?\d+)\s*", part)
       if not m:
         raise ValueError(f"bad mesh spec {spec!r}: expected AXIS=SIZE pairs, e.g. 'data=2,tensor=4'")
       if m.group(1) in items:
         raise ValueError(f"mesh axis {m.group(1)!r} is given twice in {spec!r}")
       items[m.group(1)] = int(m.group(2))
-  elif isinstance(spec, Mapping):
-    items = dict(spec)
   else:
-    raise ValueError(f"a mesh spec is a string like 'data=2,tensor=4' or a dict, got "
-                     f"{type(spec).__name__}")
+    items = dict(spec)
   unknown = set(items) - set(AXES)
   if unknown:
     raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {AXES}")
@@ -183,21 +179,24 @@ class MeshShape:
 
 def bytes_per_device(shapes, mesh, head_dim: int | Mapping[str, int] = 1, rules=RULES) -> int:
   """Bytes one device holds for a params tree under these rules (from shapes only)."""
-  total = 0
-  specs = jax.tree.leaves(param_specs(shapes, mesh, head_dim, rules), is_leaf=lambda x: isinstance(x, P))
-  for x, spec in zip(jax.tree.leaves(shapes), specs):
-    n = math.prod(x.shape) * np.dtype(x.dtype).itemsize
-    for axis in spec:
-      if axis is not None:
-        n //= mesh.shape[axis]
-    total += n
-  return total
+  specs = jax.tree.leaves(param_specs(shapes, mesh, head_dim, rules),
+                          is_leaf=lambda x: isinstance(x, P))
+  return sum(_device_bytes(x.shape, np.dtype(x.dtype).itemsize, spec, mesh)
+             for x, spec in zip(jax.tree.leaves(shapes), specs))
+
+
+def _device_bytes(shape: tuple[int, ...], itemsize: int, spec: P, mesh) -> int:
+  """Bytes of one device's slice of an array of `shape` laid out by `spec`."""
+  n = math.prod(shape) * itemsize
+  for axis in spec:
+    if axis is not None:
+      n //= mesh.shape[axis]
+  return n
 
 
 def kv_cache_bytes_per_device(text_cfg, batch: int, length: int, mesh, itemsize: int = 2) -> int:
-  """KV cache of a decoder ([B, K, S, D] per layer, k and v): batch over data, kv heads over
-  tensor when they divide."""
-  b = batch // mesh.shape["data"] if batch % mesh.shape["data"] == 0 else batch
-  k = text_cfg.num_kv_heads
-  k = k // mesh.shape["tensor"] if k % mesh.shape["tensor"] == 0 else k
-  return 2 * text_cfg.num_layers * b * length * k * text_cfg.head_dim * itemsize
+  """KV cache of a decoder (k and v [B, K, S, D] per layer) on one device, laid out by
+  CACHE_AXES (batch over data, kv heads over tensor when they divide)."""
+  shape = (batch, text_cfg.num_kv_heads, length, text_cfg.head_dim)
+  per_layer = _device_bytes(shape, itemsize, spec_for(CACHE_AXES, shape, mesh), mesh)
+  return 2 * text_cfg.num_layers * per_layer

@@ -31,8 +31,8 @@ from vispec_jax.draft.vispec import ViSpecDrafter
 
 __all__ = ["KINDS", "DRAFTERS", "DRAFTER_METHODS", "DraftConfig", "DraftState", "Params",
            "PrefillContext", "EagleDrafter", "ViSpecDrafter", "MedusaDrafter", "make_drafter",
-           "check_drafter", "fuse", "head_params", "init_params", "layer_forward", "log_probs",
-           "param_shapes", "prompt_positions", "shifted_embeds"]
+           "check_drafter", "check_params", "fuse", "head_params", "init_params",
+           "layer_forward", "log_probs", "param_shapes", "prompt_positions", "shifted_embeds"]
 
 DRAFTERS = {"eagle": EagleDrafter, "vispec": ViSpecDrafter, "medusa": MedusaDrafter}
 assert set(DRAFTERS) == set(KINDS)
@@ -66,11 +66,6 @@ def check_drafter(drafter, params=None, text: TextConfig | None = None) -> None:
       hint = f"a {kind}"
     raise TypeError(f"drafter must be a drafter object with {', '.join(DRAFTER_METHODS)} "
                     f"(draft.drafter or vj.make_drafter(cfg)), got {hint}")
-  try:
-    hash(drafter)
-  except TypeError:
-    raise TypeError(f"drafter {type(drafter).__name__} must be hashable (it is a static jit "
-                    "argument): make it a frozen dataclass") from None
   cfg = getattr(drafter, "cfg", None)
   if isinstance(cfg, DraftConfig) and text is not None:
     for field, want in (("vocab_size", text.vocab_size), ("hidden_size", text.hidden_size)):
@@ -86,16 +81,19 @@ def check_drafter(drafter, params=None, text: TextConfig | None = None) -> None:
   if hasattr(params, "drafter") and hasattr(params, "params"):
     raise TypeError("draft params must be a params pytree, got a Draft: pass draft.params")
   if isinstance(cfg, DraftConfig):
-    want = jax.tree_util.tree_structure(param_shapes(cfg))
-    got = jax.tree_util.tree_structure(params)
-    if want != got:
-      raise ValueError(f"draft params do not fit the {cfg.kind} drafter: expected the tree "
-                       f"{_top_keys(param_shapes(cfg))}, got {_top_keys(params)}")
-    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(param_shapes(cfg)),
-                            jax.tree.leaves(params)):
-      if tuple(getattr(g, "shape", ())) != tuple(w.shape):
-        raise ValueError(f"draft param {jax.tree_util.keystr(path)} has shape "
-                         f"{tuple(getattr(g, 'shape', ()))}, the drafter expects {tuple(w.shape)}")
+    check_params(cfg, params)
+
+
+def check_params(cfg: DraftConfig, params) -> None:
+  """ValueError naming the subtree or leaf where `params` differ from `param_shapes(cfg)`."""
+  shapes = param_shapes(cfg)
+  if jax.tree_util.tree_structure(shapes) != jax.tree_util.tree_structure(params):
+    raise ValueError(f"draft params do not fit the {cfg.kind} drafter: expected the tree "
+                     f"{_top_keys(shapes)}, got {_top_keys(params)}")
+  for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(shapes), jax.tree.leaves(params)):
+    if tuple(getattr(g, "shape", ())) != tuple(w.shape):
+      raise ValueError(f"draft param {jax.tree_util.keystr(path)} has shape "
+                       f"{tuple(getattr(g, 'shape', ()))}, the drafter expects {tuple(w.shape)}")
 
 
 def _top_keys(tree) -> str:

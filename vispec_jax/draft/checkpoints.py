@@ -28,7 +28,7 @@ import numpy as np
 from vispec_jax import checkpoints, layers
 from vispec_jax.checkpoints import TRANSPOSE, CheckpointError, NameMap
 from vispec_jax.configs import ConfigError
-from vispec_jax.draft import DraftConfig, make_drafter, param_shapes
+from vispec_jax.draft import DraftConfig, check_params, make_drafter, param_shapes
 from vispec_jax.models.hf_config import check_hf_config, json_repr
 
 FORMAT_KEY = "vispec_jax_draft"
@@ -250,11 +250,8 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
 def save_draft(folder: str, cfg: DraftConfig, params, dtype=None) -> str:
   """Writes `params` of `cfg` in our format (config.json + model.safetensors, each written to
   a temporary name and renamed). Returns the folder."""
+  check_params(cfg, params)
   os.makedirs(folder, exist_ok=True)
-  want = jax.tree.map(lambda s: s.shape, param_shapes(cfg))
-  got = jax.tree.map(lambda a: tuple(a.shape), params)
-  if want != got:
-    raise CheckpointError(f"params do not match the draft config {cfg}")
   checkpoints.save_hf(params, native_name_map(cfg), os.path.join(folder, WEIGHTS), dtype,
                       fmt=FORMAT_KEY)
   path = os.path.join(folder, "config.json")

@@ -1,13 +1,10 @@
 """Medusa heads baseline (the reference's `vispec/model/cnets_medusa.py`).
 
-`medusa_heads` (5) heads, each ONE ResBlock `x + silu(W x + b)` on the target's last-layer
-feature. Following the reference, a head has NO vocabulary projection of its own: its output goes
-through the target's frozen lm_head (the reference's per-head `Linear(hidden, vocab)` is commented
-out). Head i predicts the token i + 1 places after the root: with f the target feature that
-produced the root (the last committed position), the tree's level-1 nodes come from head 0, and
-the nodes fed at tree level i (`step(level=i)`) get their children from head i + 1. All nodes of a
-level share one distribution (no dependence on the drafted tokens), there is no cache, and a
-tree may be at most `medusa_heads` deep.
+`medusa_heads` ResBlocks `x + silu(W x + b)` on the target's last-layer feature, each read out
+through the target's frozen lm_head (as in the reference: no vocabulary projection of its own).
+Head i predicts the token i + 1 places after the root, so the nodes fed at tree level i get their
+children from head i + 1; all nodes of a level share one distribution, there is no cache, and a
+tree is at most `medusa_heads` deep.
 """
 
 from __future__ import annotations

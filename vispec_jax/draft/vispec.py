@@ -1,19 +1,17 @@
 """The ViSpec draft: EAGLE feature drafter + vision adaptor + global visual feature.
 
-vispec-reference.md sections 2.4-2.5. Each contiguous run of image positions (a video is one run)
-is compressed by the adaptor: `num_q` learned queries attend over the run's input embeddings
-(the vision features the target received). The first num_q - 1 outputs enter the draft sequence,
-the last one is the run's global feature g, injected into every later position through
-`x = fc([e; img_fc([f; g])])` (g = 0 before the first image).
+vispec-reference.md sections 2.4-2.5. The adaptor compresses each contiguous run of image
+positions (a video is one run): `num_q` learned queries attend over the run's input embeddings.
+The first num_q - 1 outputs enter the draft sequence, the last is the run's global feature g,
+injected into every later position through `x = fc([e; img_fc([f; g])])` (g = 0 before the first
+image).
 
-Static shapes: the reference builds a shorter, compressed sequence; here the prompt keeps its P
-slots. Outputs 0..num_q-2 of a run sit at the LAST num_q - 1 slots of the run (the slots whose
-position ids the reference gives them) and the other slots of the run are not keys. With a
-causal mask over slots this is exactly the reference's causal attention over the compressed
-sequence, with the same 1-D position ids (a gap inside each run). Every run of every row is
-handled at once: the queries are shared, so the logits q.k are computed once for all slots and
-normalised by a segment softmax over run ids -- O(P) memory, no loop over images. Unlike the
-reference (section 8.4), several images per row each get their own compressed tokens and g.
+Static shapes: the prompt keeps its P slots (the reference builds a shorter sequence). Outputs
+0..num_q-2 of a run sit at its LAST num_q - 1 slots, which carry the position ids the reference
+gives them; the run's other slots are not keys, so a causal mask over slots is the reference's
+causal attention over the compressed sequence. All runs of all rows are handled at once (shared
+queries, a segment softmax over run ids: O(P) memory, no loop over images); unlike the reference
+(section 8.4), several images per row each get their own compressed tokens and g.
 
 Einsum letters: B batch, P prompt slots, R runs (static bound), Q queries, N heads, D head dim.
 """
@@ -43,16 +41,17 @@ def image_runs(image_slots: jax.Array):
   return jnp.where(image_slots, count - 1, -1), count
 
 
-def adaptor(p: Params, num_heads: int, head_dim: int, x: jax.Array, run: jax.Array,
+def adaptor(p: Params, num_heads: int, head_dim: int, x: jax.Array, seg: jax.Array,
             num_runs: int) -> jax.Array:
   """ImgAdaptor on every run at once.
 
   Args:
     p: {"q": [Q, N, D], "k", "v", "o"}.
-    x: [B, P, E] embeddings; only slots with run >= 0 are used.
-    run: int32[B, P] run index in [0, num_runs), -1 for slots outside every run.
+    x: [B, P, E] embeddings.
+    seg: int32[B * P] run of each slot in [0, num_runs); slots outside every run have num_runs
+      (an out-of-range id: not used).
   Returns:
-    [B, num_runs, Q, E]: per run, softmax(q k^T / sqrt(D)) v through o (no mask, no RoPE, no
+    [num_runs, Q, E]: per run, softmax(q k^T / sqrt(D)) v through o (no mask, no RoPE, no
     norm). Runs that do not exist give zeros.
   """
   b, n, _ = x.shape
@@ -62,20 +61,17 @@ def adaptor(p: Params, num_heads: int, head_dim: int, x: jax.Array, run: jax.Arr
   v = layers.linear(x, p["v"]).reshape(b, n, num_heads, head_dim)
   logits = jnp.einsum("qnd,bpnd->bpnq", q.astype(jnp.float32), k.astype(jnp.float32))
   logits = (logits * head_dim ** -0.5).reshape(b * n, num_heads, nq)
-  valid = (run >= 0).reshape(b * n)
-  # One segment per (row, run); slots outside runs go to an out-of-range id and are dropped.
-  seg = jnp.where(run >= 0, run + num_runs * jnp.arange(b)[:, None], b * num_runs).reshape(b * n)
-  nseg = b * num_runs
-  top = jax.lax.stop_gradient(jax.ops.segment_max(logits, seg, num_segments=nseg))
-  top = jnp.where(valid[:, None, None], jnp.take(top, jnp.minimum(seg, nseg - 1), axis=0), 0.0)
-  w = jnp.where(valid[:, None, None], jnp.exp(jnp.where(valid[:, None, None], logits - top, 0.0)), 0.0)
-  den = jax.ops.segment_sum(w, seg, num_segments=nseg)  # [BR, N, Q]
+  valid = (seg < num_runs)[:, None, None]
+  top = jax.lax.stop_gradient(jax.ops.segment_max(logits, seg, num_segments=num_runs))
+  top = jnp.where(valid, jnp.take(top, jnp.minimum(seg, num_runs - 1), axis=0), 0.0)
+  w = jnp.where(valid, jnp.exp(jnp.where(valid, logits - top, 0.0)), 0.0)
+  den = jax.ops.segment_sum(w, seg, num_segments=num_runs)  # [R, N, Q]
   vf = v.reshape(b * n, num_heads, head_dim).astype(jnp.float32)
   # One query at a time keeps the weighted values at [BP, N, D] (the size of the embeddings).
-  num = jax.lax.map(lambda wq: jax.ops.segment_sum(wq[..., None] * vf, seg, num_segments=nseg),
-                    jnp.moveaxis(w, -1, 0))  # [Q, BR, N, D]
+  num = jax.lax.map(lambda wq: jax.ops.segment_sum(wq[..., None] * vf, seg, num_segments=num_runs),
+                    jnp.moveaxis(w, -1, 0))  # [Q, R, N, D]
   out = num / jnp.maximum(jnp.moveaxis(den, -1, 0), 1e-30)[..., None]
-  out = out.reshape(nq, b, num_runs, num_heads * head_dim).transpose(1, 2, 0, 3)
+  out = out.reshape(nq, num_runs, num_heads * head_dim).transpose(1, 0, 2)
   return layers.linear(out.astype(x.dtype), p["o"])
 
 
@@ -103,16 +99,17 @@ class ViSpecDrafter(EagleDrafter):
     b, n, e = next_embeds.shape
     nq = self.cfg.num_q
     run, count = image_runs(image_slots)
-    num_runs = (n + 1) // 2  # most runs P slots can hold (a text slot between two runs)
-    out = adaptor(params["adaptor"], self.cfg.num_heads, self.cfg.head_dim, next_embeds, run,
-                  num_runs)  # [B, R, Q, E]
-    flat = out.reshape(b * num_runs * nq, e)
-    row = num_runs * jnp.arange(b, dtype=jnp.int32)[:, None]
+    per_row = (n + 1) // 2  # most runs P slots can hold (a text slot between two runs)
+    row = per_row * jnp.arange(b, dtype=jnp.int32)[:, None]  # first run id of each row
+    num_runs = b * per_row
+    seg = jnp.where(run >= 0, run + row, num_runs).reshape(-1)  # one run id per (row, run)
+    out = adaptor(params["adaptor"], self.cfg.num_heads, self.cfg.head_dim, next_embeds, seg,
+                  num_runs)  # [R, Q, E]
+    flat = out.reshape(num_runs * nq, e)
     # Compressed tokens: output j of a run (j < nq - 1) sits at slot end - (nq - 2 - j).
     slot = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-    seg = jnp.where(run >= 0, run + row, b * num_runs).reshape(-1)
-    end = jax.ops.segment_max(slot.reshape(-1), seg, num_segments=b * num_runs)
-    to_end = jnp.take(end, jnp.minimum(seg, b * num_runs - 1)).reshape(b, n) - slot
+    end = jax.ops.segment_max(slot.reshape(-1), seg, num_segments=num_runs)
+    to_end = jnp.take(end, jnp.minimum(seg, num_runs - 1)).reshape(b, n) - slot
     compressed = (run >= 0) & (to_end < nq - 1)
     tok_index = (jnp.maximum(run, 0) + row) * nq + jnp.clip(nq - 2 - to_end, 0, nq - 1)
     tokens = jnp.take(flat, tok_index, axis=0)  # [B, P, E]
@@ -123,7 +120,5 @@ class ViSpecDrafter(EagleDrafter):
     x = fuse(params, next_embeds, img_fuse(params, features, g))
     x = jnp.where(compressed[..., None], tokens.astype(x.dtype), x)
     keys = attention_mask & (~image_slots | compressed)
-    # state.extra: g of each row's last run (what every later draft call sees).
-    last = count[:, -1] - 1
-    g_last = jnp.take(flat, (jnp.maximum(last, 0) + row[:, 0]) * nq + nq - 1, axis=0)
-    return x, keys, jnp.where((last >= 0)[:, None], g_last, 0).astype(x.dtype)
+    # state.extra: g of each row's last run (g at the last slot), what later draft calls see.
+    return x, keys, g[:, -1].astype(x.dtype)
