@@ -1,14 +1,9 @@
-"""Frozen, hashable configuration dataclasses.
-
-Every config is a frozen dataclass so it can be a static argument of `jax.jit`; sizes are data,
-not classes. `vispec_jax.models.config_from_hf` builds a TargetConfig from a Hugging Face
-`config.json` (each family module parses its own).
-"""
+"""Frozen, hashable configuration dataclasses (static arguments of `jax.jit`; sizes are data,
+not classes). `vispec_jax.models.config_from_hf` builds a TargetConfig from a config.json."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 import numpy as np
@@ -128,8 +123,8 @@ class GenerationConfig:
   """How to pick tokens. temperature 0 means greedy; top_k 0 and top_p 1 mean no filtering.
 
   Validated on construction (`vj.generate` and `vj.speculative_generate` build one): counts must
-  be integers (not bools or floats), temperature and top_p finite real numbers. NumPy scalars
-  are accepted and stored as Python numbers, so equal configs hash equal.
+  be integers (not bools or floats), temperature and top_p finite real numbers; NumPy scalars
+  are stored as Python numbers, so equal configs hash equal.
   """
   max_new_tokens: int = 128
   temperature: float = 0.0
@@ -137,39 +132,27 @@ class GenerationConfig:
   top_p: float = 1.0
 
   def __post_init__(self):
-    set_ = functools.partial(object.__setattr__, self)
-    set_("max_new_tokens", _integer("max_new_tokens", self.max_new_tokens))
-    set_("top_k", _integer("top_k", self.top_k))
-    set_("temperature", _real("temperature", self.temperature))
-    set_("top_p", _real("top_p", self.top_p))
-    if self.max_new_tokens <= 0:
-      raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
-    if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-    if self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    for name in ("max_new_tokens", "top_k", "temperature", "top_p"):
+      integer = name in ("max_new_tokens", "top_k")
+      object.__setattr__(self, name, _number(name, getattr(self, name), integer))
+    for name, ok, rule in (("max_new_tokens", self.max_new_tokens > 0, "> 0"),
+                           ("temperature", self.temperature >= 0, ">= 0"),
+                           ("top_k", self.top_k >= 0, ">= 0"),
+                           ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]")):
+      if not ok:
+        raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
 
 
-def _scalar(name: str, value, kinds: tuple[type, ...], what: str):
-  """`value` if it is a (NumPy or 0-d array) scalar of one of `kinds`, else a ValueError;
-  bools are refused (True is not a count or a temperature)."""
+def _number(name: str, value, integer: bool) -> int | float:
+  """A Python int (`integer`) or finite float from a Python or NumPy number or a 0-d array;
+  bools are refused (True is not a count or a temperature), as are floats for counts."""
   if hasattr(value, "dtype") and getattr(value, "ndim", None) == 0:  # np/jax 0-d arrays
     value = value.item()
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
+  kind, what = (numbers.Integral, "an integer") if integer else (numbers.Real, "a number")
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, kind):
     raise ValueError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-  return value
-
-
-def _integer(name: str, value) -> int:
-  """A Python int from an int or NumPy integer; bools, floats and strings are refused."""
-  return int(_scalar(name, value, (numbers.Integral,), "an integer"))
-
-
-def _real(name: str, value) -> float:
-  """A finite Python float from an int, float or NumPy number; NaN, inf and bools refused."""
-  value = float(_scalar(name, value, (numbers.Real,), "a number"))
+  if integer:
+    return int(value)
   if not math.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {value}")
-  return value
+    raise ValueError(f"{name} must be finite, got {float(value)}")
+  return float(value)

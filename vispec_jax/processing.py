@@ -1,9 +1,6 @@
-"""Turning prompts, images and videos into a fixed-shape `Batch` (host side, NumPy).
-
-Prompts go through the checkpoint's chat template when it has one; every image placeholder is
-expanded to the number of vision tokens the image produces. Rows are left-padded to a bucketed
-length so that a new prompt length rarely means a new compiled program.
-"""
+"""The host side of prompting (NumPy): images, videos and user options checked and loaded, and
+the fixed-shape `Batch` they become (rows left-padded to bucketed lengths, so that a new prompt
+length rarely means a new compiled program)."""
 
 from __future__ import annotations
 
@@ -77,7 +74,13 @@ def load_image(image) -> Image.Image:
   if isinstance(image, Image.Image):
     img = image
   elif _is_array(image):
-    img = _array_image(np.asarray(image))
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3:
+      raise InputError(f"an image array must be HxWx3 (RGB, channels last), got shape {a.shape}")
+    if a.dtype != np.uint8:
+      raise InputError(f"an image array must be uint8 (0..255), got {a.dtype}: convert it first, "
+                       f"e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+    img = Image.fromarray(a, "RGB")
   elif not isinstance(image, (str, bytes, os.PathLike)):
     raise InputError(f"an image must be a PIL image, a file path or an HxWx3 uint8 array, got "
                      f"{type(image).__name__}")
@@ -88,16 +91,15 @@ def load_image(image) -> Image.Image:
     if os.path.isdir(path) or os.path.getsize(path) == 0:
       raise InputError(f"image file is empty or not a file: {path}")
     try:
-      img = Image.open(path)  # reads the header only
+      img = Image.open(path)  # reads the header only: the size is checked before decoding
+      _check_size(img.width, img.height, f"image {path}")
+      img.load()
+    except InputError:
+      raise
     except Image.DecompressionBombError:
       raise InputError(f"image {path} is too large (more than {MAX_IMAGE_PIXELS} pixels); "
                        f"downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-      raise InputError(f"cannot read image {path}: {e}") from None
-    _check_size(img.width, img.height, f"image {path}")
-    try:
-      img.load()
-    except (OSError, SyntaxError, ValueError) as e:
       raise InputError(f"cannot read image {path}: {e}") from None
   _check_size(img.width, img.height, "image")
   if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -111,15 +113,6 @@ def load_image(image) -> Image.Image:
 
 def _is_array(x) -> bool:
   return isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "shape"))
-
-
-def _array_image(a: np.ndarray) -> Image.Image:
-  if a.ndim != 3 or a.shape[2] != 3:
-    raise InputError(f"an image array must be HxWx3 (RGB, channels last), got shape {a.shape}")
-  if a.dtype != np.uint8:
-    raise InputError(f"an image array must be uint8 (0..255), got {a.dtype}: convert it first, "
-                     f"e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
-  return Image.fromarray(a, "RGB")
 
 
 def _is_single(x) -> bool:
@@ -136,7 +129,8 @@ def per_row(value, rows: int, name: str, item: str) -> list[list]:
   if _is_single(value) or not isinstance(value, (list, tuple)):
     raise InputError(f"{name} must be a list with one list of {item}s per prompt ({example}), "
                      f"got {type(value).__name__}")
-  flat = [i for i, r in enumerate(value) if _is_single(r) and not (item == "video" and _is_array(r))]
+  one_video = lambda r: item == "video" and _is_array(r)  # a TxHxWx3 array: that row's video
+  flat = [i for i, r in enumerate(value) if _is_single(r) and not one_video(r)]
   if flat:
     raise InputError(f"{name}[{flat[0]}] is a single {item}, not a list: {name} takes one list "
                      f"per prompt ({example}, not {name}=[{item}])")
@@ -144,7 +138,7 @@ def per_row(value, rows: int, name: str, item: str) -> list[list]:
     raise InputError(f"{rows} prompts but {name} given for {len(value)} rows")
   out = []
   for i, r in enumerate(value):
-    if r is not None and not isinstance(r, (list, tuple)) and not (item == "video" and _is_array(r)):
+    if r is not None and not isinstance(r, (list, tuple)) and not one_video(r):
       raise InputError(f"{name}[{i}] must be a list of {item}s (or None), got {type(r).__name__}")
     out.append([] if r is None else list(r) if isinstance(r, (list, tuple)) else [r])
   return out
@@ -205,7 +199,7 @@ def _check_size(width: int, height: int, name: str):
                      f"downscale it first")
 
 
-def pad_batch(rows: Sequence[np.ndarray], pad_id: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(rows: Sequence[np.ndarray], pad_id: int, length: int):
   """Left-pads 1-D rows to `length`: (ids int32[B, length], mask bool[B, length])."""
   ids = np.full((len(rows), length), pad_id, np.int32)
   mask = np.zeros((len(rows), length), bool)

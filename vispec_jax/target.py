@@ -1,9 +1,6 @@
-"""The target VLM: loading a checkpoint folder, preparing prompts, the forward pass.
-
-`Target` bundles a config, a params pytree, the tokenizer/image processor and the family module.
-Its compute methods are pure functions of (params, arrays) so callers can jit, shard and compose
-them; the family module (e.g. `models/qwen2_5_vl.py`) supplies vision encoding, positions,
-parameter shapes and checkpoint names.
+"""The target VLM: loading a checkpoint folder, preparing prompts, the forward pass. `Target`
+bundles a config, params, the tokenizer and image processor; its compute methods are pure
+functions of (params, arrays), with vision, positions and shapes from the family module.
 """
 
 from __future__ import annotations
@@ -40,11 +37,10 @@ class Target:
     """Input embeddings [B, P, E]: token embeddings with vision tokens scattered in."""
     text = params["text"]
     feats = self.family.encode_vision(params["vision"], self.config.vision, batch.vision)
-    hidden = self.config.text.hidden_size
-    n = sum(int(f.shape[0]) for f in feats)
+    n, dtype = sum(int(f.shape[0]) for f in feats), text["embed"].dtype
     n_pad = processing.bucket_length(max(n, 1), minimum=64)
-    dtype = text["embed"].dtype
-    vis = jnp.concatenate([f.astype(dtype) for f in feats] + [jnp.zeros((n_pad - n, hidden), dtype)])
+    pad = jnp.zeros((n_pad - n, self.config.text.hidden_size), dtype)
+    vis = jnp.concatenate([f.astype(dtype) for f in feats] + [pad])
     return _merge_embeddings(text["embed"], jnp.asarray(batch.input_ids), vis,
                              jnp.asarray(batch.vision_index))
 
@@ -84,14 +80,10 @@ def init_target(cfg: TargetConfig, key: jax.Array, dtype=jnp.float32, tokenizer=
 
 
 def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
-  """Loads a Hugging Face checkpoint folder (config.json + safetensors, single or sharded).
-
-  The architecture is chosen from config.json; weights are cast to `dtype` one tensor at a time.
-  With a `mesh` (see `vispec_jax.sharding`), weights go straight into their sharded layout.
-  Weights are read from safetensors (preferred) or, when a folder has none, from
-  `pytorch_model.bin` (single or sharded), parsed without torch and without running pickle code.
-  Raises `CheckpointError` (folder, files, tensor names, shapes) or `ConfigError` (the config
-  file and key), both ValueErrors.
+  """Loads a Hugging Face checkpoint folder: config.json, then safetensors (or, when there are
+  none, pytorch_model.bin parsed without torch or pickle code), single or sharded, cast to `dtype`
+  one tensor at a time; with a `mesh` (`vispec_jax.sharding`) straight into their sharded layout.
+  Raises `CheckpointError` (folder, file, tensor) or `ConfigError` (file, key): ValueErrors.
   """
   cfg = models.config_from_hf(checkpoints.read_config(folder), os.path.join(folder, "config.json"))
   fam = models.family(cfg)
@@ -162,11 +154,10 @@ def _check_chat_template(template, source: str) -> None:
                                         f"{type(text).__name__}")
     try:
       compile_(text)
-    except jinja2.TemplateSyntaxError as e:
-      raise checkpoints.CheckpointError(
-          f"{where}: the chat template is not valid Jinja (line {e.lineno}: {e.message})") from None
     except jinja2.TemplateError as e:
-      raise checkpoints.CheckpointError(f"{where}: the chat template is not valid Jinja ({e})") from None
+      why = f"line {e.lineno}: {e.message}" if isinstance(e, jinja2.TemplateSyntaxError) else e
+      raise checkpoints.CheckpointError(
+          f"{where}: the chat template is not valid Jinja ({why})") from None
 
 
 # ------------------------------------------------------------------------ prompting
@@ -234,7 +225,8 @@ def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
       raise InputError("this model has no vision tower but images were given")
     if vids and not hasattr(fam, "preprocess_video"):
       raise InputError("this model does not take videos")
-    its = [fam.preprocess_image(target.image_processor, cfg, processing.load_image(im)) for im in imgs]
+    its = [fam.preprocess_image(target.image_processor, cfg, processing.load_image(im))
+           for im in imgs]
     for j, video in enumerate(vids):
       frames = processing.video_frames(video, f"videos[{row}][{j}]")
       its.append(fam.preprocess_video(target.image_processor, cfg,

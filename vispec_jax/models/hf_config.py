@@ -180,13 +180,11 @@ def check_target_config(cfg: TargetConfig) -> None:
   def need(ok: bool, msg: str):
     if not ok:
       raise ConfigError(msg)
-  for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-            "num_kv_heads", "head_dim", "max_position_embeddings"):
-    need(getattr(t, f) > 0, f"text {f} must be > 0, got {getattr(t, f)} (hidden_size "
-         f"{t.hidden_size} / num_attention_heads {t.num_heads}?)")
+  # (every other size is a checked positive integer or a positive default)
+  need(t.head_dim > 0, f"text head_dim must be > 0, got {t.head_dim} (hidden_size "
+       f"{t.hidden_size} / num_attention_heads {t.num_heads}?)")
   need(t.num_heads % t.num_kv_heads == 0, f"num_attention_heads {t.num_heads} is not a multiple "
        f"of num_key_value_heads {t.num_kv_heads}")
-  need(t.rms_norm_eps > 0 and t.rope_theta > 0, "rms_norm_eps and rope_theta must be > 0")
   acts = [("text hidden_act", t.hidden_act)]
   if isinstance(v, QwenVisionConfig):
     acts.append(("vision_config.hidden_act", v.hidden_act))
