@@ -1,18 +1,10 @@
-"""What every command line of the project shares (infer.generate, infer.demo, infer.bench,
-infer.memory, train, train.datagen, proj.scenes.train_target): bad input is one `error: ...` line on stderr
-and exit status 2, never a traceback; a closed stdout (`| head`) ends the command quietly.
+"""What every command line shares (infer.*, train, train.datagen, proj.scenes.*): bad input is
+one `error: ...` line on stderr, exit status 2, never a traceback; a closed stdout ends quietly.
 
-    def main(argv=None) -> int:
-      return cli.run(lambda: _main(argv))
-
-Exit statuses: 0 done, 1 a result check failed (e.g. speculative output not identical) or an
-internal error (a bug: one line too, naming the exception), 2 bad input (a `ValueError` or an
-`OSError`: a missing or unreadable file, an option or config value out of range), 130 Ctrl-C,
-141 stdout closed by the reader (as a Unix tool killed by SIGPIPE). `VISPEC_TRACEBACK=1` prints
-the full traceback of any error as well.
-
-The `check_*` helpers validate option values before anything is loaded, each message naming the
-option; they raise `UsageError` (a ValueError).
+Exit statuses: 0 done, 1 a failed result check or an internal error (a bug: one line too),
+2 bad input (a ValueError or OSError), 130 Ctrl-C, 141 stdout closed by its reader (as for
+SIGPIPE). `VISPEC_TRACEBACK=1` prints the full traceback as well. The `check_*` helpers validate
+option values before anything is loaded, raising a `UsageError` that names the option.
 """
 
 from __future__ import annotations
@@ -49,8 +41,8 @@ def error_line(e: BaseException) -> str:
 
 
 def is_input_error(e: BaseException) -> bool:
-  """Bad input (exit 2) rather than a bug: ValueError (InputError, CheckpointError, ConfigError,
-  UnicodeError, JSON errors), OSError, and XLA running out of memory (a size too large)."""
+  """Bad input (exit 2) rather than a bug: ValueError (our errors, JSON, Unicode), OSError, and
+  XLA running out of memory (a size too large)."""
   if isinstance(e, (ValueError, OSError)):
     return True
   return type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "RESOURCE_EXHAUSTED" in str(e)
@@ -69,8 +61,7 @@ def report(e: BaseException) -> int:
 
 
 def quiet_stdout() -> None:
-  """After the reader of stdout went away: point stdout at /dev/null, so that Python's final
-  flush does not fail again at exit."""
+  """Points stdout at /dev/null once its reader went away, so that the final flush cannot fail."""
   try:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
@@ -102,8 +93,8 @@ def run(fn: Callable[[], int | None]) -> int:
 
 
 def read_jsonl(path: str, error: type[Exception] = UsageError) -> list[tuple[str, object]]:
-  """The non-blank lines of a UTF-8 JSON-lines file as ("path:line", parsed value); a file that
-  is not UTF-8 or a line that is not JSON raises `error`, naming the file and line."""
+  """The non-blank lines of a UTF-8 JSON-lines file as ("path:line", value); bad text or JSON
+  raises `error`, naming the file and line."""
   try:
     with open(path, encoding="utf-8") as f:
       lines = f.read().splitlines()
@@ -119,42 +110,26 @@ def read_jsonl(path: str, error: type[Exception] = UsageError) -> list[tuple[str
   return rows
 
 
-def check_int(flag: str, value: int, lo: int | None = None, hi: int | None = INT32_MAX) -> int:
+def check_int(flag: str, value: int, lo: int, hi: int = INT32_MAX) -> int:
   """`lo <= value <= hi`, else a UsageError naming `flag`."""
-  if (lo is not None and value < lo) or (hi is not None and value > hi):
-    if hi is None:
-      want = f">= {lo}"
-    elif lo is None:
-      want = f"<= {hi}"
-    else:
-      want = f"in [{lo}, {hi}]"
-    raise UsageError(f"{flag} must be {want}, got {value}")
+  if not lo <= value <= hi:
+    raise UsageError(f"{flag} must be in [{lo}, {hi}], got {value}")
   return value
 
 
-def check_float(flag: str, value: float, lo: float | None = None, hi: float | None = None,
+def check_float(flag: str, value: float, lo: float, hi: float | None = None,
                 lo_open: bool = False) -> float:
   """A finite number in [lo, hi] ((lo, hi] with `lo_open`), else a UsageError naming `flag`."""
-  bad = not math.isfinite(value)
-  bad = bad or (lo is not None and (value <= lo if lo_open else value < lo))
-  bad = bad or (hi is not None and value > hi)
-  if bad:
-    parts = ["a finite number"]
-    if lo is not None:
-      parts.append(("> " if lo_open else ">= ") + f"{lo:g}")
-    if hi is not None:
-      parts.append(f"<= {hi:g}")
-    raise UsageError(f"{flag} must be {' and '.join(parts)}, got {value}")
+  above = value > lo if lo_open else value >= lo
+  if not (math.isfinite(value) and above and (hi is None or value <= hi)):
+    want = (">" if lo_open else ">=") + f" {lo:g}" + ("" if hi is None else f" and <= {hi:g}")
+    raise UsageError(f"{flag} must be a finite number and {want}, got {value}")
   return value
-
-
-def check_seed(flag: str, value: int) -> int:
-  return check_int(flag, value, 0, SEED_MAX)
 
 
 def check_text(what: str, text: str) -> str:
-  """Text the tokenizer can encode: valid Unicode (no lone surrogates, which a non-UTF-8
-  terminal or a JSON escape like "\\udcff" produce)."""
+  """Valid Unicode the tokenizer can encode (no lone surrogate from a JSON escape like
+  "\\udcff" or a non-UTF-8 terminal)."""
   try:
     text.encode("utf-8")
   except UnicodeEncodeError as e:

@@ -3,14 +3,13 @@
     python -m infer.demo [--seed 7] [--kind describe] [--out demo.png] [--json]
     python -m infer.demo --model DIR --draft DIR     # any target + draft pair
 
-Draws a procedural scene (proj/scenes/generator.py), asks its question, generates the answer greedily
-with `vj.generate` and with `vj.speculative_generate` (ViSpec draft), checks that the two are
-token-identical, and reports tau, tokens per target forward and the speedup measured in this run
-(after one warm-up call of each, which compiles; the image is encoded once, outside the timings).
-It checks the facts the answer states against the scene (proj/scenes/facts.py) and prints
-the verdict: facts correct of facts stated (precision), recall, the false ones.
-Writes the image next to the answer with the accepted draft tokens in green (`--out`).
-By default it runs the models the project trains and ships in models/scenes (docs/embedded-model.md).
+Draws a procedural scene (proj/scenes), answers its question greedily with `vj.generate` and
+with `vj.speculative_generate` (ViSpec draft), checks that the two are token-identical, reports
+tau, tokens per target forward and the speedup measured in this run (after one warm-up call of
+each; the image is encoded once, outside the timings) and checks the answer's facts against the
+scene. `--out` draws the image beside the answer, the accepted draft tokens in green. The
+default models are the ones the project trains and ships in models/scenes
+(docs/embedded-model.md).
 """
 
 from __future__ import annotations
@@ -40,7 +39,8 @@ def parse_args(argv):
   p.add_argument("--model", default=os.path.join(SHIPPED, "target"), help="target folder")
   p.add_argument("--draft", default=os.path.join(SHIPPED, "vispec"), help="draft folder")
   p.add_argument("--seed", type=int, default=100_000_007, help="scene seed (default: held out)")
-  p.add_argument("--kind", default=None, help="question kind (default: drawn from the seed)")
+  p.add_argument("--kind", default=None, choices=scenes.KINDS,
+                 help="question kind (default: drawn from the seed)")
   p.add_argument("--max-new-tokens", type=int, default=512)
   p.add_argument("--tree", default=DEFAULT_TREE,
                  help="dynamic (EAGLE-2: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN "
@@ -53,12 +53,10 @@ def parse_args(argv):
 
 def validate(args):
   """Every option checked before a model is loaded (each error names it); returns the tree."""
-  cli.check_seed("--seed", args.seed)
+  cli.check_int("--seed", args.seed, 0, cli.SEED_MAX)
   cli.check_int("--max-new-tokens", args.max_new_tokens, 1)
   cli.check_int("--repeats", args.repeats, 1)
   tree = cli.prefixed("--tree", vj.tree.from_spec, args.tree)
-  if args.kind is not None and args.kind not in scenes.KINDS:
-    raise ValueError(f"unknown --kind {args.kind!r}; known: {', '.join(scenes.KINDS)}")
   for name, folder in (("--model", args.model), ("--draft", args.draft)):
     if not os.path.isdir(folder):
       hint = (" (the shipped models are built as docs/embedded-model.md says)"
@@ -91,7 +89,8 @@ def run(args) -> dict:
   result = {
       "seed": args.seed, "kind": example["kind"], "question": example["question"],
       "answer": answer, "tokens": len(tokens), "identical": bool(identical), "tau": tau,
-      "tokens_per_forward": tau + 1, "target_forwards": int(np.asarray(spec.stats.target_forwards)[0]),
+      "tokens_per_forward": tau + 1,
+      "target_forwards": int(np.asarray(spec.stats.target_forwards)[0]),
       "vanilla_s": med["vanilla"], "speculative_s": med["speculative"],
       "vanilla_tokens_per_s": len(tokens) / med["vanilla"],
       "speculative_tokens_per_s": length / med["speculative"],
@@ -147,11 +146,10 @@ def render(image, question: str, pieces: list[str], drafted: list[bool], result:
 
 def main(argv=None) -> int:
   """Bad folders, checkpoints, options: one `error:` line, exit 2 (infer/cli.py)."""
-  return cli.run(lambda: _main(argv))
+  return cli.run(lambda: _main(parse_args(argv)))
 
 
-def _main(argv) -> int:
-  args = parse_args(argv)
+def _main(args) -> int:
   result = run(args)
   if args.json:
     print(json.dumps(result))

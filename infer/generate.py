@@ -1,10 +1,7 @@
-"""Answer one prompt about images (or videos) with a Qwen2.5-VL checkpoint: the command line.
-
-    python -m infer.generate --tiny --prompt "Describe the image."
-    python -m infer.generate --model /ckpt/Qwen2.5-VL-7B-Instruct --image cat.png --prompt "What is this?"
-
-Bad input (missing or unreadable files, a checkpoint that does not load, a prompt too long for
-the cache, out-of-range options) is reported as one `error: ...` line on stderr, exit status 2.
+"""`python -m infer.generate`: answer prompts about images or videos with a Qwen2.5-VL
+checkpoint (examples: --help). Bad input (a missing or unreadable file, a checkpoint that does
+not load, a prompt too long for the cache, an option out of range) is one `error: ...` line on
+stderr, exit status 2 (infer/cli.py).
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import jax.numpy as jnp
 
 import vispec_jax as vj
 from infer import bench_common as common, cli
-from infer.cli import UsageError
 from vispec_jax import processing, sharding, testing
 
 EPILOG = """\
@@ -63,6 +59,7 @@ batch, including compilation unless --warmup is given.
 """
 
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+PROMPT_KEYS = ("prompt", "images", "videos")
 
 
 def parse_args(argv):
@@ -79,23 +76,29 @@ def parse_args(argv):
   p.add_argument("--video", action="append", default=[], metavar="FRAMES",
                  help="a video: a folder of frames, a glob of frame files, or a multi-frame image "
                       "file (animated GIF/WebP/PNG, TIFF); repeatable")
-  p.add_argument("--video-fps", type=float, default=2.0, help="frames per second of --video (default 2)")
+  p.add_argument("--video-fps", type=float, default=2.0,
+                 help="frames per second of --video (default 2)")
   ask = p.add_mutually_exclusive_group(required=True)
   ask.add_argument("--prompt", help="the question; may contain <image> markers")
-  ask.add_argument("--prompts", metavar="FILE.jsonl",
-                   help='a batch: one JSON object per line, {"prompt": ..., "images": [...], "videos": [...]}')
-  p.add_argument("--draft", metavar="DIR", help="a ViSpec/EAGLE/Medusa draft folder: speculative decoding")
+  ask.add_argument("--prompts", metavar="FILE.jsonl", help="a batch: one JSON object per line, "
+                   '{"prompt": ..., "images": [...], "videos": [...]}')
+  p.add_argument("--draft", metavar="DIR",
+                 help="a ViSpec/EAGLE/Medusa draft folder: speculative decoding")
   p.add_argument("--tree", choices=("dynamic", "chain"), default="dynamic",
                  help="draft tree with --draft: EAGLE-2 dynamic tree (default) or a single chain")
-  p.add_argument("--tree-depth", type=int, default=3, metavar="D", help="tree expansion steps (default 3)")
-  p.add_argument("--tree-top-k", type=int, default=8, metavar="K", help="dynamic tree branching (default 8)")
+  p.add_argument("--tree-depth", type=int, default=3, metavar="D",
+                 help="tree expansion steps (default 3)")
+  p.add_argument("--tree-top-k", type=int, default=8, metavar="K",
+                 help="dynamic tree branching (default 8)")
   p.add_argument("--tree-tokens", type=int, default=30, metavar="T",
                  help="dynamic tree size including the root (default 30)")
   p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
                  help="most tokens to generate (default 64)")
   p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-  p.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K likeliest tokens; 0 = all (default)")
-  p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass in (0, 1]; 1 = off (default)")
+  p.add_argument("--top-k", type=int, default=0, metavar="K",
+                 help="keep the K likeliest tokens; 0 = all (default)")
+  p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                 help="nucleus sampling mass in (0, 1]; 1 = off (default)")
   p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
   p.add_argument("--max-length", type=int, default=None, metavar="L",
                  help="prompt + new tokens limit (default: the model's max_position_embeddings)")
@@ -115,30 +118,29 @@ def validate(args):
   """Every option value that can be checked before anything is loaded (each error names it)."""
   if args.prompt is not None:
     if not args.prompt.strip():
-      raise UsageError("--prompt is empty")
+      raise cli.UsageError("--prompt is empty")
     cli.check_text("--prompt", args.prompt)
   if args.stream and (args.prompts or args.json or args.warmup):
-    raise UsageError("--stream prints one answer as plain text: use it with --prompt, "
-                     "without --prompts, --json or --warmup")
+    raise cli.UsageError("--stream prints one answer as plain text: use it with --prompt, "
+                         "without --prompts, --json or --warmup")
   if args.prompts is not None and (args.image or args.video):
-    raise UsageError("--image/--video go inside the --prompts file, one list per line")
+    raise cli.UsageError("--image/--video go inside the --prompts file, one list per line")
   cli.check_int("--max-new-tokens", args.max_new_tokens, 1)
   if args.max_length is not None:
     cli.check_int("--max-length", args.max_length, 2)
     if args.max_length <= args.max_new_tokens:
-      raise UsageError(f"--max-length ({args.max_length}) must be greater than "
-                       f"--max-new-tokens ({args.max_new_tokens})")
+      raise cli.UsageError(f"--max-length ({args.max_length}) must be greater than "
+                           f"--max-new-tokens ({args.max_new_tokens})")
   cli.check_float("--temperature", args.temperature, 0.0)
   cli.check_int("--top-k", args.top_k, 0)
   cli.check_float("--top-p", args.top_p, 0.0, 1.0, lo_open=True)
-  cli.check_seed("--seed", args.seed)
+  cli.check_int("--seed", args.seed, 0, cli.SEED_MAX)
   cli.check_float("--video-fps", args.video_fps, 1e-3, 1e3)
   for flag in ("--tree-depth", "--tree-top-k", "--tree-tokens"):
     cli.check_int(flag, getattr(args, flag[2:].replace("-", "_")), 1)
-  if args.model is not None:
-    cli.check_folder("--model", args.model)
-  if args.draft is not None:
-    cli.check_folder("--draft", args.draft)
+  for flag in ("--model", "--draft"):
+    if getattr(args, flag[2:]) is not None:
+      cli.check_folder(flag, getattr(args, flag[2:]))
   if args.mesh is not None:
     cli.check_mesh("--mesh", args.mesh)
   make_tree(args)  # the tree's own bounds (depth, size)
@@ -152,35 +154,30 @@ def make_tree(args):
                       f"dynamic-d{args.tree_depth}k{args.tree_top_k}t{args.tree_tokens}")
 
 
-PROMPT_KEYS = ("prompt", "images", "videos")
-
-
 def read_prompts(path: str) -> list[dict]:
   """The --prompts file: JSON lines of {"prompt", "images", "videos"}; clear errors by line."""
   rows = []
   for where, row in cli.read_jsonl(path):
-    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-      raise UsageError(f'{where}: expected {{"prompt": "...", "images": [...]}} with a non-empty prompt')
+    prompt = row.get("prompt") if isinstance(row, dict) else None
+    if not isinstance(prompt, str) or not prompt.strip():
+      raise cli.UsageError(f'{where}: expected {{"prompt": "...", "images": [...]}} with a '
+                           "non-empty prompt")
     unknown = sorted(set(row) - set(PROMPT_KEYS))
     if unknown:
-      raise UsageError(f"{where}: unknown keys {unknown}; known: {list(PROMPT_KEYS)}")
-    cli.check_text(f"{where}: prompt", row["prompt"])
-    for key in ("images", "videos"):
-      paths = row.get(key, [])
-      if not isinstance(paths, list):
-        raise UsageError(f"{where}: {key} must be a list of paths")
-      for i, p in enumerate(paths):
+      raise cli.UsageError(f"{where}: unknown keys {unknown}; known: {list(PROMPT_KEYS)}")
+    cli.check_text(f"{where}: prompt", prompt)
+    paths = {key: row.get(key, []) for key in PROMPT_KEYS[1:]}
+    for key, value in paths.items():
+      if not isinstance(value, list):
+        raise cli.UsageError(f"{where}: {key} must be a list of paths")
+      for i, p in enumerate(value):
         if not isinstance(p, str) or not p:
-          raise UsageError(f"{where}: {key}[{i}] must be a path (a non-empty string), got "
-                           f"{json.dumps(p)}")
-    rows.append({"prompt": row["prompt"], "images": row.get("images", []), "videos": row.get("videos", [])})
+          raise cli.UsageError(f"{where}: {key}[{i}] must be a path (a non-empty string), got "
+                               f"{json.dumps(p)}")
+    rows.append({"prompt": prompt, **paths})
   if not rows:
-    raise UsageError(f"{path} has no prompts")
+    raise cli.UsageError(f"{path} has no prompts")
   return rows
-
-
-def _natural_key(path: str):
-  return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path)]
 
 
 def video_frames(spec: str) -> list:
@@ -195,11 +192,12 @@ def video_frames(spec: str) -> list:
     paths = [f for f in glob.glob(spec) if os.path.isfile(f)]
   if not paths:
     raise FileNotFoundError(f"no video frames found for --video {spec!r}")
-  return sorted(paths, key=_natural_key)
+  return sorted(paths, key=lambda p: [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p)])
 
 
-def run(args, stack: contextlib.ExitStack) -> list[dict]:
-  """Loads, prepares, generates; returns one result dict per prompt."""
+def load(args, stack: contextlib.ExitStack):
+  """The prompts, their pictures, the (sharded) target and draft, checked against the model's
+  limits: (rows, target, draft, batch)."""
   rows = read_prompts(args.prompts) if args.prompts else [
       {"prompt": args.prompt, "images": args.image, "videos": args.video}]
   if args.tiny:
@@ -209,11 +207,9 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
     if not args.prompts and not args.image and not args.video:
       rows[0]["images"] = [os.path.join(tmp, "scene.png")]
       testing.scene_image().save(rows[0]["images"][0])
-
   # Read every image before loading the checkpoint: a typo should not cost a model load.
   images = [[vj.load_image(p) for p in r["images"]] for r in rows]
   videos = [[[vj.load_image(f) for f in video_frames(v)] for v in r["videos"]] for r in rows]
-
   mesh = sharding.make_mesh(args.mesh) if args.mesh else None
   if mesh is not None:  # until `stack` closes: KV caches made inside the programs follow RULES
     stack.enter_context(jax.set_mesh(mesh))
@@ -222,19 +218,16 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
   text = target.config.text
   positions = text.max_position_embeddings
   if args.max_length is not None and args.max_length > positions:
-    raise UsageError(f"--max-length {args.max_length} is more than the model's "
-                     f"{positions} positions (max_position_embeddings)")
+    raise cli.UsageError(f"--max-length {args.max_length} is more than the model's "
+                         f"{positions} positions (max_position_embeddings)")
   max_length = args.max_length or positions
   if max_length <= args.max_new_tokens:
-    raise UsageError(f"the model allows {max_length} positions, not enough for "
-                     f"--max-new-tokens {args.max_new_tokens}")
-  if args.top_k > text.vocab_size:
-    raise UsageError(f"--top-k {args.top_k} is more than the vocabulary's {text.vocab_size} tokens")
-  tree = make_tree(args)
-  if draft is not None:
-    wide = tree.top_k if tree.paths is None else 1
-    if wide > text.vocab_size:
-      raise UsageError(f"--tree-top-k {wide} is more than the vocabulary's {text.vocab_size} tokens")
+    raise cli.UsageError(f"the model allows {max_length} positions, not enough for "
+                         f"--max-new-tokens {args.max_new_tokens}")
+  tree_top_k = args.tree_top_k if draft is not None and args.tree == "dynamic" else 0
+  for flag, k in (("--top-k", args.top_k), ("--tree-top-k", tree_top_k)):
+    if k > text.vocab_size:
+      raise cli.UsageError(f"{flag} {k} is more than the vocabulary's {text.vocab_size} tokens")
   try:
     batch = vj.prepare(target, [r["prompt"] for r in rows], images=images, videos=videos,
                        video_fps=args.video_fps, max_length=max_length - args.max_new_tokens)
@@ -243,11 +236,15 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
       raise
     raise vj.InputError(f"{e} (max length {max_length} minus {args.max_new_tokens} new "
                         f"tokens)") from None
-  if mesh is not None:
-    batch = sharding.shard_batch(batch, mesh)
+  return rows, target, draft, batch if mesh is None else sharding.shard_batch(batch, mesh)
+
+
+def run(args, stack: contextlib.ExitStack) -> list[dict]:
+  """Loads, prepares, generates; returns one result dict per prompt."""
+  rows, target, draft, batch = load(args, stack)
   out_stream = StdoutStream() if args.stream else None
   streamer = vj.TextStreamer(target.tokenizer, write=out_stream) if args.stream else None
-  drafting = () if draft is None else (draft.drafter, draft.params, tree)
+  drafting = () if draft is None else (draft.drafter, draft.params, make_tree(args))
   gen = common.decoder(target, batch, args.max_new_tokens, *drafting,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        key=jax.random.PRNGKey(args.seed), on_tokens=streamer)
@@ -277,9 +274,8 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
 
 
 class StdoutStream:
-  """The streamer's `write` here: text to stdout until the reader goes away (`| head`); then it
-  is quiet (an exception raised inside the compiled loop's callback would not stop the loop)
-  and `run` exits 141 once generation has returned."""
+  """The streamer's `write`: text to stdout until its reader goes away (`| head`), then quiet
+  (an exception inside the compiled loop's callback would not stop the loop); `run` exits 141."""
 
   def __init__(self):
     self.closed = False
