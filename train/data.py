@@ -1,24 +1,13 @@
 """The grain input pipeline: datagen's ArrayRecord records -> padded, fixed-shape batches.
 
-    indices 0..N-1 (train split)
-      -> shuffle(seed), reshuffled every epoch       grain.MapDataset (random access, resumable)
-      -> batch(global batch size)                    record indices of one GLOBAL batch
-      -> LoadBatch: this process's slice of the global batch, records read, cut to max_len,
-         right-padded to the global batch's length bucket, images turned into tower inputs
-      -> to_iter_dataset (threads, optional worker processes)
+indices -> seeded shuffle (per epoch) -> global batches of record indices -> `LoadBatch`: this
+process's rows read, cut to max_len, right-padded to the global batch's length bucket (from the
+metadata's lengths, so processes agree without talking). The result does not depend on the
+number of processes; the iterator's state goes into every checkpoint (docs/training.md).
 
-Every process computes the same global batches and loads only its slice (rows
-[p * B / P, (p + 1) * B / P)), so the global batch, and the training result, do not depend on the
-number of processes. The pad length comes from the record lengths in the dataset's metadata, so
-all processes agree on it without talking. The iterator's state (`get_state`/`set_state`, the next
-batch index) goes into every checkpoint; a resumed run continues with exactly the next batch.
-
-Batch arrays (b = local batch, L = bucket length):
-  ids int32[b, L], attention_mask bool[b, L], answer bool[b, L] (answer tokens),
-  lengths int32[b], positions int32[b, R, L] (R = 3 for mRoPE), vision_index int32[b, L] (row's
-  vision token of each position, -1 for text), pixels float32[b, ...] (datasets with images),
-  features/embeds float32[b, L, E] (precomputed mode), index int64[b] (record indices).
-Host-only entries (not sent to devices): global_index int64[B], global_tokens int64.
+Batch arrays (b local batch, L bucket length): ids, attention_mask, answer [b, L], lengths [b],
+positions [b, R, L] (R = 3 for mRoPE), vision_index [b, L] (-1 for text), pixels [b, ...]
+(with images), features/embeds [b, L, E] (precomputed), index [b]; host only: HOST_KEYS.
 """
 
 from __future__ import annotations
@@ -48,11 +37,11 @@ def open_dataset(path: str):
   return source, meta
 
 
-class Subset:
-  """The first `n` records of a source."""
+class Lazy:
+  """A random-access sequence of `n` items: item i is `get(i)`, made when it is read."""
 
-  def __init__(self, source, n: int):
-    self.source, self.n = source, min(n, len(source))
+  def __init__(self, n: int, get):
+    self.n, self.get = n, get
 
   def __len__(self):
     return self.n
@@ -60,12 +49,11 @@ class Subset:
   def __getitem__(self, i):
     if not 0 <= i < self.n:
       raise IndexError(i)
-    return self.source[i]
+    return self.get(i)
 
 
 def split(n: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """(train, eval) record indices: the last `eval_fraction` of the records are held out (the
-  reference's 95% / 5% split of its file list)."""
+  """(train, eval) record indices: the last `eval_fraction` of the records are held out."""
   n_eval = min(n - 1, math.ceil(n * eval_fraction)) if eval_fraction > 0 and n > 1 else 0
   return np.arange(n - n_eval), np.arange(n - n_eval, n)
 
@@ -73,10 +61,7 @@ def split(n: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
 def bucket(length: int, buckets, max_len: int) -> int:
   """The smallest bucket holding `length` (capped at max_len); max_len if none does."""
   length = min(length, max_len)
-  for b in sorted(buckets):
-    if length <= b <= max_len:
-      return b
-  return max_len
+  return next((b for b in sorted(buckets) if length <= b <= max_len), max_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +93,7 @@ class Collator:
            "index": np.zeros((b,), np.int64)}
     if self.precomputed:
       e = np.asarray(records[0]["features"]).shape[-1]
-      out["features"] = np.zeros((b, length, e), np.float32)
-      out["embeds"] = np.zeros((b, length, e), np.float32)
-    pixels = []
+      out.update({k: np.zeros((b, length, e), np.float32) for k in ("features", "embeds")})
     for i, rec in enumerate(records):
       tokens = np.asarray(rec["tokens"])[:length]
       n = len(tokens)
@@ -123,12 +106,11 @@ class Collator:
       out["vision_index"][i, :n] = np.where(vis, np.cumsum(vis) - 1, -1)
       out["index"][i] = int(rec["index"])
       if self.precomputed:
-        out["features"][i, :n] = np.asarray(rec["features"], np.float32)[:n]
-        out["embeds"][i, :n] = np.asarray(rec["embeds"], np.float32)[:n]
-      if self.vision is not None:
-        pixels.append(self.vision.pixels(np.asarray(rec["image"], np.uint8)))
+        for k in ("features", "embeds"):
+          out[k][i, :n] = np.asarray(rec[k], np.float32)[:n]
     if self.vision is not None:
-      out["pixels"] = np.stack(pixels)
+      out["pixels"] = np.stack([self.vision.pixels(np.asarray(r["image"], np.uint8))
+                                for r in records])
     return out
 
 
@@ -156,43 +138,15 @@ class LoadBatch:
 HOST_KEYS = ("global_index", "global_tokens")
 
 
-def make_dataset(source, lengths, indices, collate: Collator, *, global_batch: int,
-                 buckets, seed: int | None, num_epochs: int | None, process_index: int = 0,
-                 process_count: int = 1) -> grain.MapDataset:
-  """The batched MapDataset over `indices` (seed None: no shuffle, e.g. eval)."""
-  if global_batch % process_count:
-    raise ValueError(f"batch size {global_batch} is not a multiple of the {process_count} "
-                     "processes")
-  if len(indices) == 0:
-    raise ValueError("no records to read (is the dataset or the split empty?)")
-  ds = grain.MapDataset.source(np.asarray(indices, np.int64))
-  if seed is not None:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).batch(global_batch, drop_remainder=True)
-  return ds.map(LoadBatch(source, np.asarray(lengths, np.int64), collate, tuple(buckets),
-                          process_index, process_count))
-
-
-def to_iterator(ds: grain.MapDataset, worker_count: int = 0, prefetch: int = 2):
-  """A resumable iterator (`get_state`/`set_state`); worker processes if worker_count > 0."""
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
-                                            prefetch_buffer_size=max(1, prefetch)))
-  if worker_count > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(it)
-
-
 class Records:
-  """A trainer's records: the dataset datagen wrote at `folder` (only the first
-  `config.data.limit` with a limit), its train and held-out split (`config.data.eval_fraction`),
-  the run's length in steps (`total_steps` or `num_epochs`, warmup likewise) and grain datasets
-  of global batches over either split, this process's rows."""
+  """A trainer's records: the dataset at `folder` (the first `data.limit`), its train and held-out
+  split, the run's length and warmup in steps, and grain datasets of global batches."""
 
   def __init__(self, config, folder: str):
     self.config = config
     self.source, self.meta = open_dataset(folder)
     if config.data.limit:  # e.g. overfitting checks
-      self.source = Subset(self.source, config.data.limit)
+      self.source = Lazy(min(config.data.limit, len(self.source)), self.source.__getitem__)
       self.meta = dict(self.meta, lengths=self.meta["lengths"][:config.data.limit])
     self.train_idx, self.eval_idx = split(len(self.source), config.data.eval_fraction)
     self.held = self.eval_idx if len(self.eval_idx) else self.train_idx
@@ -202,14 +156,26 @@ class Records:
                       else config.warmup_epochs * steps_per_epoch)
 
   def dataset(self, collate: Collator, train: bool) -> grain.MapDataset:
-    """Train batches (shuffled, `data.shuffle_seed`) or held-out ones (in order; the train
-    split when nothing is held out), repeated without end."""
-    c = self.config
-    return make_dataset(self.source, self.meta["lengths"], self.train_idx if train else self.held,
-                        collate, global_batch=c.batch_size, buckets=c.data.buckets,
-                        seed=c.data.shuffle_seed if train else None, num_epochs=None,
-                        process_index=jax.process_index(), process_count=jax.process_count())
+    """Shuffled train batches or held-out ones in order (the train split if none), endless."""
+    c, nproc = self.config, jax.process_count()
+    if c.batch_size % nproc:
+      raise ValueError(f"batch size {c.batch_size} is not a multiple of the {nproc} processes")
+    indices = self.train_idx if train else self.held
+    if len(indices) == 0:
+      raise ValueError("no records to read (is the dataset or the split empty?)")
+    ds = grain.MapDataset.source(np.asarray(indices, np.int64))
+    if train:
+      ds = ds.shuffle(seed=c.data.shuffle_seed)
+    ds = ds.repeat(None).batch(c.batch_size, drop_remainder=True)
+    return ds.map(LoadBatch(self.source, np.asarray(self.meta["lengths"], np.int64), collate,
+                            tuple(c.data.buckets), jax.process_index(), nproc))
 
   def train_iter(self, collate: Collator):
-    return to_iterator(self.dataset(collate, True), self.config.data.worker_count,
-                       self.config.data.prefetch)
+    """A resumable iterator (`get_state`/`set_state`) of train batches; grain worker processes
+    when `data.worker_count` > 0."""
+    prefetch, workers = max(1, self.config.data.prefetch), self.config.data.worker_count
+    it = self.dataset(collate, True).to_iter_dataset(
+        grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
+    if workers > 0:
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(it)

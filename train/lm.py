@@ -1,11 +1,6 @@
-"""The target as a language model over a training batch: its forward pass (vision tower vmapped
-over the batch's images, then the decoder) and the next-token loss on answer tokens.
-
-Shared by the draft trainer (the frozen target's features, `model.target_features`) and the
-target trainer (`proj/scenes/train_target.py`, which trains these same weights from scratch).
-
-Batch keys (train/data.py): ids, attention_mask, answer, positions [B, R, L], vision_index and,
-with images, pixels.
+"""The target as a language model over a training batch (train/data.py's keys): its forward pass
+and the next-token loss on answer tokens. The draft trainer reads its features
+(`model.target_features`); the target trainer (proj/scenes/train_target.py) trains it.
 """
 
 from __future__ import annotations
@@ -18,10 +13,8 @@ from vispec_jax.models import decoder
 
 
 def forward(text_cfg, vision, params, batch) -> tuple[jax.Array, jax.Array]:
-  """(last-layer hidden after the final norm, input embeddings), both [B, L, E].
-
-  vision: a `train.targets.VisionAdapter` (or None for text-only data); params: {"text",
-  "vision"}. Positions are 3-D (mRoPE) when `text_cfg.mrope_section` is set."""
+  """(last-layer hidden after the final norm, input embeddings), both [B, L, E]. vision: a
+  `targets.VisionAdapter` (None: text only); params: {"text", "vision"}."""
   text = params["text"]
   ids, attn = batch["ids"], batch["attention_mask"]
   dtype = text["embed"].dtype
@@ -40,10 +33,8 @@ def forward(text_cfg, vision, params, batch) -> tuple[jax.Array, jax.Array]:
 
 
 def answer_loss(text_cfg, vision, params, batch) -> tuple[jax.Array, dict]:
-  """(mean cross-entropy of every answer token given the tokens before it, metrics).
-
-  Position i predicts token i + 1; it is supervised iff token i + 1 is an answer token (the
-  prompt and the image are context only). Metrics: loss, top-1 token accuracy, token count."""
+  """(mean cross-entropy of the answer tokens, metrics: loss, top-1 token_acc, tokens). Position
+  i predicts token i + 1 and is supervised iff that is an answer token."""
   hidden, _ = forward(text_cfg, vision, params, batch)
   logits = decoder.logits(params["text"], hidden)                 # fp32 [B, L, V]
   ids = batch["ids"]

@@ -1,13 +1,8 @@
-"""What every training loop here shares (the draft trainer `train/trainer.py`, the target
-trainer `proj/scenes/train_target.py` and stage 0, `proj/scenes/vision_pretrain.py`): the mesh,
-the optimizer and its schedule, sharded state, batches on devices, the orbax CheckpointManager
-that resumes, metrics logging, and the loop itself. A trainer calls `make_mesh`, builds its
-params and data iterator, then `Run.create` (optimizer, state, checkpoints, resume), jits its
-step with `Run.jit_step` and calls `Run.fit` (steps, logging, evaluation, checkpoints, SIGTERM,
-time-boxed stops).
-
-State is a dict {"params", "opt_state", "step"}; a checkpoint holds it and the data iterator's
-position, so a restarted run continues exactly (same params, optimizer state and next batch).
+"""What every training loop here shares (the draft trainer, proj/scenes' target trainer and
+stage 0): the mesh, the optimizer, sharded state, batches on devices, the orbax checkpoints that
+resume, metrics logging and the loop. A trainer calls `setup_mesh`, builds its params and data
+iterator, then `Run.create`, `Run.jit_step` and `Run.fit`. State is {"params", "opt_state",
+"step"}; a checkpoint holds it and the data iterator's position, so a restart continues exactly.
 """
 
 from __future__ import annotations
@@ -35,8 +30,6 @@ from tqdm import tqdm
 
 from train import data, sharding
 
-# ----------------------------------------------------------------------- optimizer
-
 
 def schedule(config, total_steps: int, warmup: int):
   """Linear warmup to optim.lr, then linear decay to 0 at the last step."""
@@ -48,10 +41,8 @@ def schedule(config, total_steps: int, warmup: int):
 
 
 def make_optimizer(config, sched) -> optax.GradientTransformation:
-  """Gradient clipping (by value, the reference's 0.5; and/or by global norm), then AdamW.
-  `optim.lr_scales` ({params path prefix: multiplier}, optional) gives a subtree its own
-  learning rate: "vision" a slower tower, {"vision": 0, "vision/merger": 1} a frozen tower with
-  a trained merger (the longest matching prefix wins; 0 freezes, weight decay included)."""
+  """Clipping (by value and/or global norm), then AdamW. `optim.lr_scales` ({params path
+  prefix: multiplier}, the longest matching prefix wins; 0 freezes) scales a subtree's updates."""
   o = config.optim
   parts = []
   if o.clip_value:
@@ -71,9 +62,6 @@ def lr_scale(scales: dict[str, float], path) -> float:
   name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
   best = max((p for p in scales if name == p or name.startswith(p + "/")), key=len, default=None)
   return 1.0 if best is None else scales[best]
-
-
-# --------------------------------------------------------------------------- state
 
 
 def put_global(tree, shardings):
@@ -104,8 +92,8 @@ def init_state(tx, host_params, param_sh, mesh) -> tuple[dict, dict]:
 
 
 def grad_step(tx, loss_fn: Callable, state: dict, *args) -> tuple[dict, dict]:
-  """Every trainer's step (traceable): `loss, metrics = loss_fn(params, *args)`, its gradient,
-  one optimizer update of `state`. Returns (state, metrics + grad_norm)."""
+  """One optimizer update of `state` by the gradient of `loss, metrics = loss_fn(params, *args)`.
+  Returns (state, metrics + grad_norm)."""
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], *args)
   metrics["grad_norm"] = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -115,12 +103,9 @@ def grad_step(tx, loss_fn: Callable, state: dict, *args) -> tuple[dict, dict]:
 
 def device_batch(mesh, batch: dict) -> dict:
   """This process's rows of a host batch -> global arrays split over the batch axes."""
-  batch = {k: v for k, v in batch.items() if k not in data.HOST_KEYS}
-  return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
-          for k, v in batch.items()}
-
-
-# ------------------------------------------------------------------------- workdir
+  sh = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sh, v) for k, v in batch.items()
+          if k not in data.HOST_KEYS}
 
 
 class WorkdirInUse(ValueError):
@@ -129,10 +114,9 @@ class WorkdirInUse(ValueError):
 
 @contextlib.contextmanager
 def exclusive(path: str, what: str, wait: bool = False):
-  """Holds an exclusive lock on the file `path` (`fcntl.flock`) while the block runs; another
-  holder makes it raise WorkdirInUse at once, naming `what` and the holder (or, with `wait`,
-  wait for it). The lock goes with the process: a killed run leaves no stale lock (the file
-  stays, unlocked)."""
+  """An exclusive `fcntl.flock` on the file `path` while the block runs; another holder makes it
+  raise WorkdirInUse naming `what` and the holder (or, with `wait`, wait). A killed process
+  leaves no stale lock."""
   f = open(path, "a+", encoding="utf-8")
   try:
     try:
@@ -153,17 +137,13 @@ def exclusive(path: str, what: str, wait: bool = False):
 
 
 def workdir_lock(workdir: str):
-  """Creates `workdir` (refusing a file) and locks it for this run: a second run on the same
-  workdir fails at once. Each process of a multi-process run locks its own file
-  (`run-<process index>.lock`), so the processes of one run share a workdir."""
+  """Creates `workdir` (refusing a file) and locks it for this run. Each process locks its own
+  `run-<process index>.lock`, so the processes of one run share it."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir {workdir} is a file, not a folder")
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, f"run-{jax.process_index()}.lock")
   return exclusive(path, f"--workdir {workdir}")
-
-
-# ----------------------------------------------------------------------- checkpoints
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
@@ -196,20 +176,16 @@ def save(mngr, step: int, state, train_iter, force: bool = False) -> None:
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())))
 
 
-# --------------------------------------------------------------------------- logging
-
-
 class Logger:
   """Metrics to stdout and workdir/metrics.jsonl (process 0), plus a progress bar."""
 
   def __init__(self, workdir: str, total: int, start: int, progress: bool):
     self.main = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.bar = None
     if self.main:
       drop_redone_rows(self.path, start)
-    if self.main and progress:
-      self.bar = tqdm(total=total, initial=start, unit="step", desc="train", dynamic_ncols=True)
+    self.bar = tqdm(total=total, initial=start, unit="step", desc="train", dynamic_ncols=True,
+                    disable=not (self.main and progress))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.main:
@@ -218,26 +194,15 @@ class Logger:
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in row.items() if k not in ("ids",))
-    if self.bar is not None:
-      self.bar.write(shown)
-    else:
+                     for k, v in row.items() if k != "ids")
+    if self.bar.disable:
       print(shown, flush=True)
-
-  def advance(self, n: int, postfix: dict | None = None) -> None:
-    if self.bar is not None:
-      if postfix:
-        self.bar.set_postfix(postfix, refresh=False)
-      self.bar.update(n)
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
+    else:
+      self.bar.write(shown)
 
 
 def drop_redone_rows(path: str, step: int) -> None:
-  """A run resumed from the checkpoint of `step` redoes the steps after it: drop their rows
-  (and a line cut short by a crash) from the metrics file, atomically, so none is logged twice."""
+  """Drops the rows after `step` (a resumed run redoes them) and a line cut short by a crash."""
   if not os.path.isfile(path):
     return
   with open(path, encoding="utf-8") as f:
@@ -252,9 +217,14 @@ def drop_redone_rows(path: str, step: int) -> None:
       kept.append(line)
   if len(kept) == len(lines):
     return
+  write_atomic(path, "".join(l + "\n" for l in kept).encode())
+
+
+def write_atomic(path: str, data: bytes) -> None:
+  """Writes `path` through a temporary name in its folder and a rename (never half a file)."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("".join(l + "\n" for l in kept))
+  with open(tmp, "wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -270,8 +240,7 @@ def _scalar(v):
 
 
 def compile_info(step_fn, *args) -> dict:
-  """Compiles `step_fn` for these arguments: the compile time and XLA's memory estimate per
-  device (arguments + outputs + temporaries)."""
+  """Compiles `step_fn` for these arguments: the compile time and XLA's memory per device."""
   t0 = time.time()
   mem = step_fn.lower(*args).compile().memory_analysis()
   info = {"compile_s": time.time() - t0}
@@ -281,12 +250,8 @@ def compile_info(step_fn, *args) -> dict:
   return info
 
 
-# ------------------------------------------------------------------------------ loop
-
-
 def setup_mesh(config) -> Mesh:
-  """A trainer's first step: the compilation cache (`config.compilation_cache`), the mesh
-  (`config.mesh`), and a global batch that splits over it."""
+  """The compilation cache, the mesh (`config.mesh`), and a global batch that splits over it."""
   if config.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache)
   mesh = sharding.make_mesh(config.mesh)
@@ -298,9 +263,8 @@ def setup_mesh(config) -> Mesh:
 
 @dataclasses.dataclass
 class Run:
-  """A trainer's loop before it runs: the optimizer, the sharded state (the newest checkpoint's
-  when there is one: then `start` is its step and `train_iter` is at its position), the
-  checkpoint manager. `create` makes it; `fit` runs it."""
+  """A trainer's loop before it runs: optimizer, sharded state (restored from the newest
+  checkpoint, if any: `start` is its step, `train_iter` at its position), checkpoint manager."""
   config: Any
   workdir: str
   mesh: Mesh
@@ -324,8 +288,7 @@ class Run:
     return cls(config, workdir, mesh, sched, tx, state, state_sh, mngr, train_iter, total, start)
 
   def jit_step(self, step_fn: Callable) -> Callable:
-    """`step_fn(state, batch, *step_args) -> (state, metrics)` jitted: the state donated and
-    kept in its shardings, the metrics replicated."""
+    """`step_fn(state, batch, *step_args) -> (state, metrics)` jitted, the state donated."""
     return jax.jit(step_fn, out_shardings=(self.state_sh, sharding.replicated(self.mesh)),
                    donate_argnums=(0,))
 
@@ -334,12 +297,10 @@ class Run:
 
   def fit(self, step_fn: Callable, evaluate: Callable[[dict, int], dict] | None = None, *,
           step_args: tuple = (), skip: bool = False):
-    """Runs steps start..min(total, stop_at_step): `state, metrics = step_fn(state, batch,
-    *step_args)`. Every `log_every` steps the metrics (with lr and tokens/s) go to the Logger;
-    every `eval_every` steps (and at the last) `evaluate(state, step)`'s dict too; a checkpoint
-    every `checkpoint.every` steps, on SIGTERM (then it stops; with several processes all save
-    the same step) and at a time-boxed stop. `skip` (an export-only run): no step, the state as
-    restored. Closes the checkpoint manager. Returns (state, step, last metrics, last eval)."""
+    """Runs steps start..min(total, stop_at_step), logging every `log_every` steps, evaluating
+    every `eval_every` (and at the last), saving every `checkpoint.every`, on SIGTERM (then
+    stopping) and at a time-boxed stop; `skip`: no step (export only). Returns (state, step,
+    last metrics, last eval)."""
     out = (self.state, self.start, {}, {}) if skip else _steps(self, step_fn, evaluate, step_args)
     self.mngr.close()
     return out
@@ -349,11 +310,11 @@ def _steps(run: Run, step_fn, evaluate, step_args):
   """Run.fit's loop."""
   config, workdir, mngr, train_iter = run.config, run.workdir, run.mngr, run.train_iter
   state, start, total, mesh, sched = run.state, run.start, run.total, run.mesh, run.sched
-  pid, nproc = jax.process_index(), jax.process_count()
   stop = {"sigterm": False}
   in_main = threading.current_thread() is threading.main_thread()  # signals need the main thread
-  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True)) if in_main else None
-  logger = Logger(workdir, total, start, config.progress and pid == 0)
+  if in_main:
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+  logger = Logger(workdir, total, start, config.progress)
   step, last, last_eval = start, {}, {}
   pending, t_log, tokens = [], time.time(), 0
   end = min(total, config.stop_at_step or total)
@@ -388,7 +349,9 @@ def _steps(run: Run, step_fn, evaluate, step_args):
             row["tokens_per_s"] = rate
           logger.write(s, row)
           last = row
-        logger.advance(len(pending), {"loss": f"{last['loss']:.4g}", "tok/s": f"{rate:.0f}"})
+        logger.bar.set_postfix({"loss": f"{last['loss']:.4g}", "tok/s": f"{rate:.0f}"},
+                               refresh=False)
+        logger.bar.update(len(pending))
         pending, t_log, tokens = [], time.time(), 0
       if evaluate is not None and config.eval_every and (step % config.eval_every == 0
                                                           or step == total):
@@ -401,7 +364,7 @@ def _steps(run: Run, step_fn, evaluate, step_args):
       if step == config.debug.sigterm_after_step:  # tests: a preemption notice
         os.kill(os.getpid(), signal.SIGTERM)
       sigterm = stop["sigterm"]
-      if nproc > 1:
+      if jax.process_count() > 1:
         sigterm = bool(np.any(multihost_utils.process_allgather(np.asarray(sigterm))))
       if sigterm:
         logging.warning("SIGTERM: saving step %d and stopping", step)
@@ -413,7 +376,7 @@ def _steps(run: Run, step_fn, evaluate, step_args):
   finally:
     if in_main:
       signal.signal(signal.SIGTERM, previous)
-    logger.close()
+    logger.bar.close()
   if pending:  # stopped between two log steps
     for s, m, i in jax.device_get(pending):
       logger.write(s, dict(m))

@@ -1,19 +1,9 @@
-"""The draft training losses of vispec-reference.md section 6.3, one short pure function each.
+"""The draft losses of vispec-reference.md section 6.3, one pure function each (docs/training.md).
 
-Per draft position i (a "masked position" is one whose prediction is supervised, see
-`trainer`/`model.position_mask`):
-  h      draft output feature                       [..., E]
-  f      the target's next feature f_{i+1}          [..., E]
-  z      draft logits  lm_head(h)                   [..., V]  (fp32)
-  p      target probs  softmax(lm_head(f))          [..., V]  (fp32, no gradient)
-
-Every per-position term returns [...] (no reduction); `masked_mean` pools a term over the masked
-positions of the whole batch (token-weighted: the reference trains with batch size 1, where this
-is its per-sample mean). `total_loss` combines the terms with their weights.
-
-Reference weights (`STAGE1_WEIGHTS`, `STAGE2_WEIGHTS`):
-  stage 1:  1.0 * SmoothL1(h, f) + 0.1 * (softCE + 0.1 * ListMLE@10)
-  stage 2:  10 * L1(softmax(z), p) + 0.1 * ListMLE@10
+Per draft position: h the draft's output feature [..., E], f the target's next feature [..., E],
+z = lm_head(h) draft logits [..., V], p = softmax(lm_head(f)) target probs [..., V] (fp32, no
+gradient). Each term returns [...]; `masked_mean` pools it over the supervised positions
+(token-weighted; the reference trains with batch size 1).
 """
 
 from __future__ import annotations
@@ -26,39 +16,30 @@ import jax.numpy as jnp
 # Term name -> weight. The stage-1 ListMLE weight is 0.1 inside the 0.1-weighted "ploss".
 STAGE1_WEIGHTS = {"feature_smooth_l1": 1.0, "soft_ce": 0.1, "listmle": 0.01}
 STAGE2_WEIGHTS = {"prob_l1": 10.0, "listmle": 0.1}
-LISTMLE_TOP = 10
 
 
 def feature_smooth_l1(h: jax.Array, f: jax.Array, beta: float = 1.0) -> jax.Array:
-  """Feature regression ("vloss", stage 1): SmoothL1 with beta=1 between the draft's output
-  feature and the target's next feature, mean over the hidden dimension. Returns [...]."""
+  """Feature regression ("vloss", stage 1): SmoothL1(h, f), mean over the hidden dimension."""
   d = jnp.abs(h.astype(jnp.float32) - f.astype(jnp.float32))
   per = jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
   return jnp.mean(per, axis=-1)
 
 
 def soft_cross_entropy(z: jax.Array, p: jax.Array) -> jax.Array:
-  """Soft cross-entropy ("ploss", stage 1): -sum_v p_v log softmax(z)_v, the target's full
-  distribution as the label. Returns [...]."""
+  """Soft cross-entropy ("ploss", stage 1): -sum_v p_v log softmax(z)_v."""
   return -jnp.sum(p * jax.nn.log_softmax(z.astype(jnp.float32), axis=-1), axis=-1)
 
 
 def prob_l1(z: jax.Array, p: jax.Array) -> jax.Array:
-  """Probability L1 (stage 2): sum_v |softmax(z)_v - p_v|, i.e. twice the total variation
-  distance between the draft's and the target's next-token distributions. Returns [...]."""
+  """Probability L1 (stage 2): sum_v |softmax(z)_v - p_v| (twice the total variation)."""
   return jnp.sum(jnp.abs(jax.nn.softmax(z.astype(jnp.float32), axis=-1) - p), axis=-1)
 
 
-def listmle(z: jax.Array, p: jax.Array, top: int = LISTMLE_TOP) -> jax.Array:
-  """ListMLE ranking loss on the target's top-`top` tokens (both stages).
-
-  With t_1..t_k the target's k most likely tokens in decreasing order of p and z_j the draft
-  logit of t_j: -sum_j (z_j - logsumexp(z_j, ..., z_k)). Only those k logits enter the
-  denominators (a Plackett-Luce likelihood of the target's ranking). Returns [...].
-  """
+def listmle(z: jax.Array, p: jax.Array, top: int = 10) -> jax.Array:
+  """ListMLE on the target's top-k tokens t_1..t_k (by p), z_j the draft logit of t_j:
+  -sum_j (z_j - logsumexp(z_j, ..., z_k)), the Plackett-Luce likelihood of the target's ranking."""
   _, idx = jax.lax.top_k(p, top)                            # [..., k], descending p
   zk = jnp.take_along_axis(z.astype(jnp.float32), idx, -1)  # [..., k]
-  # logsumexp over each suffix j..k, as a masked [k, k] logsumexp (k is small).
   later = jnp.arange(top)[None, :] >= jnp.arange(top)[:, None]          # [j, m]: m >= j
   suffix = jax.nn.logsumexp(jnp.where(later, zk[..., None, :], -jnp.inf), axis=-1)
   return -jnp.sum(zk - suffix, axis=-1)

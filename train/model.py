@@ -1,24 +1,10 @@
 """The math of one training step: target features, draft passes, losses, per-depth accuracy.
 
-Shapes: B batch, L padded length (right padding), E hidden, V vocab. Alignment (EAGLE, see
-vispec-reference.md 2.5 and 6.6): draft position i sees (f_i, e_{i+1}) and predicts f_{i+1},
-whose lm_head distribution p_{i+1} is the target's prediction of token i + 2.
-
-  f      target last-layer features (after the final norm)     [B, L, E]  no gradient
-  e      target input embeddings (vision features at vision tokens)
-  x_i    (f_i + noise, e_{i+1})  ->  draft  ->  h_i  ->  z_i = lm_head(h_i)
-  loss   terms of train/losses.py between (h_i, z_i) and (f_{i+1}, p_{i+1}), on positions i with
-         token i + mask_offset an answer token
-
-Passes (`passes`): EAGLE / ViSpec: pass 0 on the noisy target features, then `mtp_steps` passes
-that feed the draft its own previous outputs shifted by one (the reference's anti-shortcut
-scheme, section 6.4; gradients flow through the fed-back predictions), all against the same
-targets. Medusa: head k on f_i predicts f_{i+k+1} (token i + k + 2). The loss averages the passes.
-
-Evaluation (`depth_accuracy`): top-1 accuracy of draft step k = 1..D given the previous k - 1
-tokens right -- the draft runs on its own features for k - 1 steps from real features, with the
-data's (the target's greedy) tokens. For the one-layer draft this is exact in one call per step:
-step-k queries attend the real keys up to the chain's start plus the chain's own k - 1 keys.
+B batch, L padded length (right padding), E hidden, V vocab. EAGLE alignment (vispec-reference.md
+2.5, 6.6): draft position i sees (f_i + noise, e_{i+1}) (f the target's last-layer features, e
+its input embeddings) and its output h_i is compared with f_{i+1} and p_{i+1} = softmax(lm_head(
+f_{i+1})). EAGLE / ViSpec run 1 + mtp_steps passes, each fed the previous pass's outputs (the
+reference's anti-shortcut scheme, 6.4); Medusa head k on f_i predicts f_{i+k+1}. docs/training.md.
 """
 
 from __future__ import annotations
@@ -49,7 +35,6 @@ class Spec:
   noise_per_length: bool = True
   vision: Any = None                 # train.targets.VisionAdapter (online mode with images)
   precomputed: bool = False
-  mrope: bool = False
 
   @property
   def kind(self) -> str:
@@ -63,10 +48,6 @@ def shift_left(x: jax.Array, n: int = 1) -> jax.Array:
   pad = [(0, 0)] * x.ndim
   pad[1] = (0, n)
   return jnp.pad(x[:, n:], pad)
-
-
-def head_params(target_params) -> dict:
-  return draft_lib.head_params(target_params["text"])
 
 
 def target_features(spec: Spec, target_params, batch) -> tuple[jax.Array, jax.Array]:
@@ -107,9 +88,7 @@ def add_noise(spec: Spec, key: jax.Array, f: jax.Array, lengths: jax.Array) -> j
 
 def passes(spec: Spec, params, f_in: jax.Array, next_embeds, batch, image_slots):
   """(draft outputs h [P, B, L, E], shifts: P ints): pass k's h_i is compared with f_{i+s_k}.
-
-  EAGLE / ViSpec: 1 + mtp_steps passes, each fed the previous pass's outputs shifted by one (a
-  `lax.scan`, so the draft compiles once), all with shift 1. Medusa: head k, shift k + 1."""
+  EAGLE / ViSpec: a `lax.scan` (the draft compiles once), every shift 1; Medusa: head k, k + 1."""
   if spec.kind == "medusa":
     n = spec.drafter.cfg.medusa_heads
     return jnp.stack([head_forward(params, k, f_in) for k in range(n)]), tuple(range(1, n + 1))
@@ -133,9 +112,8 @@ def _per_pass(fn, shifts):
 
 
 def loss_fn(spec: Spec, params, head, f, embeds, batch, key):
-  """(total loss, metrics) of one batch. The terms pool the supervised positions of all passes
-  (the reference's loss over the concatenated passes); metrics hold each term (unweighted),
-  the top-1 accuracy of every pass and the number of supervised positions."""
+  """(total loss, metrics) of one batch: the terms pool the supervised positions of all passes
+  (the reference's loss over the concatenated passes); metrics: each term, acc_k, positions."""
   f_in = add_noise(spec, key, f, batch["lengths"])
   next_embeds, image_slots = draft_inputs(batch, embeds)
   p_all = losses.target_probs(decoder.logits(head, f))      # p_j for every position j
@@ -157,10 +135,10 @@ def loss_fn(spec: Spec, params, head, f, embeds, batch, key):
 
 
 def chain_hidden(spec: Spec, params, f, next_embeds, attn, image_slots, depth: int):
-  """[h_0, ..., h_{depth-1}], each [B, L, E]: h_k at position t is the draft's output after k
-  steps on its own features, starting from the real features up to position t - k (so h_k_t
-  predicts f_{t+1}, like h_0). One layer-call per step: the step-k queries attend the real keys
-  up to the chain's start plus the chain's own k keys, through a cache of depth x L slots."""
+  """[h_0, ..., h_{depth-1}], each [B, L, E]: h_k at t is the draft's output after k steps on its
+  own features from the real ones up to t - k (so it predicts f_{t+1}, like h_0). One layer call
+  per step (exact for the one-layer draft): step-k queries attend the real keys up to the
+  chain's start plus the chain's own k keys, in a cache of depth x L slots."""
   drafter, cfg = spec.drafter, spec.drafter.cfg
   b, L, _ = f.shape
   x, keys, extra = drafter.prompt_inputs(params, f, next_embeds, attn, image_slots)
@@ -189,7 +167,8 @@ def chain_hidden(spec: Spec, params, f, next_embeds, attn, image_slots, depth: i
 
 
 def depth_accuracy(spec: Spec, params, head, f, embeds, batch, depth: int) -> dict:
-  """Top-1 accuracy of draft steps 1..depth (see the module docstring); Medusa: of each head."""
+  """Top-1 accuracy of draft step k = 1..depth given the previous k - 1 (data) tokens right, the
+  draft on its own features (`chain_hidden`); Medusa: of each head."""
   next_embeds, image_slots = draft_inputs(batch, embeds)
   p_all = decoder.logits(head, f)
   out = {}

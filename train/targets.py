@@ -1,17 +1,12 @@
-"""The frozen target in training: loading it, and its vision tower on fixed-shape batches.
-
-The library encodes images one request at a time with host-side layouts (`encode_vision`). A
-training batch instead holds B images of ONE size (datagen resizes every image to
-`datagen.image_size`), so the layout (Qwen window order, LLaVA anyres index) is a constant and
-the tower runs vmapped over the batch inside the jitted, sharded train step:
-
-  host (grain worker):  uint8 image -> `VisionAdapter.pixels(image)`    fixed-shape float32
-  device (train step):  `VisionAdapter.encode(vision_params, pixels)`   [B, n_tokens, E]
+"""The frozen target in training: loading it, and its vision tower on batches of images of ONE
+size (datagen resizes every image), so the layout is a constant and the tower runs vmapped inside
+the jitted step: `VisionAdapter.pixels(image)` on the host (grain worker), `.encode` on device.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -23,9 +18,8 @@ from PIL import Image
 import vispec_jax as vj
 from vispec_jax import models, testing
 
-TINY = {"tiny:qwen": lambda d: testing.make_tiny_qwen(d),
-        "tiny:llava": lambda d: testing.make_tiny_llava(d),
-        "tiny:llava_next": lambda d: testing.make_tiny_llava(d, next=True)}
+TINY = {"tiny:qwen": testing.make_tiny_qwen, "tiny:llava": testing.make_tiny_llava,
+        "tiny:llava_next": functools.partial(testing.make_tiny_llava, next=True)}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -52,10 +46,7 @@ def resolve_folder(spec: str, cache_dir: str | None = None) -> str:
 
 def load_target(spec: str, dtype: str = "float32", cache_dir: str | None = None,
                 mesh=None) -> vj.Target:
-  """With a `mesh`, every weight goes straight into its sharded layout (no full copy on one
-  device)."""
-  if dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {dtype!r}; known: {sorted(DTYPES)}")
+  """With a `mesh`, every weight goes straight into its sharded layout (no copy on one device)."""
   return vj.load_target(resolve_folder(spec, cache_dir), dtype=DTYPES[dtype], mesh=mesh)
 
 
@@ -85,10 +76,6 @@ class VisionAdapter:
   def num_tokens(self) -> int:
     return self.item.num_tokens
 
-  @property
-  def grid(self) -> tuple[int, int, int]:
-    return tuple(self.item.grid_thw)
-
   def pixels(self, image: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> the tower's fixed-shape float32 input for one image."""
     if tuple(image.shape[:2]) != tuple(self.image_hw):
@@ -100,4 +87,5 @@ class VisionAdapter:
     """[B, ...pixels] -> vision tokens [B, n_tokens, E] (traceable; vmapped over B)."""
     fam, cfg, layout = self.family, self.config.vision, self.item.layout
     dtype = jax.tree.leaves(vision_params)[0].dtype
-    return jax.vmap(lambda px: fam.encode_item(vision_params, cfg, px, layout))(pixels.astype(dtype))
+    return jax.vmap(lambda px: fam.encode_item(vision_params, cfg, px, layout))(
+        pixels.astype(dtype))

@@ -1,22 +1,9 @@
-"""The draft trainer: one readable loop (big_vision style).
+"""The draft trainer (big_vision style): the frozen target runs in the jitted step (or datagen's
+stored features), the draft and its AdamW state are sharded by the logical-axis rules, and
+`train/loop.py` runs the loop (logging, eval, orbax checkpoints, exact resume). At the end,
+workdir/draft is a folder `vj.load_draft` reads. The whole recipe: docs/training.md.
 
     python -m train --config configs/tiny_qwen.py --workdir /tmp/run [--config.key=value ...]
-
-  mesh (data, fsdp, tensor)                     train/sharding.py, config.mesh
-  frozen target, sharded, run online            train/model.py:target_features (or the
-                                                features datagen stored: data.features)
-  draft params + AdamW state, sharded           logical axis rules, train/sharding.py
-  batches                                       train/data.py (grain), this process's rows
-  train_step (jit, donated state)               noise -> draft passes -> losses -> clip -> AdamW
-  every log_every steps                         metrics to stdout, workdir/metrics.jsonl, bar
-  every eval_every steps                        top-1 accuracy of draft steps 1..eval_depth
-  every checkpoint.every steps, and on SIGTERM  orbax: params, optimizer state, step, and the
-                                                data iterator's position (async, keep N)
-  at the end                                    workdir/draft: a folder `vj.load_draft` reads
-
-The optimizer, state placement, checkpoints, logging and the loop itself are shared with the
-target trainer (`train/loop.py`). A restarted run continues from the newest checkpoint exactly:
-same params, optimizer state, noise (keyed by step) and next batch.
 """
 
 from __future__ import annotations
@@ -35,9 +22,6 @@ from train import data, datagen, loop, model, sharding, targets
 import vispec_jax as vj
 from vispec_jax import draft as draft_lib
 from vispec_jax.target import batch_from_rows
-
-
-# ----------------------------------------------------------------------------- setup
 
 
 def make_draft_config(config, target) -> vj.DraftConfig:
@@ -66,37 +50,29 @@ def init_draft_params(config, dcfg, target, key):
 
 def make_spec(config, target, dcfg, meta) -> model.Spec:
   precomputed = config.data.features == "precomputed"
-  if config.data.features not in ("online", "precomputed"):
-    raise ValueError(f"data.features must be 'online' or 'precomputed', got "
-                     f"{config.data.features!r}")
   if precomputed and not meta.get("feature_dim"):
     raise ValueError("data.features='precomputed' but the dataset has no stored features "
                      "(generate it with datagen.store_features=True)")
-  vision = None
-  if meta.get("image_hw") and not precomputed:
-    vision = targets.VisionAdapter.for_target(target, meta["image_hw"])
+  vision = (targets.VisionAdapter.for_target(target, meta["image_hw"])
+            if meta.get("image_hw") and not precomputed else None)
   return model.Spec(
       drafter=vj.make_drafter(dcfg), text=target.config.text,
       weights=tuple(sorted((k, float(v)) for k, v in config.loss.weights.items())),
       mtp_steps=int(config.loss.mtp_steps), mask_offset=int(config.loss.mask_offset),
       noise_scale=float(config.noise.scale), noise_ref_len=int(config.noise.ref_len),
-      noise_per_length=bool(config.noise.per_length), vision=vision, precomputed=precomputed,
-      mrope=target.config.text.mrope_section is not None)
-
-
-# ------------------------------------------------------------------------------ steps
+      noise_per_length=bool(config.noise.per_length), vision=vision, precomputed=precomputed)
 
 
 def train_step(spec, tx, seed, state, batch, target_params):
   """One optimizer step. state = {"params", "opt_state", "step"}."""
   key = jax.random.fold_in(jax.random.PRNGKey(seed), state["step"])
-  head = model.head_params(target_params)
+  head = draft_lib.head_params(target_params["text"])
   f, embeds = model.target_features(spec, target_params, batch)
   return loop.grad_step(tx, lambda p: model.loss_fn(spec, p, head, f, embeds, batch, key), state)
 
 
 def eval_step(spec, depth, params, batch, target_params):
-  head = model.head_params(target_params)
+  head = draft_lib.head_params(target_params["text"])
   f, embeds = model.target_features(spec, target_params, batch)
   quiet = dataclasses.replace(spec, noise_scale=0.0)
   _, metrics = model.loss_fn(quiet, params, head, f, embeds, batch, jax.random.PRNGKey(0))
@@ -122,19 +98,14 @@ def speculative_tau(config, target, dcfg, params, records, image_hw) -> dict:
   out = vj.speculative_generate(target, vj.make_drafter(dcfg), params, batch, tree=tree,
                                 max_new_tokens=t.max_new_tokens)
   stats = jax.device_get(out.stats)
-  return {"eval/tau": float(np.sum(stats.accepted) / max(np.sum(stats.target_forwards), 1)),
-          "eval/tokens_per_forward": float(
-              (np.sum(stats.accepted) + np.sum(stats.target_forwards))
-              / max(np.sum(stats.target_forwards), 1))}
-
-
-# ------------------------------------------------------------------------------ train
+  accepted, forwards = np.sum(stats.accepted), np.sum(stats.target_forwards)
+  return {"eval/tau": float(accepted / max(forwards, 1)),
+          "eval/tokens_per_forward": float((accepted + forwards) / max(forwards, 1))}
 
 
 def train(config, workdir: str) -> dict:
-  """Trains a draft; returns {"step", "metrics": last logged, "eval": last eval, "draft"}.
-  The config is checked first (configs/common.py:check); the workdir is locked while it runs
-  (a second run on it fails at once: loop.workdir_lock)."""
+  """Trains a draft; returns {"step", "metrics": last logged, "eval": last eval, "draft"}. The
+  config is checked first; the workdir is locked while it runs (`loop.workdir_lock`)."""
   common.check(config)
   with loop.workdir_lock(workdir):
     return _train(config, workdir)
@@ -156,15 +127,13 @@ def _train(config, workdir: str) -> dict:
   spec = make_spec(config, target, dcfg, records.meta)
   collate = data.Collator.for_target(config, target, spec.vision, spec.precomputed)
 
-  # Params and optimizer state, sharded by the logical axis rules; resumed from the newest
-  # checkpoint.
   host_params = init_draft_params(config, dcfg, target, jax.random.PRNGKey(config.seed))
   run = loop.Run.create(config, workdir, mesh, host_params,
                         sharding.param_shardings(host_params, mesh, dcfg.head_dim, rules),
                         records.train_iter(collate), records.total, records.warmup)
   target_params = target.params
   if spec.precomputed:  # only the embedding and lm_head are needed
-    target_params = {"text": model.head_params(target_params)}
+    target_params = {"text": draft_lib.head_params(target_params["text"])}
   if config.sharding.rules:
     target_params = loop.put_global(target_params, sharding.param_shardings(
         target_params, mesh, sharding.head_dims(target.config), rules))
@@ -175,14 +144,9 @@ def _train(config, workdir: str) -> dict:
   def evaluate(state, step):
     del step
     ds = records.dataset(collate, train=False)
-    sums, n = {}, 0
-    for i in range(config.eval_batches):
-      out = jax.device_get(eval_fn(state["params"], loop.device_batch(mesh, ds[i]),
-                                    target_params))
-      for k, v in out.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-      n += 1
-    out = {f"eval/{k}": v / max(n, 1) for k, v in sums.items()}
+    rows = [jax.device_get(eval_fn(state["params"], loop.device_batch(mesh, ds[i]), target_params))
+            for i in range(config.eval_batches)]
+    out = {f"eval/{k}": sum(float(r[k]) for r in rows) / len(rows) for k in rows[0]}
     if config.eval_tau.prompts and jax.process_count() == 1:
       held = [records.source[int(i)] for i in records.held[:config.eval_tau.prompts]]
       out.update(speculative_tau(config, target, dcfg, jax.device_get(state["params"]), held,
