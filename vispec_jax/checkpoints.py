@@ -227,12 +227,6 @@ def _get_path(tree, path):
   return tree
 
 
-def _set_path(tree, path, value):
-  for p in path[:-1]:
-    tree = tree[p]
-  tree[path[-1]] = value
-
-
 def load_params(files: list[str], name_map: NameMap, shapes, dtype, shardings=None) -> Any:
   """Fills a params tree with the structure of `shapes` (ShapeDtypeStruct leaves) from files.
 
@@ -259,11 +253,12 @@ def load_params(files: list[str], name_map: NameMap, shapes, dtype, shardings=No
             f"conversion (stored {tuple(array.shape)}), model expects {tuple(want)}")
       if shardings is None:
         # Cast on the host (ml_dtypes handles bf16), then one device copy of this tensor only.
-        _set_path(params, path, jnp.asarray(np.asarray(value, dtype=np_dtype)))
+        leaf = jnp.asarray(np.asarray(value, dtype=np_dtype))
       else:
-        _set_path(params, path, jax.make_array_from_callback(
+        leaf = jax.make_array_from_callback(
             tuple(want), _get_path(shardings, path),
-            lambda index, value=value: np.asarray(value[index], dtype=np_dtype)))
+            lambda index, value=value: np.asarray(value[index], dtype=np_dtype))
+      _get_path(params, path[:-1])[path[-1]] = leaf
   missing = sorted(set(name_map.entries) - seen)
   parts = [f"{what} tensors: {names[:20]}" + (" ..." if len(names) > 20 else "")
            for what, names in (("missing", missing), ("unexpected", unexpected)) if names]

@@ -15,6 +15,7 @@ under the params paths ("layer.attn.q.kernel", kernels [in, out]); it round-trip
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -26,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vispec_jax import checkpoints, layers
-from vispec_jax.checkpoints import TRANSPOSE, CheckpointError, NameMap
+from vispec_jax.checkpoints import CheckpointError, NameMap
 from vispec_jax.configs import ConfigError
 from vispec_jax.draft import DraftConfig, check_params, make_drafter, param_shapes
+from vispec_jax.models import decoder
 from vispec_jax.models.hf_config import check_hf_config, json_repr
 
 FORMAT_KEY = "vispec_jax_draft"
@@ -59,21 +61,16 @@ def official_name_map(cfg: DraftConfig) -> NameMap:
   """Reference (PyTorch) tensor names -> our params paths."""
   m = NameMap(OFFICIAL_PREFIXES)
   m.ignore("embed_tokens.weight")  # checked against the target, not kept
-
-  def linear(name: str, path: tuple, bias: bool = False):
-    m.add(f"{name}.weight", path + ("kernel",), TRANSPOSE)
-    if bias:
-      m.add(f"{name}.bias", path + ("bias",))
-
+  linear = functools.partial(decoder.add_linear, m)
   if cfg.kind == "medusa":
     for i in range(cfg.medusa_heads):
-      linear(f"medusa_head.{i}.0.linear", ("heads", i), bias=True)
+      linear(f"medusa_head.{i}.0.linear", ("heads", i))
     return m
   linear("fc", ("fc",), cfg.fc_bias)
   for proj in "qkvo":
     linear(f"layers.0.self_attn.{proj}_proj", ("layer", "attn", proj), cfg.qkv_bias and proj != "o")
   for proj in ("gate", "up", "down"):
-    linear(f"layers.0.mlp.{proj}_proj", ("layer", "mlp", proj))
+    linear(f"layers.0.mlp.{proj}_proj", ("layer", "mlp", proj), False)
   m.add("layers.0.post_attention_layernorm.weight", ("layer", "post_norm", "scale"))
   if cfg.kind == "vispec":
     m.add("imadpt.q", ("adaptor", "q"))
@@ -229,11 +226,11 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
     except ConfigError as e:
       raise CheckpointError(str(e)) from None
   files = checkpoints.weight_files(folder)
-  header, where = {}, {}  # canonical official name -> header entry / (file, stored name)
-  for f in [] if native else files:
-    for name, info in checkpoints.open_weights(f).header.items():
+  header, where = {}, {}  # canonical official name -> header entry / (open file, stored name)
+  for weights in [] if native else map(checkpoints.open_weights, files):
+    for name, info in weights.header.items():
       canon = NameMap(OFFICIAL_PREFIXES).canonical(name)
-      header[canon], where[canon] = info, (f, name)
+      header[canon], where[canon] = info, (weights, name)
   if dtype is None:
     dtype = jnp.float32 if target is None else target.params["text"]["embed"].dtype
   cfg = _native_config(raw, path) if native else _official_config(raw, header, path)
@@ -241,9 +238,8 @@ def load_draft(folder: str, target=None, dtype=None, embedding_check: str = "war
   name_map = native_name_map(cfg) if native else official_name_map(cfg)
   params = checkpoints.load_params(files, name_map, param_shapes(cfg, dtype), dtype)
   if target is not None and "embed_tokens.weight" in where:
-    f, name = where["embed_tokens.weight"]
-    check_embedding(checkpoints.open_weights(f).get(name), target.params["text"]["embed"],
-                    embedding_check)
+    weights, name = where["embed_tokens.weight"]
+    check_embedding(weights.get(name), target.params["text"]["embed"], embedding_check)
   return Draft(cfg, params, folder)
 
 

@@ -18,11 +18,8 @@ from vispec_jax.engine.kv_cache import KVCache, causal, prompt_mask
 
 @dataclasses.dataclass(frozen=True)
 class EagleDrafter:
-  """Text-only EAGLE drafter: image tokens are ordinary positions with their vision embeddings.
-
-  Subclasses change how the prompt becomes draft inputs (`prompt_inputs`) and how a feature is
-  transformed before fc (`features_in`); the cache, tree steps and commits are shared.
-  """
+  """Subclasses change how the prompt becomes draft inputs (`prompt_inputs`) and how a feature is
+  transformed before fc (`features_in`); the cache, tree steps and commits are shared."""
   cfg: DraftConfig
 
   def features_in(self, params, state, features):

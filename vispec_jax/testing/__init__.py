@@ -1,11 +1,8 @@
 """Tiny models for tests, the quick-start command and examples: no download, no torch.
 
-`make_tiny_qwen(folder)` writes a complete Hugging Face-style Qwen2.5-VL folder (config.json,
-model.safetensors, tokenizer with a chat template, preprocessor_config.json) with random
-weights, loadable by `vj.load_target` and by transformers; `make_tiny_llava(folder, next=...)`
-does the same for LLaVA-1.5 / LLaVA-NeXT.
-
-    python -m vispec_jax.testing /tmp/tiny-qwen
+`make_tiny_qwen(folder)` and `make_tiny_llava(folder, next=...)` write complete Hugging Face-style
+Qwen2.5-VL / LLaVA-1.5 / LLaVA-NeXT folders with random weights, loadable by `vj.load_target` and
+by transformers (`python -m vispec_jax.testing /tmp/tiny-qwen`).
 """
 
 from __future__ import annotations
@@ -43,9 +40,12 @@ _CORPUS = [
 ]
 
 
-def _byte_level_bpe(vocab_size: int, special_tokens: list[str]):
-  """A `tokenizers` byte-level BPE (any text encodes) trained on the tiny corpus."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _tokenizer(vocab_size: int, special_tokens: list[str], chat_template: str,
+               add_bos: bool = False, **special):
+  """A byte-level BPE (any text encodes) trained on the tiny corpus, as a transformers
+  PreTrainedTokenizerFast; `add_bos`: "<s>" first when special tokens are asked for (LLaMA)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+  from transformers import PreTrainedTokenizerFast
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -53,18 +53,18 @@ def _byte_level_bpe(vocab_size: int, special_tokens: list[str]):
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
   tok.train_from_iterator(_CORPUS * 4, trainer)
-  return tok
+  if add_bos:
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+  fast.chat_template = chat_template
+  return fast
 
 
 def tiny_tokenizer(vocab_size: int = 320):
-  """A byte-level BPE tokenizer (any text encodes) with Qwen's special tokens, as a
-  transformers PreTrainedTokenizerFast."""
-  from transformers import PreTrainedTokenizerFast
-  tok = _byte_level_bpe(vocab_size, SPECIAL_TOKENS)
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                 pad_token="<|endoftext|>", unk_token=None)
-  fast.chat_template = CHAT_TEMPLATE
-  return fast
+  """A byte-level BPE tokenizer with Qwen's special tokens and a Qwen-style chat template."""
+  return _tokenizer(vocab_size, SPECIAL_TOKENS, CHAT_TEMPLATE, eos_token="<|im_end|>",
+                    pad_token="<|endoftext|>", unk_token=None)
 
 
 def tiny_qwen_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4,
@@ -115,8 +115,7 @@ def write_tokenizer_and_processor(tokenizer, folder: str, preprocessor: dict | N
 
 def _write_tiny(folder: str, tokenizer, raw: dict, seed: int, std: float = 0.02,
                 preprocessor: dict | None = None, extra: dict | None = None) -> str:
-  """A checkpoint folder of config dict `raw`: random params (`layers.init_params`), config.json,
-  the tokenizer and the image processor settings."""
+  """A folder of config dict `raw`: random params, config.json, tokenizer, processor settings."""
   os.makedirs(folder, exist_ok=True)
   cfg = models.config_from_hf(raw)
   fam = models.family(cfg)
@@ -151,16 +150,8 @@ LLAVA_CHAT_TEMPLATE = (
 def tiny_llava_tokenizer(vocab_size: int = 320):
   """A byte-level BPE tokenizer with LLaMA's special tokens and `<image>`; like LLaMA's it adds
   `<s>` when asked for special tokens."""
-  from tokenizers import processors
-  from transformers import PreTrainedTokenizerFast
-  tok = _byte_level_bpe(vocab_size, LLAVA_SPECIAL_TOKENS)
-  bos = tok.token_to_id("<s>")
-  tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                     special_tokens=[("<s>", bos)])
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                 pad_token="<pad>", unk_token="<unk>")
-  fast.chat_template = LLAVA_CHAT_TEMPLATE
-  return fast
+  return _tokenizer(vocab_size, LLAVA_SPECIAL_TOKENS, LLAVA_CHAT_TEMPLATE, add_bos=True,
+                    bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
 TINY_PINPOINTS = [[28, 56], [56, 28], [56, 56], [28, 84], [84, 28]]
@@ -201,15 +192,12 @@ def tiny_llava_config(tokenizer, *, next: bool = False, hidden: int = 64, layers
 
 
 def llava_preprocessor_config(raw: dict) -> dict:
-  s = raw["vision_config"]["image_size"]
-  out = {"image_processor_type": "LlavaNextImageProcessor" if "image_grid_pinpoints" in raw
-         else "LlavaImageProcessor",
-         "size": {"shortest_edge": s}, "crop_size": {"height": s, "width": s},
-         "image_mean": [0.48145466, 0.4578275, 0.40821073],
-         "image_std": [0.26862954, 0.26130258, 0.27577711]}
-  if "image_grid_pinpoints" in raw:
-    out["image_grid_pinpoints"] = raw["image_grid_pinpoints"]
-  return out
+  s, pinpoints = raw["vision_config"]["image_size"], raw.get("image_grid_pinpoints")
+  return {"image_processor_type": "LlavaNextImageProcessor" if pinpoints else "LlavaImageProcessor",
+          "size": {"shortest_edge": s}, "crop_size": {"height": s, "width": s},
+          "image_mean": [0.48145466, 0.4578275, 0.40821073],
+          "image_std": [0.26862954, 0.26130258, 0.27577711],
+          **({"image_grid_pinpoints": pinpoints} if pinpoints else {})}
 
 
 def make_tiny_llava(folder: str, next: bool = False, seed: int = 0, std: float = 0.02,  # pylint: disable=redefined-builtin
@@ -238,11 +226,9 @@ def scene_image(width: int = 112, height: int = 84, seed: int = 0):
 
 @dataclasses.dataclass(frozen=True)
 class OracleDrafter:
-  """A drafter that already knows the answer: params = {"reference": int32[B, N]}, the target's
-  own greedy tokens. Along the path that follows the reference it proposes exactly the target's
-  choices, so every greedy round accepts the full tree depth. Tests the engine's bookkeeping (KV
-  compaction, positions, per-row lengths) independently of draft quality. Hashable: a static
-  argument of the jitted loop."""
+  """A drafter that already knows the answer, params = {"reference": int32[B, N]} (the target's
+  own greedy tokens), so every greedy round accepts the full tree depth: tests the engine's
+  bookkeeping (KV compaction, positions, per-row lengths) independently of draft quality."""
   vocab_size: int
 
   def _logp(self, params, index):
