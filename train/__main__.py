@@ -1,8 +1,7 @@
 """python -m train --config configs/<name>.py[:arg] --workdir DIR [--config.key=value ...]
 
-Multi-host: every host runs the same command with --coordinator HOST:PORT --num_processes N
---process_id I (or nothing on a TPU pod, where jax.distributed finds its peers itself when
---distributed is given).
+Multi-host: every host runs it with --coordinator HOST:PORT --num_processes N --process_id I (or,
+on a TPU pod, --distributed: jax.distributed finds its peers).
 """
 
 import jax

@@ -1,9 +1,6 @@
-"""Process setup and error handling shared by the absl command-line entry points (train,
-train.datagen, proj.scenes.train_target).
-
-`run(main)` is `absl.app.run(main)` with the project's CLI rules (infer/cli.py): a bad flag,
-a config file that does not load, an unknown config key or a value out of range is one
-`error: ...` line naming the flag or key, exit status 2; `--help` prints the flags, exit 0.
+"""Process setup and CLI rules of the absl entry points (train, train.datagen, proj.scenes):
+`run(main)` is `absl.app.run(main)` where a bad flag, config file, key or value is one
+`error: ...` line naming it, exit status 2 (infer/cli.py), and `--help` exits 0.
 """
 
 from __future__ import annotations
@@ -29,8 +26,8 @@ class _DropChatter(std_logging.Filter):
 
 
 def setup() -> None:
-  """Training never runs PyTorch, but transformers imports it (~10 s) for the tokenizer and
-  image-processor classes we use; keep it out unless VISPEC_ALLOW_TORCH=1. Quiet orbax."""
+  """Keeps PyTorch out (transformers imports it, ~10 s, for classes training never runs) unless
+  VISPEC_ALLOW_TORCH=1; quiets orbax."""
   if os.environ.get("VISPEC_ALLOW_TORCH") != "1" and "torch" not in sys.modules:
     sys.modules["torch"] = None  # `import torch` now fails fast; transformers runs without it
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -43,9 +43,6 @@ SYNTHETIC_QUESTIONS = [
 ]
 
 
-# --------------------------------------------------------------------------- inputs
-
-
 def load_inputs(spec: str, cfg) -> data.Lazy:
   """A random-access sequence of {"question", "image" (PIL or None), "answer" (optional)}."""
   if spec.startswith("synthetic:"):
@@ -126,15 +123,11 @@ def _tfds(spec: str, cfg) -> data.Lazy:
   return data.Lazy(len(src), get)
 
 
-# ------------------------------------------------------------------------- prompting
-
-
 def render_prompt(target, question: str, has_image: bool, system: str, instruction: str,
                   image_first: bool = False) -> str:
   """The reference's stage-2 prompt: system, then the user turn [question, image, instruction]
-  ([image, question, instruction] with `image_first`, the order `vj.prepare` uses for a prompt
-  without markers). The image is left as the library's `<image>` marker for
-  `vj.prepare(chat=False)`."""
+  (the image first with `image_first`, as `vj.prepare` places it), the image as the library's
+  `<image>` marker for `vj.prepare(chat=False)`."""
   question = question.replace(processing.IMAGE_MARKER, "").strip()
   tok = target.tokenizer
   if getattr(tok, "chat_template", None):
@@ -155,9 +148,6 @@ def render_prompt(target, question: str, has_image: bool, system: str, instructi
   image = [processing.IMAGE_MARKER] if has_image else []
   parts = [system] + (image + [question] if image_first else [question] + image) + [instruction]
   return "\n".join(p for p in parts if p)
-
-
-# ------------------------------------------------------------------------ generation
 
 
 class Generator:
@@ -242,9 +232,6 @@ class Generator:
     return records
 
 
-# ------------------------------------------------------------------------ chunk files
-
-
 def chunk_dir(config) -> str:
   return os.path.join(config.data.dir, f"{config.data.name}_chunks")
 
@@ -259,10 +246,9 @@ SIGNATURE_KEYS = ("input", "image_size", "system_prompt", "instruction", "image_
 
 
 def signature(config) -> dict:
-  """The settings that decide the data (written to <data.dir>/<name>_chunks/signature.json).
-  The target: its folder when it generates the answers; when the answers are kept
-  (`answer_key`) only its tokenizer and config matter, so `target_files` is a digest of the
-  folder's small files (config, tokenizer, processor, chat template), not its path."""
+  """The settings that decide the data (`signature.json` next to the chunks). With kept answers
+  (`answer_key`) the target counts only by a digest of its small files (config, tokenizer,
+  processor, chat template), not by its path."""
   sig = {k: config.datagen.get(k) for k in SIGNATURE_KEYS}
   sig["image_size"] = list(sig["image_size"]) if sig["image_size"] else None
   folder = config.target.folder
@@ -333,9 +319,6 @@ def generate_chunks(config, gen: Generator) -> None:
   bar.close()
 
 
-# ----------------------------------------------------------------------------- TFDS
-
-
 @functools.lru_cache(maxsize=None)
 def _builder_class():
   """The TFDS builder (made on first use: importing TFDS is slow)."""
@@ -347,8 +330,7 @@ def _builder_class():
     code_path = None  # no checksums file next to the code (and no importlib_resources lookup)
 
     def __init__(self, *, spec: dict | None = None, chunks: list[str] | None = None, **kwargs):
-      self._spec = spec
-      self._chunks = chunks
+      self._spec, self._chunks = spec, chunks
       super().__init__(**kwargs)
 
     def _info(self):

@@ -315,17 +315,11 @@ def _steps(run: Run, step_fn, evaluate, step_args):
   if in_main:
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
   logger = Logger(workdir, total, start, config.progress)
-  step, last, last_eval = start, {}, {}
+  step, last, last_eval, sigterm = start, {}, {}, False
   pending, t_log, tokens = [], time.time(), 0
   end = min(total, config.stop_at_step or total)
-
-  def save_now():
-    mngr.wait_until_finished()
-    if mngr.latest_step() != step:
-      save(mngr, step, state, train_iter, force=True)
-
   try:
-    while step < end:
+    while step < end and not sigterm:
       batch = next(train_iter)
       ids = batch["global_index"].tolist()
       tokens += int(batch["global_tokens"])
@@ -353,8 +347,7 @@ def _steps(run: Run, step_fn, evaluate, step_args):
                                refresh=False)
         logger.bar.update(len(pending))
         pending, t_log, tokens = [], time.time(), 0
-      if evaluate is not None and config.eval_every and (step % config.eval_every == 0
-                                                          or step == total):
+      if evaluate and config.eval_every and (step % config.eval_every == 0 or step == total):
         last_eval = evaluate(state, step)
         logger.write(step, last_eval)
       save(mngr, step, state, train_iter)
@@ -368,10 +361,10 @@ def _steps(run: Run, step_fn, evaluate, step_args):
         sigterm = bool(np.any(multihost_utils.process_allgather(np.asarray(sigterm))))
       if sigterm:
         logging.warning("SIGTERM: saving step %d and stopping", step)
-        save_now()
-        break
-    if step == end and end < total:  # time-boxed run: leave a checkpoint to resume from
-      save_now()
+    if sigterm or step < total:  # preempted or time-boxed: leave a checkpoint to resume from
+      mngr.wait_until_finished()
+      if mngr.latest_step() != step:
+        save(mngr, step, state, train_iter, force=True)
     mngr.wait_until_finished()
   finally:
     if in_main:
