@@ -95,14 +95,13 @@ def load_target(folder: str, dtype=jnp.float32, mesh=None) -> Target:
     shardings = sharding.param_shardings(shapes, mesh, head_dims)
   params = checkpoints.load_params(files, fam.name_map(cfg), shapes, dtype, shardings)
   tokenizer = _load_tokenizer(folder)
-  hf_config.check_preprocessor(checkpoints.preprocessor_config(folder),
-                               os.path.join(folder, "preprocessor_config.json"))
+  preprocessor = os.path.join(folder, "preprocessor_config.json")
+  hf_config.check_preprocessor(checkpoints.preprocessor_config(folder), preprocessor)
   try:
     processor = fam.make_image_processor(folder, cfg)
   except (ValueError, TypeError, KeyError, AttributeError) as e:  # a bad preprocessor_config.json
-    raise checkpoints.CheckpointError(
-        f"{os.path.join(folder, 'preprocessor_config.json')}: cannot build the image processor "
-        f"({type(e).__name__}: {e})") from None
+    raise checkpoints.CheckpointError(f"{preprocessor}: cannot build the image processor "
+                                      f"({type(e).__name__}: {e})") from None
   return Target(cfg, params, tokenizer, processor, folder)
 
 
@@ -182,10 +181,8 @@ def _render(target: Target, prompt: str, kinds: list[str], chat: bool) -> str:
       content.append({"type": "text", "text": parts[-1]})
     return tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                    add_generation_prompt=True)
-  text = ""
-  for i, kind in enumerate(kinds):
-    text += parts[i] + fam.vision_placeholder(target.config, kind)[0]
-  return text + parts[-1]
+  return "".join(part + fam.vision_placeholder(target.config, kind)[0]
+                 for part, kind in zip(parts, kinds)) + parts[-1]
 
 
 def prepare(target: Target, prompts: Sequence[str], images=None, videos=None, *,
@@ -251,30 +248,22 @@ def batch_from_rows(target: Target, rows: Sequence[np.ndarray], row_items: Seque
   cfg, fam, b = target.config, target.family, len(rows)
   length = processing.bucket_length(max(len(r) for r in rows))
   input_ids, mask = processing.pad_batch(rows, cfg.pad_token_id, length)
-  pos_rows, next_pos, vision_index = [], np.zeros(b, np.int32), np.full((b, length), -1, np.int32)
+  # each vision token's index into all rows' vision tokens, in order (-1: text or padding)
   vision_ids = [t for t in (cfg.image_token_id, cfg.video_token_id) if t is not None]
-  offset = 0
-  for i, (ids, its) in enumerate(zip(rows, row_items)):
-    pos, next_pos[i] = fam.positions(ids, cfg, its)
-    pos_rows.append(pos)
-    is_vis = np.isin(ids, vision_ids)
-    n_vis = int(is_vis.sum())
-    row_index = np.full(len(ids), -1, np.int32)
-    row_index[is_vis] = offset + np.arange(n_vis)
-    vision_index[i, length - len(ids):] = row_index
-    offset += n_vis
-  positions = np.zeros(((3,) if pos_rows[0].ndim == 2 else ()) + (b, length), np.int32)
+  is_vis = mask & np.isin(input_ids, vision_ids)
+  vision_index = np.where(is_vis, np.cumsum(is_vis).reshape(b, length) - 1, -1).astype(np.int32)
+  pos_rows, next_pos = zip(*(fam.positions(ids, cfg, its) for ids, its in zip(rows, row_items)))
+  positions = np.zeros(pos_rows[0].shape[:-1] + (b, length), np.int32)  # [3, B, P] for mRoPE
   for i, pos in enumerate(pos_rows):
     positions[..., i, length - pos.shape[-1]:] = pos
-  return Batch(input_ids, mask, positions, next_pos, [it for its in row_items for it in its],
-               vision_index, np.asarray([len(r) for r in rows], np.int32))
+  return Batch(input_ids, mask, positions, np.asarray(next_pos, np.int32),
+               [it for its in row_items for it in its], vision_index,
+               np.asarray([len(r) for r in rows], np.int32))
 
 
 def _expand_placeholders(ids: np.ndarray, items, cfg: TargetConfig, fam) -> np.ndarray:
   """Replaces the k-th image/video placeholder token by that item's number of vision tokens."""
-  out, queue = [], {"image": [], "video": []}
-  for it in items:
-    queue[it.kind].append(it)
+  out, queue = [], {k: [it for it in items if it.kind == k] for k in ("image", "video")}
   token_kind = {fam.vision_placeholder(cfg, k)[1]: k for k in ("image", "video")}
   for t in ids.tolist():
     kind = token_kind.get(t)

@@ -134,14 +134,11 @@ def select_best_resolution(size_hw: tuple[int, int], pinpoints) -> tuple[int, in
   """The pinpoint (height, width) that keeps most of the image's pixels, then wastes least
   (transformers' `select_best_resolution`)."""
   h, w = size_hw
-  best, best_eff, best_waste = None, 0, float("inf")
-  for ph, pw in pinpoints:
-    scale = min(pw / w, ph / h)
+  def score(p):  # (effective pixels, -wasted pixels); max() keeps the first of equals
+    scale = min(p[1] / w, p[0] / h)
     eff = min(int(w * scale) * int(h * scale), w * h)
-    waste = ph * pw - eff
-    if eff > best_eff or (eff == best_eff and waste < best_waste):
-      best, best_eff, best_waste = (ph, pw), eff, waste
-  return best
+    return eff, eff - p[0] * p[1]
+  return tuple(max(pinpoints, key=score))
 
 
 def tile_grid(size_hw: tuple[int, int], cfg: LlavaVisionConfig) -> tuple[int, int]:

@@ -122,15 +122,17 @@ def vision_layout(grid_thw: tuple[int, int, int], cfg: QwenVisionConfig) -> Visi
       unmerge=np.argsort(window_index).astype(np.int32), n_patches=n, padded_patches=pad_to)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
 def vision_forward(params: Params, cfg: QwenVisionConfig, patches: jax.Array, rot_pos: jax.Array,
-                   full_seg: jax.Array, window_seg: jax.Array) -> jax.Array:
+                   full_seg: jax.Array, window_seg: jax.Array, unmerge: jax.Array) -> jax.Array:
   """Vision tower on one padded, window-ordered patch sequence.
 
   Args:
     patches: [N, patch_dim] pixel patches in window order (N a multiple of the merge unit).
     rot_pos: int[N, 2]; full_seg, window_seg: int[N] attention segment ids.
+    unmerge: int[n_tokens], the merged row (window order) of each LLM token.
   Returns:
-    merged tokens [N / merge_unit, out_hidden] in window order.
+    LLM tokens [n_tokens, out_hidden] in prompt order.
   """
   x = layers.linear(patches, params["patch_embed"])
   # 2-D rotary: the first half of the rotary frequencies follow h, the second half w.
@@ -150,13 +152,7 @@ def vision_forward(params: Params, cfg: QwenVisionConfig, patches: jax.Array, ro
     x = x + layers.gated_mlp(layers.rms_norm(x, bp["norm2"], 1e-6), bp["mlp"], cfg.hidden_act)
   mp = params["merger"]
   x = layers.rms_norm(x[0], mp["ln_q"], 1e-6).reshape(-1, cfg.hidden_size * cfg.merge_unit)
-  return layers.linear(layers.activation("gelu")(layers.linear(x, mp["fc1"])), mp["fc2"])
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _encode_one(params, cfg, patches, rot_pos, full_seg, window_seg, unmerge):
-  merged = vision_forward(params, cfg, patches, rot_pos, full_seg, window_seg)
-  return merged[unmerge]
+  return layers.linear(layers.activation("gelu")(layers.linear(x, mp["fc1"])), mp["fc2"])[unmerge]
 
 
 def tower_input(item: VisionInput) -> np.ndarray:
@@ -171,18 +167,16 @@ def encode_item(params: Params, cfg: QwenVisionConfig, pixels: jax.Array,
                 layout: VisionLayout) -> jax.Array:
   """LLM tokens [n_tokens, out_hidden] of one item from its `tower_input` (traceable: training
   vmaps it over images that share one layout)."""
-  return _encode_one(params, cfg, pixels, layout.rot_pos, layout.full_seg, layout.window_seg,
-                     layout.unmerge)
+  return vision_forward(params, cfg, pixels, layout.rot_pos, layout.full_seg, layout.window_seg,
+                        layout.unmerge)
 
 
 def encode_vision(params: Params, cfg: QwenVisionConfig, items) -> list[jax.Array]:
-  """Encodes each `VisionInput` (image or video) to its LLM tokens [n_tokens, out_hidden].
-
-  One compiled program per (patch bucket, token count); images are encoded one at a time so the
-  dense per-image attention never spans several images.
-  """
+  """LLM tokens [n_tokens, out_hidden] of each `VisionInput` (image or video), one at a time so
+  the dense attention never spans two images; one program per (patch bucket, token count)."""
   dtype = params["patch_embed"]["kernel"].dtype
-  return [encode_item(params, cfg, jnp.asarray(tower_input(it), dtype), it.layout) for it in items]
+  return [encode_item(params, cfg, jnp.asarray(tower_input(it), dtype), it.layout)
+          for it in items]
 
 
 # --------------------------------------------------------------------- 3-D positions
