@@ -13,22 +13,28 @@ class ConfigError(ValueError):
   """A checkpoint config that we cannot use (unknown architecture, missing or bad keys)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TextConfig:
-  """A LLaMA/Qwen2-style decoder-only language model."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecoderShape:
+  """The sizes of a LLaMA/Qwen2-style decoder layer and its vocabulary: what the target's
+  language model (`TextConfig`) and a draft model (`DraftConfig`) both declare."""
   vocab_size: int
   hidden_size: int
   intermediate_size: int
-  num_layers: int
   num_heads: int
   num_kv_heads: int
   head_dim: int
   rms_norm_eps: float = 1e-6
   rope_theta: float = 10000.0
-  # Qwen2.5-VL multimodal RoPE: how many rotary frequency pairs use the t/h/w position rows.
-  mrope_section: tuple[int, ...] | None = None
   qkv_bias: bool = False
   hidden_act: str = "silu"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig(DecoderShape):
+  """A LLaMA/Qwen2-style decoder-only language model."""
+  num_layers: int
+  # Qwen2.5-VL multimodal RoPE: how many rotary frequency pairs use the t/h/w position rows.
+  mrope_section: tuple[int, ...] | None = None
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 32768  # the longest prompt + generation we accept
 
