@@ -80,23 +80,22 @@ def make_mesh(spec: str | Mapping[str, int] = "data=-1") -> Mesh:
   return Mesh(devices, AXES)
 
 
+# module name -> logical axes of its kernel [in, out]; its bias has the out axis
+_LINEAR_AXES = {"lm_head": ("embed", "vocab"), "q": ("embed", "heads"), "k": ("embed", "kv_heads"),
+                "v": ("embed", "kv_heads"), "o": ("heads", "embed"), "gate": ("embed", "mlp"),
+                "up": ("embed", "mlp"), "fc1": ("embed", "mlp"), "down": ("mlp", "embed"),
+                "fc2": ("mlp", "embed")}
+
+
 def logical_axes(path: tuple, ndim: int) -> tuple[str | None, ...]:
   """Logical axis names of a parameter from its path in the params tree."""
   names = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
   leaf, parent = names[-1], (names[-2] if len(names) > 1 else None)
   if leaf == "embed":
     return ("vocab", "embed")
-  if parent == "lm_head":
-    return ("embed", "vocab")[:ndim]
-  if parent in ("q", "k", "v"):
-    heads = "heads" if parent == "q" else "kv_heads"
-    return ("embed", heads) if leaf == "kernel" else (heads,)
-  if parent == "o":
-    return ("heads", "embed") if leaf == "kernel" else ("embed",)
-  if parent in ("gate", "up", "fc1"):
-    return ("embed", "mlp") if leaf == "kernel" else ("mlp",)
-  if parent in ("down", "fc2"):
-    return ("mlp", "embed") if leaf == "kernel" else ("embed",)
+  if parent in _LINEAR_AXES:
+    axes = _LINEAR_AXES[parent]
+    return axes if leaf == "kernel" else axes[1:]
   return (None,) * ndim  # norms, patch embeddings, adaptor queries: replicated
 
 
