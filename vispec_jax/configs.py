@@ -127,11 +127,8 @@ class TargetConfig:
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
   """How to pick tokens. temperature 0 means greedy; top_k 0 and top_p 1 mean no filtering.
-
-  Validated on construction (`vj.generate` and `vj.speculative_generate` build one): counts must
-  be integers (not bools or floats), temperature and top_p finite real numbers; NumPy scalars
-  are stored as Python numbers, so equal configs hash equal.
-  """
+  Checked on construction: counts are integers (not bools or floats), temperature and top_p
+  finite numbers; NumPy scalars are stored as Python numbers, so equal configs hash equal."""
   max_new_tokens: int = 128
   temperature: float = 0.0
   top_k: int = 0

@@ -18,11 +18,9 @@ def family(cfg: TargetConfig):
 
 
 def config_from_hf(raw: dict[str, Any], file: str = "config.json") -> TargetConfig:
-  """A TargetConfig from the dict of a Hugging Face config.json (`file` names it in errors).
-
-  Keys we do not read are ignored, as transformers ignores them; an unknown architecture, or a
-  key we need that is missing or has an unsupported value, is a ConfigError.
-  """
+  """A TargetConfig from the dict of a Hugging Face config.json (`file` names it in errors):
+  an unknown architecture, or a key we need that is missing or unusable, is a ConfigError; keys we
+  do not read are ignored, as transformers ignores them."""
   hf_config.check_hf_config(raw, file)
   archs = raw.get("architectures") or []
   model_type = raw.get("model_type")

@@ -32,15 +32,9 @@ def patchify(pixels: jax.Array, patch: int) -> jax.Array:
 
 def hidden_states(params: Params, cfg: ClipVisionConfig, pixels: jax.Array,
                   num_layers: int | None = None) -> list[jax.Array]:
-  """The tower's hidden states, transformers' `hidden_states` convention.
-
-  Args:
-    pixels: [N, C, S, S] normalised tiles, S = cfg.image_size.
-    num_layers: run only the first `num_layers` blocks (LLaVA reads the penultimate one).
-  Returns:
-    [h_0, ..., h_num_layers], each [N, T, E]: h_0 is the embeddings after the pre-LayerNorm,
-    h_i the output of block i.
-  """
+  """Hidden states [h_0, ..., h_num_layers], each [N, T, E], of normalised tiles pixels
+  [N, C, S, S] (transformers' convention: h_0 the embeddings after the pre-LayerNorm, h_i block
+  i's output); only the first `num_layers` blocks run (LLaVA reads the penultimate one)."""
   dtype = params["patch_embed"]["kernel"].dtype
   x = layers.linear(patchify(pixels.astype(dtype), cfg.patch_size), params["patch_embed"])
   n, _, e = x.shape
@@ -51,8 +45,7 @@ def hidden_states(params: Params, cfg: ClipVisionConfig, pixels: jax.Array,
   mask = jnp.ones((1, t, t), bool)  # every token of a tile sees every other
   act = layers.activation(cfg.hidden_act)
   out = [x]
-  blocks = params["layers"] if num_layers is None else params["layers"][:num_layers]
-  for i, lp in enumerate(blocks):
+  for i, lp in enumerate(params["layers"][:num_layers]):
     with jax.named_scope(f"clip{i}"):
       a, _ = layers.self_attention(
           layers.layer_norm(x, lp["norm1"], cfg.layer_norm_eps), lp["attn"],

@@ -35,16 +35,10 @@ def embed_tokens(params: Params, tokens: jax.Array, dtype=None) -> jax.Array:
 
 def forward(params: Params, cfg: TextConfig, x: jax.Array, positions: jax.Array, mask: jax.Array,
             cache: KVCache | None = None, write_index: jax.Array | None = None):
-  """Runs the decoder stack.
-
-  Args:
-    x: input embeddings [B, T, E].
-    positions: int[B, T] (1-D RoPE) or int[3, B, T] (mRoPE).
-    mask: bool[B, T, T] without cache, bool[B, T, S] with a cache of S slots.
-    cache: per-layer (k, v); the new keys/values are written at `write_index` (scalar or [B]).
-  Returns:
-    (hidden [B, T, E] after the final norm, new cache or None).
-  """
+  """The decoder stack on input embeddings x [B, T, E] at positions int[B, T] (1-D RoPE) or
+  int[3, B, T] (mRoPE); mask bool[B, T, T], or bool[B, T, S] with a per-layer (k, v) cache of S
+  slots whose new keys/values go to `write_index` (scalar or [B]).
+  Returns (hidden [B, T, E] after the final norm, new cache or None)."""
   cos, sin = layers.rope_angles(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
   new_cache = []
   for i, lp in enumerate(params["layers"]):

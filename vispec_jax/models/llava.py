@@ -289,9 +289,8 @@ def name_map(cfg: TargetConfig):
 
 # ------------------------------------------------------------------ preprocessing
 
-_PROCESSOR_KEYS = ("size", "crop_size", "image_mean", "image_std", "do_pad", "do_resize",
-                   "do_center_crop", "do_rescale", "rescale_factor", "do_normalize",
-                   "do_convert_rgb", "resample")
+# the checked preprocessor_config.json keys, but Qwen's min/max_pixels
+_PROCESSOR_KEYS = [k for k in hf_config.PREPROCESSOR_KINDS if not k.endswith("_pixels")]
 
 
 def make_image_processor(folder: str | None, cfg: TargetConfig):

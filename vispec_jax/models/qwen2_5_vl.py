@@ -125,15 +125,9 @@ def vision_layout(grid_thw: tuple[int, int, int], cfg: QwenVisionConfig) -> Visi
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def vision_forward(params: Params, cfg: QwenVisionConfig, patches: jax.Array, rot_pos: jax.Array,
                    full_seg: jax.Array, window_seg: jax.Array, unmerge: jax.Array) -> jax.Array:
-  """Vision tower on one padded, window-ordered patch sequence.
-
-  Args:
-    patches: [N, patch_dim] pixel patches in window order (N a multiple of the merge unit).
-    rot_pos: int[N, 2]; full_seg, window_seg: int[N] attention segment ids.
-    unmerge: int[n_tokens], the merged row (window order) of each LLM token.
-  Returns:
-    LLM tokens [n_tokens, out_hidden] in prompt order.
-  """
+  """The tower on one padded, window-ordered sequence of patches [N, patch_dim] (N a multiple of
+  the merge unit) with rot_pos int[N, 2] and attention segment ids full_seg, window_seg int[N]:
+  LLM tokens [n_tokens, out_hidden] in prompt order (`unmerge`: each one's merged row)."""
   x = layers.linear(patches, params["patch_embed"])
   # 2-D rotary: the first half of the rotary frequencies follow h, the second half w.
   inv = layers.rope_inv_freq(cfg.head_dim // 2, cfg.rope_theta)
