@@ -288,8 +288,7 @@ def write_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict 
   blob += b" " * (-len(blob) % 8)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
+    f.write(struct.pack("<Q", len(blob)) + blob)
     for a in arrays:
       f.write(a.tobytes())
   os.replace(tmp, path)
