@@ -18,11 +18,9 @@ HELP_FLAGS = ("-?", "-h", "--help", "-help", "--helpshort", "-helpshort", "--hel
               "-helpfull", "--helpxml", "-helpxml")
 
 
-class _DropChatter(std_logging.Filter):
-  """Drops orbax's per-save INFO lines (dozens per checkpoint); warnings still pass."""
-
-  def filter(self, record):
-    return record.levelno > std_logging.INFO or "orbax" not in record.pathname
+def _drop_chatter(record) -> bool:
+  """A logging filter: drops orbax's per-save INFO lines (dozens per checkpoint)."""
+  return record.levelno > std_logging.INFO or "orbax" not in record.pathname
 
 
 def setup() -> None:
@@ -32,8 +30,8 @@ def setup() -> None:
     sys.modules["torch"] = None  # `import torch` now fails fast; transformers runs without it
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   for handler in std_logging.getLogger().handlers + std_logging.getLogger("absl").handlers:
-    handler.addFilter(_DropChatter())
-  std_logging.getLogger("absl").addFilter(_DropChatter())
+    handler.addFilter(_drop_chatter)
+  std_logging.getLogger("absl").addFilter(_drop_chatter)
 
 
 def _config_file(argv: list[str]) -> str | None:

@@ -52,12 +52,6 @@ class Lazy:
     return self.get(i)
 
 
-def split(n: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """(train, eval) record indices: the last `eval_fraction` of the records are held out."""
-  n_eval = min(n - 1, math.ceil(n * eval_fraction)) if eval_fraction > 0 and n > 1 else 0
-  return np.arange(n - n_eval), np.arange(n - n_eval, n)
-
-
 def bucket(length: int, buckets, max_len: int) -> int:
   """The smallest bucket holding `length` (capped at max_len); max_len if none does."""
   length = min(length, max_len)
@@ -148,7 +142,9 @@ class Records:
     if config.data.limit:  # e.g. overfitting checks
       self.source = Lazy(min(config.data.limit, len(self.source)), self.source.__getitem__)
       self.meta = dict(self.meta, lengths=self.meta["lengths"][:config.data.limit])
-    self.train_idx, self.eval_idx = split(len(self.source), config.data.eval_fraction)
+    n, frac = len(self.source), config.data.eval_fraction  # the last frac are held out
+    n_eval = min(n - 1, math.ceil(n * frac)) if frac > 0 and n > 1 else 0
+    self.train_idx, self.eval_idx = np.arange(n - n_eval), np.arange(n - n_eval, n)
     self.held = self.eval_idx if len(self.eval_idx) else self.train_idx
     steps_per_epoch = max(1, len(self.train_idx) // config.batch_size)
     self.total = int(config.total_steps or config.num_epochs * steps_per_epoch)

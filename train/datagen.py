@@ -167,8 +167,7 @@ class Generator:
       return None
     if self.image_hw is None:
       raise ValueError("an input has an image but datagen.image_size is not set")
-    h, w = self.image_hw
-    return img.convert("RGB").resize((w, h), Image.BICUBIC)
+    return img.convert("RGB").resize(self.image_hw[::-1], Image.BICUBIC)  # PIL takes (w, h)
 
   def chunk(self, start: int, stop: int) -> list[dict]:
     """Records of inputs [start, stop), in input order."""

@@ -117,8 +117,7 @@ def exclusive(path: str, what: str, wait: bool = False):
   """An exclusive `fcntl.flock` on the file `path` while the block runs; another holder makes it
   raise WorkdirInUse naming `what` and the holder (or, with `wait`, wait). A killed process
   leaves no stale lock."""
-  f = open(path, "a+", encoding="utf-8")
-  try:
+  with open(path, "a+", encoding="utf-8") as f:  # closing it releases the lock
     try:
       fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
@@ -132,8 +131,6 @@ def exclusive(path: str, what: str, wait: bool = False):
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     f.flush()
     yield
-  finally:
-    f.close()  # releases the lock
 
 
 def workdir_lock(workdir: str):
@@ -144,16 +141,6 @@ def workdir_lock(workdir: str):
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, f"run-{jax.process_index()}.lock")
   return exclusive(path, f"--workdir {workdir}")
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """workdir/checkpoints: async saves every `checkpoint.every` steps, `checkpoint.keep` kept."""
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.checkpoint.keep, save_interval_steps=config.checkpoint.every,
-          enable_async_checkpointing=config.checkpoint.use_async, create=True),
-      item_names=("state", "data"))
 
 
 def restore_latest(mngr, state, train_iter) -> tuple[dict, int]:
@@ -283,7 +270,12 @@ class Run:
     sched = schedule(config, total, warmup)
     tx = make_optimizer(config, sched)
     state, state_sh = init_state(tx, host_params, param_sh, mesh)
-    mngr = checkpoint_manager(workdir, config)
+    mngr = ocp.CheckpointManager(  # workdir/checkpoints, saved every checkpoint.every steps
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.checkpoint.keep, save_interval_steps=config.checkpoint.every,
+            enable_async_checkpointing=config.checkpoint.use_async, create=True),
+        item_names=("state", "data"))
     state, start = restore_latest(mngr, state, train_iter)
     return cls(config, workdir, mesh, sched, tx, state, state_sh, mngr, train_iter, total, start)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from train import lm, losses
-from vispec_jax import draft as draft_lib, sharding as vs
+from vispec_jax import draft as draft_lib
 from vispec_jax.draft.medusa import head_forward
 from vispec_jax.models import decoder
 
@@ -144,8 +144,7 @@ def chain_hidden(spec: Spec, params, f, next_embeds, attn, image_slots, depth: i
   x, keys, extra = drafter.prompt_inputs(params, f, next_embeds, attn, image_slots)
   pos = draft_lib.prompt_positions(attn)
   slots = depth * L
-  sizes = {"batch": b, "length": slots, "kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim}
-  cache = (jnp.zeros(tuple(sizes[a] for a in vs.CACHE_AXES), x.dtype),) * 2  # library layout
+  cache = (jnp.zeros((b, cfg.num_kv_heads, slots, cfg.head_dim), x.dtype),) * 2  # [B, K, S, D]
   key_block = jnp.arange(slots) // L            # pass that wrote each cache slot
   key_pos = jnp.arange(slots) % L
   key_ok = jnp.where(key_block[None] == 0, jnp.tile(keys, (1, depth)), jnp.tile(attn, (1, depth)))

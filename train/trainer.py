@@ -84,14 +84,10 @@ def eval_step(spec, depth, params, batch, target_params):
 def speculative_tau(config, target, dcfg, params, records, image_hw) -> dict:
   """tau of greedy speculative decoding (`vj.speculative_generate`) with the draft on held-out
   prompts: each record's prompt (and image) without its answer, one batch."""
-  rows, items = [], []
-  for rec in records:
-    rows.append(np.asarray(rec["tokens"][:int(rec["prompt_length"])], np.int32))
-    its = []
-    if image_hw and int(rec.get("has_image", 0)):
-      its.append(target.family.preprocess_image(target.image_processor, target.config,
-                                                Image.fromarray(np.asarray(rec["image"]))))
-    items.append(its)
+  rows = [np.asarray(r["tokens"][:int(r["prompt_length"])], np.int32) for r in records]
+  items = [[target.family.preprocess_image(target.image_processor, target.config,
+                                           Image.fromarray(np.asarray(r["image"])))]
+           if image_hw and int(r.get("has_image", 0)) else [] for r in records]
   batch = batch_from_rows(target, rows, items)
   t = config.eval_tau
   tree = vj.TreeConfig(depth=t.depth, top_k=t.top_k, total_tokens=t.total_tokens)
