@@ -45,7 +45,8 @@ def is_input_error(e: BaseException) -> bool:
   XLA running out of memory (a size too large)."""
   if isinstance(e, (ValueError, OSError)):
     return True
-  return type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "RESOURCE_EXHAUSTED" in str(e)
+  xla = type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError")
+  return xla and "RESOURCE_EXHAUSTED" in str(e)
 
 
 def report(e: BaseException) -> int:

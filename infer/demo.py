@@ -115,32 +115,24 @@ def render(image, question: str, pieces: list[str], drafted: list[bool], result:
   lines, line, x = [], [], 0
   for piece, from_draft in zip(pieces, drafted):
     for k, part in enumerate(piece.split("\n")):
-      w = font.getlength(part)
-      if k > 0 or x + w > width - 2 * margin:
+      if k > 0 or x + font.getlength(part) > width - 2 * margin:
         lines.append(line)
-        line, x = [], 0
-        part = part.lstrip()
-        w = font.getlength(part)
+        line, x, part = [], 0, part.lstrip()
       line.append((part, DRAFT_COLOUR if from_draft else TARGET_COLOUR))
-      x += w
-  lines.append(line)
+      x += font.getlength(part)
   header = [f"Q: {question}",
             f"tau {result['tau']:.2f}   speedup {result['speedup']:.2f}x   identical to vanilla: "
             f"{result['identical']}   green: accepted draft tokens, black: the target's own", ""]
-  height = max(image.height + 2 * margin, (len(header) + len(lines)) * line_h + 2 * margin)
+  lines = [[(text, TARGET_COLOUR)] for text in header] + lines + [line]
+  height = max(image.height + 2 * margin, len(lines) * line_h + 2 * margin)
   canvas = Image.new("RGB", (image.width + width + margin, height), "white")
   canvas.paste(image.convert("RGB"), (margin, margin))
   draw = ImageDraw.Draw(canvas)
-  y, x0 = margin, image.width + 2 * margin
-  for text in header:
-    draw.text((x0, y), text, fill=TARGET_COLOUR, font=font)
-    y += line_h
-  for parts in lines:
-    x = x0
+  for row, parts in enumerate(lines):
+    x, y = image.width + 2 * margin, margin + row * line_h
     for part, colour in parts:
       draw.text((x, y), part, fill=colour, font=font)
       x += font.getlength(part)
-    y += line_h
   return canvas
 
 

@@ -41,7 +41,7 @@ examples:
   python -m infer.generate --model DIR --video clip.gif --video-fps 10 --prompt "What happens?"
 
   # speculative decoding with a ViSpec draft (same answer as without, faster), a dynamic tree
-  python -m infer.generate --model DIR --draft DRAFT_DIR --image cat.png --prompt "Describe." \
+  python -m infer.generate --model DIR --draft DRAFT_DIR --image cat.png --prompt "Describe." \\
       --tree dynamic --tree-depth 3 --tree-top-k 8 --tree-tokens 30 --json
 
   # a batch from a JSON-lines file: {"prompt": "...", "images": ["a.png"], "videos": []} per line
@@ -138,9 +138,9 @@ def validate(args):
   cli.check_float("--video-fps", args.video_fps, 1e-3, 1e3)
   for flag in ("--tree-depth", "--tree-top-k", "--tree-tokens"):
     cli.check_int(flag, getattr(args, flag[2:].replace("-", "_")), 1)
-  for flag in ("--model", "--draft"):
-    if getattr(args, flag[2:]) is not None:
-      cli.check_folder(flag, getattr(args, flag[2:]))
+  for flag, folder in (("--model", args.model), ("--draft", args.draft)):
+    if folder is not None:
+      cli.check_folder(flag, folder)
   if args.mesh is not None:
     cli.check_mesh("--mesh", args.mesh)
   make_tree(args)  # the tree's own bounds (depth, size)
@@ -196,8 +196,8 @@ def video_frames(spec: str) -> list:
 
 
 def load(args, stack: contextlib.ExitStack):
-  """The prompts, their pictures, the (sharded) target and draft, checked against the model's
-  limits: (rows, target, draft, batch)."""
+  """The target, the draft (or None) and the (sharded) batch of the prompts and their pictures,
+  checked against the model's limits."""
   rows = read_prompts(args.prompts) if args.prompts else [
       {"prompt": args.prompt, "images": args.image, "videos": args.video}]
   if args.tiny:
@@ -236,12 +236,12 @@ def load(args, stack: contextlib.ExitStack):
       raise
     raise vj.InputError(f"{e} (max length {max_length} minus {args.max_new_tokens} new "
                         f"tokens)") from None
-  return rows, target, draft, batch if mesh is None else sharding.shard_batch(batch, mesh)
+  return target, draft, batch if mesh is None else sharding.shard_batch(batch, mesh)
 
 
 def run(args, stack: contextlib.ExitStack) -> list[dict]:
   """Loads, prepares, generates; returns one result dict per prompt."""
-  rows, target, draft, batch = load(args, stack)
+  target, draft, batch = load(args, stack)
   out_stream = StdoutStream() if args.stream else None
   streamer = vj.TextStreamer(target.tokenizer, write=out_stream) if args.stream else None
   drafting = () if draft is None else (draft.drafter, draft.params, make_tree(args))
@@ -257,14 +257,10 @@ def run(args, stack: contextlib.ExitStack) -> list[dict]:
       raise BrokenPipeError("stdout was closed while streaming")
   results = []
   for i, tokens in enumerate(vj.trim(out)):
-    r = {
-        "answer": target.tokenizer.decode(tokens, skip_special_tokens=True),
-        "tokens": tokens,
-        "num_tokens": len(tokens),
-        "prompt_tokens": int(batch.prompt_lengths[i]),
-        "seconds": round(seconds, 4),
-        "tokens_per_second": round(len(tokens) / seconds, 2) if seconds > 0 else None,
-    }
+    r = {"answer": target.tokenizer.decode(tokens, skip_special_tokens=True), "tokens": tokens,
+         "num_tokens": len(tokens), "prompt_tokens": int(batch.prompt_lengths[i]),
+         "seconds": round(seconds, 4),
+         "tokens_per_second": round(len(tokens) / seconds, 2) if seconds > 0 else None}
     if draft is not None:
       r["tau"] = round(float(out.stats.tau[i]), 4)
       r["tokens_per_forward"] = round(float(out.stats.tokens_per_forward[i]), 4)

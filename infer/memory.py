@@ -1,16 +1,15 @@
-"""Per-device memory of a target (+ ViSpec draft) on device meshes, from shapes only.
+"""Per-device memory of a target (+ ViSpec draft) on device meshes, from shapes only: no weights
+are read, the sharding rules in vispec_jax/sharding.py decide what each device holds.
 
     python -m infer.memory                       # Qwen2.5-VL-7B, bf16, meshes of 1, 4 and 8 devices
     python -m infer.memory --config ckpt/X/config.json --batch 8 --length 4096
-
-No weights are read: parameter shapes come from the config and the sharding rules in
-vispec_jax/sharding.py decide what each device holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import jax.numpy as jnp
 
@@ -34,24 +33,25 @@ QWEN2_5_VL_7B = {
 MESHES = ["data=1", "tensor=4", "data=2,tensor=2", "tensor=8", "data=2,tensor=4"]
 
 
-def report(raw: dict, batch: int, length: int, dtype=jnp.bfloat16, meshes=MESHES) -> list[dict]:
+def report(raw: dict, batch: int, length: int, dtype) -> list[dict]:
+  """A row per mesh of MESHES: GiB per device of the target's and the draft's params and of
+  the target's KV cache (`batch` rows of `length` slots)."""
   cfg = models.config_from_hf(raw)
   shapes = models.family(cfg).param_shapes(cfg, dtype)
   dcfg = draft.DraftConfig.for_target(cfg.text, kind="vispec")
   dshapes = draft.param_shapes(dcfg, dtype)
-  itemsize, gib = jnp.dtype(dtype).itemsize, 1024 ** 3
   head_dims = {"text": cfg.text.head_dim, "vision": cfg.vision.head_dim}
+  itemsize, gib = jnp.dtype(dtype).itemsize, 1024 ** 3
   rows = []
-  for spec in meshes:
+  for spec in MESHES:
     mesh = sharding.MeshShape(**{k: int(v) for k, v in (p.split("=") for p in spec.split(","))})
-    row = {
-        "mesh": spec, "devices": mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["tensor"],
-        "target_params_gib": sharding.bytes_per_device(shapes, mesh, head_dims) / gib,
-        "draft_params_gib": sharding.bytes_per_device(dshapes, mesh, dcfg.head_dim) / gib,
-        "target_kv_gib": sharding.kv_cache_bytes_per_device(cfg.text, batch, length, mesh, itemsize) / gib,
-    }
-    rows.append({**row, "total_gib": row["target_params_gib"] + row["draft_params_gib"]
-                 + row["target_kv_gib"]})
+    row = {"mesh": spec, "devices": math.prod(mesh.shape.values()),
+           "target_params_gib": sharding.bytes_per_device(shapes, mesh, head_dims) / gib,
+           "draft_params_gib": sharding.bytes_per_device(dshapes, mesh, dcfg.head_dim) / gib,
+           "target_kv_gib": sharding.kv_cache_bytes_per_device(cfg.text, batch, length, mesh,
+                                                               itemsize) / gib}
+    row["total_gib"] = row["target_params_gib"] + row["draft_params_gib"] + row["target_kv_gib"]
+    rows.append(row)
   return rows
 
 
@@ -87,8 +87,8 @@ def _main(argv) -> int:
   print(f"per-device GiB, {args.dtype}, batch {args.batch}, cache {args.length} slots")
   print(f"{'mesh':<18}{'devices':>8}{'target':>9}{'draft':>8}{'KV':>8}{'total':>8}")
   for r in rows:
-    print(f"{r['mesh']:<18}{r['devices']:>8}{r['target_params_gib']:>9.2f}{r['draft_params_gib']:>8.2f}"
-          f"{r['target_kv_gib']:>8.2f}{r['total_gib']:>8.2f}")
+    print(f"{r['mesh']:<18}{r['devices']:>8}{r['target_params_gib']:>9.2f}"
+          f"{r['draft_params_gib']:>8.2f}{r['target_kv_gib']:>8.2f}{r['total_gib']:>8.2f}")
   return 0
 
 
