@@ -70,9 +70,7 @@ class Collator:
   @classmethod
   def for_target(cls, config, target, vision=None, precomputed: bool = False) -> Collator:
     """The collator of `target`'s records, cut to `config.data.max_len`."""
-    ids = tuple(t for t in (target.config.image_token_id, target.config.video_token_id)
-                if t is not None)
-    return cls(pad_id=target.config.pad_token_id, vision_token_ids=ids,
+    return cls(pad_id=target.config.pad_token_id, vision_token_ids=target.config.vision_token_ids,
                max_len=config.data.max_len, vision=vision, precomputed=precomputed)
 
   def __call__(self, records: list[dict], length: int) -> dict[str, np.ndarray]:

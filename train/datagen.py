@@ -189,7 +189,6 @@ class Generator:
     prompt_rows = [batch.input_ids[i, p - n:] for i, n in enumerate(batch.prompt_lengths)]
     if not all(x.get("answer") for x in inputs):
       gen = vj.trim(vj.generate(t, batch, max_new_tokens=cfg.max_new_tokens, temperature=0.0))
-    vision_ids = [v for v in (t.config.image_token_id, t.config.video_token_id) if v is not None]
     eos = list(t.config.eos_token_ids[:1])
     rows = []
     for i, x in enumerate(inputs):
@@ -198,7 +197,7 @@ class Generator:
         a = np.asarray(list(ids)[:cfg.max_new_tokens] + eos, np.int32)
       else:
         a = np.asarray(gen[i], np.int32)
-        bad = np.flatnonzero(np.isin(a, vision_ids))
+        bad = np.flatnonzero(np.isin(a, t.config.vision_token_ids))
         if len(bad):  # only untrained models do this; a vision token needs an image
           logging.warning("input %d: answer cut before a generated vision token", indices[i])
           a = a[:bad[0]]

@@ -123,6 +123,11 @@ class TargetConfig:
   eos_token_ids: tuple[int, ...] = ()
   pad_token_id: int = 0
 
+  @property
+  def vision_token_ids(self) -> tuple[int, ...]:
+    """The placeholder ids that stand for vision tokens (image, and video if any)."""
+    return tuple(t for t in (self.image_token_id, self.video_token_id) if t is not None)
+
 
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:

@@ -249,8 +249,7 @@ def batch_from_rows(target: Target, rows: Sequence[np.ndarray], row_items: Seque
   length = processing.bucket_length(max(len(r) for r in rows))
   input_ids, mask = processing.pad_batch(rows, cfg.pad_token_id, length)
   # each vision token's index into all rows' vision tokens, in order (-1: text or padding)
-  vision_ids = [t for t in (cfg.image_token_id, cfg.video_token_id) if t is not None]
-  is_vis = mask & np.isin(input_ids, vision_ids)
+  is_vis = mask & np.isin(input_ids, cfg.vision_token_ids)
   vision_index = np.where(is_vis, np.cumsum(is_vis).reshape(b, length) - 1, -1).astype(np.int32)
   pos_rows, next_pos = zip(*(fam.positions(ids, cfg, its) for ids, its in zip(rows, row_items)))
   positions = np.zeros(pos_rows[0].shape[:-1] + (b, length), np.int32)  # [3, B, P] for mRoPE
