@@ -41,11 +41,21 @@ def target_probs(logits: jax.Array, temperature, top_k: int = 0, top_p: float | 
   return jax.nn.softmax(warp_logits(logits, temperature, top_k, top_p), axis=-1)
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+  """int32 jnp.argmax over the last axis (first index of the max, NaN counting as the max), as
+  two plain reductions: XLA-CPU's index-carrying argmax reduce is 5-9x slower over a vocabulary
+  (docs/benchmarks.md section 8)."""
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  hit = (logits == top) | jnp.isnan(logits)
+  v = logits.shape[-1]
+  return jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+
+
 def select_tokens(logits: jax.Array, keys: jax.Array | None, *, greedy: bool, temperature=1.0,
                   top_k: int = 0, top_p: float | None = None) -> jax.Array:
   """logits [B, V] -> int32[B]. keys: one PRNG key per row (or one key, see `row_keys`)."""
   if greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return argmax(logits)
   warped = warp_logits(logits, temperature, top_k, top_p)
   keys = row_keys(keys, logits.shape[0])
   return jax.vmap(jax.random.categorical)(keys, warped).astype(jnp.int32)

@@ -68,7 +68,7 @@ def accept_greedy(tree: tree_lib.Tree, anc: jax.Array, logits: jax.Array):
 
   Returns (best node int32[B], accepted draft tokens int32[B], bonus token int32[B]).
   """
-  pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, T]
+  pred = sampling.argmax(logits)  # [B, T]
   parent_pred = jnp.take_along_axis(pred, jnp.maximum(tree.parents, 0), axis=1)
   ok = (tree.tokens == parent_pred) | (tree.parents < 0)
   acc = ~jnp.any(anc & ~ok[:, None, :], axis=-1)  # every ancestor-or-self matches
@@ -243,12 +243,16 @@ def speculative_loop(tparams, dparams, embeds, positions, attention_mask, next_p
         next_position=s.next_position + advance, stats=stats, key=key)
 
   def body(s: SpecState) -> SpecState:
-    tree, dstate = draft_tree(s)
-    anc = tree_lib.ancestor_mask(tree.parents, dmax)
-    h, cache = verify(s, tree, anc)
-    key, sub = sampling.split_rows(s.key)
-    path, a, after = accept(tree, anc, decoder.logits(tparams, h), sub)
-    return commit(dataclasses.replace(s, dstate=dstate), h, cache, path, a, after, key)
+    with jax.named_scope("draft"):  # scopes name the pieces in profiles and HLO dumps
+      tree, dstate = draft_tree(s)
+    with jax.named_scope("verify"):
+      anc = tree_lib.ancestor_mask(tree.parents, dmax)
+      h, cache = verify(s, tree, anc)
+    with jax.named_scope("accept"):
+      key, sub = sampling.split_rows(s.key)
+      path, a, after = accept(tree, anc, decoder.logits(tparams, h), sub)
+    with jax.named_scope("commit"):
+      return commit(dataclasses.replace(s, dstate=dstate), h, cache, path, a, after, key)
 
   hidden, cache = decoding.prefill(tparams, cfg, embeds, positions, attention_mask,
                                    p + max_new_tokens + n_emit + t)
