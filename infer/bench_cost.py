@@ -1,27 +1,15 @@
 """`python -m infer.bench cost`: predicted speedup of speculative decoding on accelerators.
 
-    python -m infer.bench cost [--devices h100 tpu-v5e] [--trees chain4 dynamic-d3k8t30]
-        [--tau 1 2 3 4] [--target DIR ...] [--batch 1] [--cache 1024] [--itemsize 2] [--json out.json]
-
-For the benchmark model (fp32 on CPU here), a Qwen2.5-VL-7B target and any `--target` folder
-(e.g. the shipped scenes target), each with its ViSpec draft, in bf16 on an H100 and a TPU v5e
-chip, for the given trees at the given tau values (measured ones: `infer.bench spec` and the
-trained drafts; the paper reports tau ~3 for ViSpec on 7B targets), from a roofline model.
-
+A roofline model of the benchmark model, Qwen2.5-VL-7B and any `--target` folder, each with its
+ViSpec draft, at datasheet peaks (dense bf16, ideal kernels: read predictions as upper bounds).
 A forward over n new tokens costs max(flops / peak, bytes / bandwidth) (+ a fixed overhead):
   flops = 2 * n * (matmul weights used) + 4 * n * S * heads * head_dim per attention layer
   bytes = weights read once + the KV cache read (S slots) + the new KV written
-for a batch of rows, weights are read once and everything else scales with the rows. A round is
-  verify (T tree nodes through the target, lm_head on all T)
-  + one draft step per tree level (fc, one layer, lm_head on that level's tokens)
-  + the draft's commit (max_depth + 1 slots through fc and the layer, fixed shape; lm_head on
-    the last accepted)
-and emits tau + 1 tokens, where a vanilla step (1 token through the target) emits one:
-  speedup = (tau + 1) * step / round.
-The image adaptor and vision tower run once per prompt and are left out. Device peaks are
-datasheet numbers (dense bf16) and the model is ideal (no kernel inefficiency): read predictions as
-upper bounds. A 2-core CPU is not roofline-like for few-row matmuls (docs/benchmarks.md), so
-this model is for accelerators; the CPU numbers come from `python -m infer.bench pieces`.
+(for a batch of rows, weights are read once and everything else scales with the rows). A round
+is verify (T tree nodes through the target, lm_head on all T) + one draft step per tree level +
+the draft's commit (max_depth + 1 slots, lm_head on the last accepted); it emits tau + 1 tokens,
+a vanilla step one: speedup = (tau + 1) * step / round. The vision tower (once per prompt) is
+left out. A 2-core CPU is not roofline-like (docs/benchmarks.md): see `infer.bench pieces`.
 """
 
 from __future__ import annotations
@@ -144,7 +132,7 @@ def run_cost(args) -> list[dict]:
 
 def add_parser(sub):
   p = sub.add_parser("cost", help="predicted speedup on accelerators (roofline cost model)")
-  p.add_argument("--devices", nargs="+", default=["h100", "tpu-v5e"], choices=["h100", "tpu-v5e"])
+  p.add_argument("--devices", nargs="+", default=list(DEVICES), choices=list(DEVICES))
   p.add_argument("--trees", nargs="+", default=list(TREES),
                  help="dynamic, dynamic-dDkKtT or chainN (vispec_jax.engine.tree.from_spec)")
   p.add_argument("--target", nargs="+", default=None, metavar="DIR",

@@ -1,22 +1,10 @@
 """`python -m infer.bench facts`: does a scenes target state true facts about its image?
 
-    python -m infer.bench facts --target DIR [--scenes 32] [--split validation]
-        [--style classic|bold] [--kind KIND] [--max-new-tokens 512] [--batch-size 8] [--control]
-        [--json out.json]
-
-Held-out scenes (`proj.scenes.generator.sample(SPLIT_SEEDS[split] + i)`, i < --scenes, in the
-scene style --style; every question kind, or only --kind, e.g. inventory for a stage-1 target; validation
-and test seeds are never trained on), each prompted as infer/demo.py does
-(`vj.prepare(target, [question], images=[[image]])`, no system prompt), answered greedily with
-`vj.generate` (--batch-size rows per call), and every answer's facts checked against its scene
-with `proj.scenes.facts.check`: precision (true facts / facts stated) and recall (the
-scene's true facts stated / all its true facts, in the classes the answer talks about), pooled
-over the scenes (sums) and as the mean of the per-scene values, per fact class too.
-`--control` answers again with every scene's question paired with the next scene's image
-(scene i gets the image of scene i + 1, the last the first's) and scores the answer against
-scene i, the question's scene: a target that reads its image falls to chance there, a blind one
-scores the same with either image.
-Bad input (a missing folder, --scenes < 1, a bad length) is one `error:` line, exit 2.
+Held-out scenes (`proj.scenes.generator.sample(SPLIT_SEEDS[split] + i)`), prompted as
+infer/demo.py does, answered greedily with `vj.generate`; every answer's facts are checked
+against its scene (`proj.scenes.facts.check`): precision and recall, pooled and as per-scene
+means, per fact class too. `--control` pairs every question with the next scene's image and
+scores against the question's scene: a target that reads its image falls to chance there.
 """
 
 from __future__ import annotations
@@ -53,8 +41,8 @@ def answers(target, questions: list[str], images: list, max_new_tokens: int,
   """Greedy answers, `batch_size` rows per `vj.generate` call."""
   out = []
   for lo in range(0, len(questions), batch_size):
-    hi = min(lo + batch_size, len(questions))
-    batch = vj.prepare(target, questions[lo:hi], images=[[im] for im in images[lo:hi]])
+    rows = slice(lo, lo + batch_size)
+    batch = vj.prepare(target, questions[rows], images=[[im] for im in images[rows]])
     for ids in vj.trim(vj.generate(target, batch, max_new_tokens=max_new_tokens)):
       out.append(target.tokenizer.decode(ids, skip_special_tokens=True))
   return out
@@ -92,7 +80,8 @@ def report(result: dict) -> str:
                  f"{p['truncated']}")
   names = list(result)
   classes = sorted({c for p in result.values() for c in p["by_class"]})
-  lines.append(f"{'class':14s}" + "".join(f"{n + ' stated':>16s}{n + ' prec.':>14s}" for n in names))
+  lines.append(f"{'class':14s}"
+               + "".join(f"{n + ' stated':>16s}{n + ' prec.':>14s}" for n in names))
   for c in classes:
     row = f"{c:14s}"
     for n in names:
@@ -110,7 +99,6 @@ def main(args) -> int:
               for i in range(args.scenes)]
   result = measure(target, examples, args.max_new_tokens, args.batch_size, args.control)
   result = {"target": os.path.abspath(args.target), "split": args.split, "style": args.style,
-            "kind": args.kind,
-            "max_new_tokens": args.max_new_tokens, **result}
+            "kind": args.kind, "max_new_tokens": args.max_new_tokens, **result}
   print(report({k: v for k, v in result.items() if k in ("own", "control")}))
   return common.finish(args, result, True)

@@ -1,17 +1,10 @@
 """`python -m infer.bench spec`: speculative vs vanilla greedy decoding, same process.
 
-    python -m infer.bench spec [--batch 1 4] [--trees ...] [--drafters oracle random]
-        [--new-tokens 128] [--repeats 3] [--mesh data=2,tensor=4] [--json out.json]
-
-On the vanilla benchmark's random Qwen2.5-VL (text hidden 512, 8 layers, vocab 32k, one 224x224
-image per prompt), for batch 1 and 4, static and dynamic trees, the two drafts that bracket what
-a trained draft can do (bench_common.bracket_drafts):
-  oracle  already knows the target's greedy answer: every round accepts the deepest path
-          (the upper bound: the speedup of a perfect draft with this tree);
-  random  an EAGLE drafter with random weights: accepts ~nothing (pure overhead).
-With --mesh the target loads straight into its sharded layout and the batch is split over `data`.
-Reported per case: tau (accepted draft tokens per target forward), tokens/s of both, the speedup
-and efficiency = speedup / (tau + 1). Outputs are checked token-identical to vanilla.
+On the vanilla benchmark's random model (one 224x224 image per prompt), per batch size, tree and
+bracketing draft (bench_common.bracket_drafts: oracle accepts the deepest path every round, the
+upper bound; random accepts ~nothing, pure overhead): tau, tokens/s of both, the speedup and
+efficiency = speedup / (tau + 1); outputs are checked token-identical to vanilla. With --mesh
+the target loads straight into its sharded layout and the batch is split over `data`.
 """
 
 from __future__ import annotations
@@ -29,12 +22,14 @@ HEADER = (f"{'batch':>5} {'tree':<16} {'drafter':<7} {'tau':>6} {'vanilla tok/s'
 
 
 def add_parser(sub):
-  p = sub.add_parser("spec", help="speculative vs vanilla greedy tokens/s (oracle and random drafts)")
+  p = sub.add_parser("spec",
+                     help="speculative vs vanilla greedy tokens/s (oracle and random drafts)")
   p.add_argument("--new-tokens", type=int, default=128)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
   p.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES))
-  p.add_argument("--drafters", nargs="+", default=["oracle", "random"], choices=["oracle", "random"])
+  p.add_argument("--drafters", nargs="+", default=["oracle", "random"],
+                 choices=["oracle", "random"])
   p.add_argument("--folder", default="/tmp/vispec-bench-model",
                  help="checkpoint folder (the benchmark model is written there if absent)")
   p.add_argument("--mesh", default=None, metavar="SPEC",

@@ -1,38 +1,11 @@
 """`python -m infer.bench table|length`: trained drafts against vanilla decoding on held-out scenes.
 
-    python -m infer.bench table --target DIR --draft NAME=DIR [--draft NAME=DIR ...]
-        [--scenes 8] [--split test] [--temperatures 0 1] [--max-new-tokens 512]
-        [--tree dynamic|dynamic-dDkKtT|chainN] [--repeats 1] [--json out.json] [--markdown]
-    python -m infer.bench length --target DIR --draft NAME=DIR [--draft NAME=DIR ...]
-        [--lengths 64 128 256 512] [--scenes 4] [--temperature 0] [--ignore-eos]
-        --out length.png [--json out.json]
-
-`table` is the paper-style table: for each temperature, vanilla decoding (`vj.generate`) and
-every draft (`vj.load_draft`: ViSpec, EAGLE or Medusa) with `vj.speculative_generate` and one
-tree (default `vj.TreeConfig()`, the EAGLE-2 dynamic tree of depth 3, top_k 8, 30 tokens).
-`length` sweeps the maximum output length and draws speedup and tau against it (a PNG, two
-panels, one line per draft).
-
-Scenes: `proj.scenes.generator.sample(seed)` for seeds SPLIT_SEEDS[split] + i, i < --scenes (the
-same examples as the TFDS build's split, made directly, so no build is needed; `test` is held
-out from training). Each is prompted as infer/demo.py does: `vj.prepare(target, [question],
-images=[[image]])`, no system prompt.
-
-Timing: every scene runs at batch 1, one call at a time (the paper's setting: a batched
-speculative loop runs until its slowest row is done, so its throughput mixes the rows'
-acceptance). The image is encoded once per scene outside the timings; both decoders get the
-same embeddings. Every program is compiled (one untimed call of every configuration on every
-scene) before timing; each repeat then runs every scene with every configuration, the order of
-the configurations rotated per repeat so machine noise hits all alike, each call ended by
-`jax.block_until_ready`. Per configuration: time = median over repeats of the summed time over
-scenes; tokens/s = generated tokens / time; speedup = vanilla's time per token / the draft's
-time per token (at the same temperature; at T > 0 the outputs and their lengths differ).
-tau = accepted draft tokens / target forwards, pooled over scenes (sum / sum, bonus token
-excluded); tokens per forward = tau + 1. At T = 0 every speculative output must be
-token-identical to vanilla (exit status 1 otherwise); at T > 0 scene i uses the fixed key
-fold_in(PRNGKey(0), i) for every configuration, and the outputs differ from vanilla's by design
-(the sampler is lossless in distribution, not in samples).
-Bad input (a missing folder, a malformed --draft, an unknown tree) is one `error:` line, exit 2.
+`table`: per temperature, vanilla `vj.generate` and every draft (`vj.load_draft`) with
+`vj.speculative_generate` on one tree; `length`: speedup and tau against the maximum output
+length (a PNG). Scenes `proj.scenes.generator.sample(SPLIT_SEEDS[split] + i)`, prompted as
+infer/demo.py does, at batch 1; how they are timed and what each column means:
+docs/benchmarks.md section 4. At T = 0 every output must be token-identical to vanilla (exit
+status 1 otherwise); at T > 0 scene i samples with fold_in(PRNGKey(0), i) everywhere.
 """
 
 from __future__ import annotations
@@ -74,15 +47,6 @@ def parse_drafts(specs) -> dict[str, str]:
       raise FileNotFoundError(f"--draft {name} folder not found: {folder}")
     drafts[name] = folder
   return drafts
-
-
-def check_args(args) -> tuple[dict[str, str], object]:
-  """Everything checkable before loading a model; returns (drafts, tree)."""
-  common.check_args(args)
-  drafts = parse_drafts(args.draft)
-  if getattr(args, "out", None):
-    cli.check_output("--out", args.out)
-  return drafts, vj.tree.from_spec(args.tree)
 
 
 def add_parser(sub):
@@ -153,8 +117,8 @@ def load(args, drafts: dict[str, str], tree):
 
 def measure(target, drafts, scenes, tree, max_new_tokens: int, temperature: float,
             repeats: int) -> list[dict]:
-  """Times vanilla and every draft on every scene (see the module docstring): a row each,
-  vanilla first."""
+  """Times vanilla and every draft on every scene (configurations rotated per repeat): a row
+  each, vanilla first."""
   keys = [jax.random.fold_in(jax.random.PRNGKey(0), i) for i in range(len(scenes))]
 
   def run(drafter=None, params=None):
@@ -170,27 +134,35 @@ def measure(target, drafts, scenes, tree, max_new_tokens: int, temperature: floa
   rows = []
   for name, r in runs.items():
     tokens, outputs = total(o.lengths for o in r.out), [vj.trim(o)[0] for o in r.out]
+    per_token = r.median / max(tokens, 1)
     if name == "vanilla":
-      tau, forwards, kind, vanilla = 0.0, tokens, "vanilla", (outputs, r.median / max(tokens, 1))
+      forwards, accepted, kind = tokens, 0, "vanilla"
+      vanilla_outputs, vanilla_per_token = outputs, per_token
     else:
       forwards = total(o.stats.target_forwards for o in r.out)
-      tau, kind = total(o.stats.accepted for o in r.out) / max(forwards, 1), drafts[name].config.kind
-    per_token = r.median / max(tokens, 1)
+      accepted, kind = total(o.stats.accepted for o in r.out), drafts[name].config.kind
+    tau = accepted / max(forwards, 1)
     rows.append({
         "name": name, "kind": kind, "temperature": temperature, "tokens": tokens,
         "target_forwards": forwards, "tau": tau, "tokens_per_forward": tau + 1.0,
         "tokens_per_s": tokens / r.median if r.median > 0 else 0.0,
         "seconds": r.median, "all_seconds": r.seconds,
-        "speedup": vanilla[1] / per_token if per_token > 0 else 0.0,
-        "identical": None if temperature else outputs == vanilla[0],
+        "speedup": vanilla_per_token / per_token if per_token > 0 else 0.0,
+        "identical": None if temperature else outputs == vanilla_outputs,
     })
   return rows
 
 
 def start(args, **info):
-  """Checks, loads and describes a `table` or `length` run: (target, drafts, scenes, tree,
-  setup info)."""
-  drafts, tree = check_args(args)
+  """Checks the options (before loading anything), loads and describes a `table` or `length`
+  run: (target, drafts, scenes, tree, setup info)."""
+  common.check_args(args)
+  drafts = parse_drafts(args.draft)
+  if hasattr(args, "out"):  # length's PNG
+    if not args.out:
+      raise ValueError("--out must name the PNG to write")
+    cli.check_output("--out", args.out)
+  tree = vj.tree.from_spec(args.tree)
   target, loaded, scenes = load(args, drafts, tree)
   info = {"target": os.path.abspath(args.target),
           "drafts": {k: os.path.abspath(v) for k, v in drafts.items()},
@@ -212,8 +184,9 @@ def plural(n: int) -> str:
 
 COLUMNS = [("name", "name", "{}"), ("kind", "kind", "{}"), ("T", "temperature", "{:g}"),
            ("tokens", "tokens", "{}"), ("tau", "tau", "{:.2f}"),
-           ("tokens/forward", "tokens_per_forward", "{:.2f}"), ("tokens/s", "tokens_per_s", "{:.1f}"),
-           ("speedup", "speedup", "{:.2f}x"), ("identical", "identical", "{}")]
+           ("tokens/forward", "tokens_per_forward", "{:.2f}"),
+           ("tokens/s", "tokens_per_s", "{:.1f}"), ("speedup", "speedup", "{:.2f}x"),
+           ("identical", "identical", "{}")]
 
 
 def format_table(rows: list[dict], markdown: bool) -> str:
@@ -252,8 +225,6 @@ def run_table(args) -> dict:
 
 
 def run_length(args) -> dict:
-  if not args.out:
-    raise ValueError("--out must name the PNG to write")
   target, drafts, scenes, tree, info = start(args, temperature=args.temperature,
                                              ignore_eos=args.ignore_eos)
   print(f"length: {plural(len(scenes))} ({args.split}), batch 1, T={args.temperature:g}, tree "

@@ -1,12 +1,8 @@
 """`python -m infer.bench vanilla`: tokens/s of `vj.generate` against transformers' generate.
 
-    python -m infer.bench vanilla [--new-tokens 128] [--repeats 5] [--warmup 1] [--breakdown]
-        [--folder DIR] [--threads 0|1] [--json out.json]
-
-Greedy `vj.generate` against transformers' PyTorch `Qwen2_5_VLForConditionalGeneration.generate`
-on the same random checkpoint folder (bench_common.write_bench_checkpoint), same prompt, same
-number of new tokens (EOS disabled on both sides). Both are warmed up, then timed alternately;
-the table shows the median over repeats, and the token ids of both are compared.
+Greedy decoding on both sides of the same random checkpoint (bench_common.write_bench_checkpoint),
+prompt and number of new tokens (EOS disabled), warmed up, timed alternately (median); the token
+ids of both are compared.
 """
 
 from __future__ import annotations
@@ -120,8 +116,8 @@ def run_vanilla(args) -> dict:
       row += f"{breakdown[k]['first_token_ms']:12.1f}{breakdown[k]['step_ms']:9.2f}"
     print(row)
   print(f"ratio ours/transformers: {result['ratio']:.2f}x")
-  print(f"identical token ids: {result['identical_tokens']}"
-        + ("" if result["identical_tokens"] else f" (first mismatch at {result['first_mismatch']})"))
+  where = "" if result["identical_tokens"] else f" (first mismatch at {result['first_mismatch']})"
+  print(f"identical token ids: {result['identical_tokens']}{where}")
   return result
 
 
