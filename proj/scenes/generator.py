@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vispec_jax.checkpoints import write_folder
+from vispec_jax import testing
 from vispec_jax.testing import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -560,19 +561,9 @@ def train_tokenizer(samples: int = 2000, vocab_size: int = 2048, start: int = 0)
   """A byte-level BPE (any text encodes) trained on scene questions and answers, with Qwen's
   special tokens and the chat template of `vispec_jax.testing`, as a PreTrainedTokenizerFast.
   The vocabulary is at most `vocab_size`; it is smaller when the corpus has fewer words."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from transformers import PreTrainedTokenizerFast
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                min_frequency=2, show_progress=False)
-  tok.train_from_iterator(corpus(samples, start), trainer)
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                 pad_token="<|endoftext|>", unk_token=None)
-  fast.chat_template = CHAT_TEMPLATE
-  return fast
+  return testing.bpe_tokenizer(corpus(samples, start), vocab_size, SPECIAL_TOKENS, CHAT_TEMPLATE,
+                               min_frequency=2, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", unk_token=None)
 
 
 def save_tokenizer(tokenizer, out: str) -> str:

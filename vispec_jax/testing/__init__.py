@@ -40,9 +40,9 @@ _CORPUS = [
 ]
 
 
-def _tokenizer(vocab_size: int, special_tokens: list[str], chat_template: str,
-               add_bos: bool = False, **special):
-  """A byte-level BPE (any text encodes) trained on the tiny corpus, as a transformers
+def bpe_tokenizer(texts, vocab_size: int, special_tokens: list[str], chat_template: str,
+                  add_bos: bool = False, min_frequency: int = 0, **special):
+  """A byte-level BPE (any text encodes) trained on `texts`, as a transformers
   PreTrainedTokenizerFast; `add_bos`: "<s>" first when special tokens are asked for (LLaMA)."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
   from transformers import PreTrainedTokenizerFast
@@ -51,8 +51,8 @@ def _tokenizer(vocab_size: int, special_tokens: list[str], chat_template: str,
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                show_progress=False)
-  tok.train_from_iterator(_CORPUS * 4, trainer)
+                                min_frequency=min_frequency, show_progress=False)
+  tok.train_from_iterator(texts, trainer)
   if add_bos:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
@@ -63,8 +63,8 @@ def _tokenizer(vocab_size: int, special_tokens: list[str], chat_template: str,
 
 def tiny_tokenizer(vocab_size: int = 320):
   """A byte-level BPE tokenizer with Qwen's special tokens and a Qwen-style chat template."""
-  return _tokenizer(vocab_size, SPECIAL_TOKENS, CHAT_TEMPLATE, eos_token="<|im_end|>",
-                    pad_token="<|endoftext|>", unk_token=None)
+  return bpe_tokenizer(_CORPUS * 4, vocab_size, SPECIAL_TOKENS, CHAT_TEMPLATE,
+                       eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
 
 
 def tiny_qwen_config(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4,
@@ -150,8 +150,9 @@ LLAVA_CHAT_TEMPLATE = (
 def tiny_llava_tokenizer(vocab_size: int = 320):
   """A byte-level BPE tokenizer with LLaMA's special tokens and `<image>`; like LLaMA's it adds
   `<s>` when asked for special tokens."""
-  return _tokenizer(vocab_size, LLAVA_SPECIAL_TOKENS, LLAVA_CHAT_TEMPLATE, add_bos=True,
-                    bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+  return bpe_tokenizer(_CORPUS * 4, vocab_size, LLAVA_SPECIAL_TOKENS, LLAVA_CHAT_TEMPLATE,
+                       add_bos=True, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                       unk_token="<unk>")
 
 
 TINY_PINPOINTS = [[28, 56], [56, 28], [56, 56], [28, 84], [84, 28]]
