@@ -57,6 +57,8 @@ def add_parser(sub):
     p.add_argument("--scenes", type=int, default=scenes, help="held-out scenes (batch 1 each)")
     p.add_argument("--split", choices=list(SPLIT_SEEDS), default="test",
                    help="seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
+    p.add_argument("--style", choices=sorted(scenes_lib.STYLES), default=scenes_lib.DEFAULT_STYLE,
+                   help="scene style (the one the target was trained on)")
     p.add_argument("--tree", default="dynamic",
                    help="dynamic (default: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of everything (median)")
@@ -108,7 +110,7 @@ def load(args, drafts: dict[str, str], tree):
   base = SPLIT_SEEDS[args.split]
   scenes = []
   for i in range(args.scenes):
-    example = scenes_lib.sample(base + i)
+    example = scenes_lib.sample(base + i, style=args.style)
     batch = vj.prepare(target, [example["question"]], images=[[example["image"]]])
     embeds = target.embed(target.params, batch)
     scenes.append(Scene(base + i, example["kind"], batch, embeds))
@@ -167,6 +169,7 @@ def start(args, **info):
   info = {"target": os.path.abspath(args.target),
           "drafts": {k: os.path.abspath(v) for k, v in drafts.items()},
           "tree": args.tree, "tree_config": dataclasses.asdict(tree), "split": args.split,
+          "style": args.style,
           "seeds": [s.seed for s in scenes], "kinds": [s.kind for s in scenes],
           "prompt_tokens": [int(s.batch.prompt_lengths[0]) for s in scenes],
           "repeats": args.repeats, "batch": 1, "backend": jax.default_backend(),

@@ -94,10 +94,11 @@ def test_table(tiny_qwen_dir, draft_dirs, tmp_path):
   out = tmp_path / "table.json"
   r = bench_fast("table", "--target", tiny_qwen_dir, "--draft", f"eagle={draft_dirs['eagle']}",
                  "--scenes", 2, "--max-new-tokens", 12, "--temperatures", 0, 1, "--tree",
-                 "chain3", "--markdown", "--json", out)
+                 "chain3", "--style", "bold", "--markdown", "--json", out)
   assert r.returncode == 0, r.stdout + r.stderr
   result = json.loads(out.read_text())
   assert result["setup"]["seeds"] == [200_000_000, 200_000_001]  # the held-out test split
+  assert result["setup"]["style"] == "bold"
   rows = {(row["name"], row["temperature"]): row for row in result["rows"]}
   assert set(rows) == {(n, t) for n in ("vanilla", "eagle") for t in (0.0, 1.0)}
   for (name, t), row in rows.items():
