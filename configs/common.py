@@ -49,10 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
   # The draft: kind "eagle" (stage 1 / EAGLE baseline), "vispec" (stage 2) or "medusa".
   # init_from: a draft folder (ours or a released one) to start from; a stage-1 EAGLE draft
   # initialises a ViSpec draft's shared layers (adaptor and img_fc start fresh).
-  # overrides: DraftConfig fields other than the target-derived shapes (num_q, medusa_heads).
+  # overrides: DraftConfig fields other than the target-derived shapes (num_q, global_feature,
+  # medusa_heads).
   c.draft = ml_collections.ConfigDict(dict(
       kind="vispec", init_from=placeholder(str), dtype="float32",
-      overrides=ml_collections.ConfigDict(dict(num_q=2))))
+      overrides=ml_collections.ConfigDict(dict(num_q=2, global_feature=True))))
 
   # Data generation (python -m train.datagen). image_position: the image "after" the question
   # (the reference), "before" it (as vj.prepare places it) or "mixed" (alternating by input).

@@ -408,6 +408,18 @@ def test_adaptor_placement_and_global_features(tmp_path, head):
   np.testing.assert_allclose(x[15], text_x(15, gs[1]), atol=1e-5)
   np.testing.assert_allclose(np.asarray(g_last[0]), gs[1], atol=1e-5)
 
+  # The no-global-feature ablation: the same compressed tokens, g = 0 at every text slot.
+  ablated = dataclasses.replace(d.drafter, cfg=dataclasses.replace(d.config, global_feature=False))
+  x0, keys0, g0 = ablated.prompt_inputs(d.params, jnp.asarray(feats), jnp.asarray(next_embeds),
+                                        jnp.asarray(mask), jnp.asarray(image_slots))
+  x0 = np.asarray(x0[0])
+  np.testing.assert_array_equal(np.asarray(keys0[0]), keys)
+  for s, e in runs:
+    np.testing.assert_allclose(x0[e - 2:e], x[e - 2:e], atol=1e-6)
+  for i in (0, 5, 7, 12, 15):
+    np.testing.assert_allclose(x0[i], text_x(i, np.zeros(H)), atol=1e-5)
+  assert not np.asarray(g0).any()
+
 
 def test_steps_use_last_global_feature(loaded, head):
   """After prefill every tree step feeds fc([e; img_fc([h; g_last])])."""

@@ -26,8 +26,9 @@ from vispec_jax.target import batch_from_rows
 
 def make_draft_config(config, target) -> vj.DraftConfig:
   overrides = dict(config.draft.overrides)
-  if config.draft.kind != "vispec":
+  if config.draft.kind != "vispec":  # ViSpec-only fields keep their defaults
     overrides.pop("num_q", None)
+    overrides.pop("global_feature", None)
   return vj.DraftConfig.for_target(target.config.text, kind=config.draft.kind, **overrides)
 
 

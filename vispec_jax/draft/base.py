@@ -51,6 +51,7 @@ class DraftConfig:
   fc_bias: bool = True
   hidden_act: str = "silu"
   num_q: int = 2  # ViSpec adaptor queries: num_q - 1 compressed tokens + 1 global feature
+  global_feature: bool = True  # ViSpec: inject g (False: the no-global-feature ablation, g = 0)
   medusa_heads: int = 5
 
   def __post_init__(self):

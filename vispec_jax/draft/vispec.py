@@ -116,7 +116,7 @@ class ViSpecDrafter(EagleDrafter):
     # Global feature of the latest finished run for text slots; zero before the first image.
     latest = count - 1
     g = jnp.take(flat, (jnp.maximum(latest, 0) + row) * nq + nq - 1, axis=0)
-    g = jnp.where((latest >= 0)[..., None], g, 0)
+    g = jnp.where(((latest >= 0) & self.cfg.global_feature)[..., None], g, 0)
     x = fuse(params, next_embeds, img_fuse(params, features, g))
     x = jnp.where(compressed[..., None], tokens.astype(x.dtype), x)
     keys = attention_mask & (~image_slots | compressed)

@@ -9,7 +9,8 @@
         --config.target.folder=runs/target/target
 
 arg keys: stage (1: EAGLE draft + stage-1 losses, 2: ViSpec + stage-2 losses), draft (override
-the kind: eagle / vispec / medusa), num_q (ViSpec adaptor queries), records (how many target
+the kind: eagle / vispec / medusa), num_q (ViSpec adaptor queries; 1: no compressed token),
+global_feature (False: ViSpec without its global image feature), records (how many target
 answers to generate and train on), runlocal (a few steps, for a smoke test).
 """
 
@@ -17,9 +18,11 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, stage=2, draft="", num_q=2, records=512, runlocal=False)
+  arg = common.parse_arg(arg, stage=2, draft="", num_q=2, global_feature=True, records=512,
+                         runlocal=False)
   c = common.draft_config(arg)
   c.draft.overrides.num_q = arg.num_q
+  c.draft.overrides.global_feature = arg.global_feature
   c.target.folder = "runs/target/target"   # python -m proj.scenes.train_target ... (export)
 
   # The target answers scenes questions greedily, prompted as vj.prepare / infer.demo do: no
