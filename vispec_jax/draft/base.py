@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from vispec_jax import layers
-from vispec_jax.configs import TextConfig
+from vispec_jax.configs import DecoderShape, TextConfig
 from vispec_jax.engine.kv_cache import KVCache
 from vispec_jax.models import decoder
 
@@ -33,23 +33,13 @@ Params = layers.Params
 KINDS = ("eagle", "vispec", "medusa")
 
 
-@dataclasses.dataclass(frozen=True)
-class DraftConfig:
-  """A draft model. kind: "eagle" (text-only baseline), "vispec" (adaptor + global image
-  feature) or "medusa" (`medusa_heads` ResBlock heads on the target feature; the attention
-  fields are then unused)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DraftConfig(DecoderShape):
+  """A draft model (its decoder layer's sizes: `DecoderShape`). kind: "eagle" (text-only
+  baseline), "vispec" (adaptor + global image feature) or "medusa" (`medusa_heads` ResBlock
+  heads on the target feature; the attention fields are then unused)."""
   kind: str
-  hidden_size: int
-  intermediate_size: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  vocab_size: int
-  rms_norm_eps: float = 1e-6
-  rope_theta: float = 10000.0
-  qkv_bias: bool = False
   fc_bias: bool = True
-  hidden_act: str = "silu"
   num_q: int = 2  # ViSpec adaptor queries: num_q - 1 compressed tokens + 1 global feature
   global_feature: bool = True  # ViSpec: inject g (False: the no-global-feature ablation, g = 0)
   medusa_heads: int = 5
@@ -65,10 +55,9 @@ class DraftConfig:
   @staticmethod
   def for_target(text: TextConfig, kind: str = "eagle", **overrides) -> "DraftConfig":
     """The draft shapes ViSpec uses for a target: MHA with the target's head count."""
-    base = dict(kind=kind, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
-                num_heads=text.num_heads, num_kv_heads=text.num_heads, head_dim=text.head_dim,
-                vocab_size=text.vocab_size, rms_norm_eps=text.rms_norm_eps,
-                rope_theta=text.rope_theta, qkv_bias=text.qkv_bias)
+    base = {f.name: getattr(text, f.name) for f in dataclasses.fields(DecoderShape)}
+    # MHA (num_kv_heads = the target's query heads); drafts keep silu whatever the target uses.
+    base.update(kind=kind, num_kv_heads=text.num_heads, hidden_act="silu")
     return DraftConfig(**{**base, **overrides})
 
 
