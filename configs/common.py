@@ -77,7 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       dir="/tmp/vispec_data", name="default", features="online", max_len=4096,
       buckets=(256, 512, 1024, 2048, 4096), eval_fraction=0.05, shuffle_seed=0,
-      worker_count=0, prefetch=2, limit=placeholder(int)))  # limit: first N records only
+      worker_count=0, prefetch=2, limit=placeholder(int),  # limit: first N records only
+      # mix: another dataset under data.dir (its name) giving `weight` of the train rows
+      mix=ml_collections.ConfigDict(dict(name=placeholder(str), weight=0.0))))
 
   c.batch_size = 8            # global
   c.num_epochs = 20           # reference: warmup 1 epoch, linear decay to 0 at epoch 20
@@ -273,7 +275,7 @@ RULES = {
     "data.dir": _text, "data.name": _text, "data.features": _choice("online", "precomputed"),
     "data.max_len": _int(1), "data.buckets": _increasing, "data.eval_fraction": _real(0, 1, hi_open=True),
     "data.shuffle_seed": _int(0, SEED_MAX), "data.worker_count": _int(0), "data.prefetch": _int(0),
-    "data.limit": _int(1, optional=True),
+    "data.limit": _int(1, optional=True), "data.mix.weight": _real(0, 1, hi_open=True),
     "batch_size": _int(1), "num_epochs": _real(0, lo_open=True), "total_steps": _int(1, optional=True),
     "warmup_epochs": _real(0), "warmup_steps": _int(0, optional=True),
     "optim.lr": _real(0), "optim.b1": _real(0, 1, hi_open=True), "optim.b2": _real(0, 1, hi_open=True),

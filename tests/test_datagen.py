@@ -4,6 +4,7 @@ image); errors name the bad input."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,23 @@ def test_bad_inputs_are_named(tiny_qwen_dir, tmp_path):
   datagen.check_signature(config)
   config.datagen.max_new_tokens = 7
   with pytest.raises(ValueError, match="max_new_tokens"):
+    datagen.check_signature(config)
+
+
+def test_kept_answers_do_not_depend_on_the_weights(tiny_qwen_dir, tmp_path):
+  """With kept answers the data is the same for any weights and any provenance file (a stage-2
+  target started from another stage-1 run reuses the records); another config.json is not."""
+  config = make_config(tiny_qwen_dir, tmp_path / "out", answer_key="answer")
+  datagen.check_signature(config)
+  other = tmp_path / "other"
+  shutil.copytree(tiny_qwen_dir, other)
+  (other / "init.json").write_text('{"target": "elsewhere"}')
+  (other / "model.safetensors").write_bytes(b"other weights")
+  config.target.folder = str(other)
+  datagen.check_signature(config)
+  raw = json.loads((other / "config.json").read_text())
+  (other / "config.json").write_text(json.dumps(dict(raw, rms_norm_eps=0.5)))
+  with pytest.raises(ValueError, match="target_files"):
     datagen.check_signature(config)
 
 

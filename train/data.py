@@ -132,7 +132,11 @@ HOST_KEYS = ("global_index", "global_tokens")
 
 class Records:
   """A trainer's records: the dataset at `folder` (the first `data.limit`), its train and held-out
-  split, the run's length and warmup in steps, and grain datasets of global batches."""
+  split, the run's length and warmup in steps, and grain datasets of global batches.
+
+  `data.mix` (optional, {"name", "weight"}): a second dataset under data.dir (built earlier by
+  datagen, e.g. stage 1's inventories) whose records make up a `weight` fraction of the train
+  rows, drawn independently of the main dataset's; the held-out records stay the main's."""
 
   def __init__(self, config, folder: str):
     self.config = config
@@ -144,13 +148,33 @@ class Records:
     n_eval = min(n - 1, math.ceil(n * frac)) if frac > 0 and n > 1 else 0
     self.train_idx, self.eval_idx = np.arange(n - n_eval), np.arange(n - n_eval, n)
     self.held = self.eval_idx if len(self.eval_idx) else self.train_idx
+    self.mix_idx, self.mix_weight = None, 0.0
+    mix = config.data.get("mix") or {}
+    if mix.get("weight", 0.0) > 0:
+      if not mix.get("name"):
+        raise ValueError(f"config.data.mix.weight is {mix['weight']} but data.mix.name is unset")
+      self._add_mix(os.path.join(config.data.dir, "vispec_draft_data", mix["name"], "1.0.0"),
+                    float(mix["weight"]))
     steps_per_epoch = max(1, len(self.train_idx) // config.batch_size)
     self.total = int(config.total_steps or config.num_epochs * steps_per_epoch)
     self.warmup = int(config.warmup_steps if config.warmup_steps is not None
                       else config.warmup_epochs * steps_per_epoch)
 
+  def _add_mix(self, folder: str, weight: float) -> None:
+    """Appends the mixed-in dataset's records after the main ones (one index space)."""
+    source, meta = open_dataset(folder)
+    for key in ("image_hw", "position_rows", "family", "feature_dim"):
+      if meta.get(key) != self.meta.get(key):
+        raise ValueError(f"data.mix {folder} has {key}={meta.get(key)!r}, the main dataset "
+                         f"{self.meta.get(key)!r}: mix datasets made by the same target")
+    main, n = self.source, len(self.source)
+    self.source = Lazy(n + len(source), lambda i: main[i] if i < n else source[i - n])
+    self.meta = dict(self.meta, lengths=list(self.meta["lengths"]) + list(meta["lengths"]))
+    self.mix_idx, self.mix_weight = np.arange(n, n + len(source)), weight
+
   def dataset(self, collate: Collator, train: bool) -> grain.MapDataset:
-    """Shuffled train batches or held-out ones in order (the train split if none), endless."""
+    """Shuffled train batches (with `data.mix`'s rows mixed in) or held-out ones in order (the
+    train split if none), endless."""
     c, nproc = self.config, jax.process_count()
     if c.batch_size % nproc:
       raise ValueError(f"batch size {c.batch_size} is not a multiple of the {nproc} processes")
@@ -159,8 +183,14 @@ class Records:
       raise ValueError("no records to read (is the dataset or the split empty?)")
     ds = grain.MapDataset.source(np.asarray(indices, np.int64))
     if train:
-      ds = ds.shuffle(seed=c.data.shuffle_seed)
-    ds = ds.repeat(None).batch(c.batch_size, drop_remainder=True)
+      ds = ds.shuffle(seed=c.data.shuffle_seed).repeat(None)
+      if self.mix_idx is not None:
+        other = grain.MapDataset.source(self.mix_idx).shuffle(seed=c.data.shuffle_seed + 1)
+        ds = grain.MapDataset.mix([ds, other.repeat(None)],
+                                  [1.0 - self.mix_weight, self.mix_weight])
+    else:
+      ds = ds.repeat(None)
+    ds = ds.batch(c.batch_size, drop_remainder=True)
     return ds.map(LoadBatch(self.source, np.asarray(self.meta["lengths"], np.int64), collate,
                             tuple(c.data.buckets), jax.process_index(), nproc))
 

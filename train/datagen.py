@@ -257,11 +257,16 @@ def signature(config) -> dict:
   return sig
 
 
+# Provenance files a trainer writes next to the weights (where they started): no effect on data.
+PROVENANCE_FILES = ("init.json",)
+
+
 def _small_files_digest(folder: str) -> str:
   h = hashlib.sha256()
   for name in sorted(os.listdir(folder)):
     path = os.path.join(folder, name)
-    if name.endswith((".json", ".jinja", ".txt", ".model")) and os.path.isfile(path):
+    if (name.endswith((".json", ".jinja", ".txt", ".model")) and os.path.isfile(path)
+        and name not in PROVENANCE_FILES):
       with open(path, "rb") as f:
         h.update(name.encode() + b"\0" + f.read() + b"\0")
   return h.hexdigest()[:16]
