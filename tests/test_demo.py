@@ -12,6 +12,7 @@ from PIL import Image
 
 import vispec_jax as vj
 from vispec_jax import draft
+from proj.scenes import generator as scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,14 +34,15 @@ def draft_dir(tiny_qwen_dir, tmp_path_factory):
 def test_json_report_and_png(tiny_qwen_dir, draft_dir, tmp_path):
   png = tmp_path / "demo.png"
   r = demo("--model", tiny_qwen_dir, "--draft", draft_dir, "--max-new-tokens", 12, "--tree",
-           "chain4", "--seed", 5, "--out", png, "--json")
+           "chain4", "--seed", 5, "--style", "bold", "--out", png, "--json")
   assert r.returncode == 0, r.stderr
   out = json.loads(r.stdout)
   assert out["identical"] is True
   assert 1 <= out["tokens"] <= 12  # EOS may come first
   assert out["tokens_per_forward"] == pytest.approx(out["tau"] + 1)
   assert out["speedup"] > 0 and out["target_forwards"] >= 1
-  assert out["seed"] == 5 and out["question"]
+  assert out["seed"] == 5 and out["style"] == "bold"
+  assert out["question"] == scenes.sample(5, style="bold")["question"]
   assert 0 <= out["facts_correct"] <= out["facts_stated"]  # scene_facts on the answer
   assert out["facts_verdict"].startswith(f"facts: {out['facts_correct']} of {out['facts_stated']}")
   with Image.open(png) as im:
@@ -56,6 +58,7 @@ def test_missing_models_is_one_line(tmp_path):
 
 def test_bad_options_are_one_line(tiny_qwen_dir, draft_dir):
   for args, message in ((["--max-new-tokens", 0], "--max-new-tokens"), (["--kind", "x"], "--kind"),
+                        (["--style", "x"], "--style"),
                         (["--tree", "bushy"], "unknown tree 'bushy'")):
     r = demo("--model", tiny_qwen_dir, "--draft", draft_dir, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
