@@ -90,8 +90,8 @@ def run(args) -> dict:
   tau = float(np.asarray(spec.stats.tau)[0])
   answer = target.tokenizer.decode(tokens, skip_special_tokens=True)
   result = {
-      "seed": args.seed, "style": args.style, "kind": example["kind"], "question": example["question"],
-      "answer": answer, "tokens": len(tokens), "identical": bool(identical), "tau": tau,
+      "seed": args.seed, "style": args.style, "kind": example["kind"],
+      "question": example["question"], "answer": answer, "tokens": len(tokens), "identical": bool(identical), "tau": tau,
       "tokens_per_forward": tau + 1,
       "target_forwards": int(np.asarray(spec.stats.target_forwards)[0]),
       "vanilla_s": med["vanilla"], "speculative_s": med["speculative"],

@@ -22,6 +22,11 @@ import jax
 import numpy as np
 
 
+def dataset_dir(data_dir: str, name: str) -> str:
+  """The folder of the TFDS dataset `name` datagen built under `data_dir`."""
+  return os.path.join(data_dir, "vispec_draft_data", name, "1.0.0")
+
+
 def open_dataset(path: str):
   """(random-access source of records, metadata dict) of a dataset folder written by datagen."""
   import tensorflow_datasets as tfds
@@ -153,8 +158,7 @@ class Records:
     if mix.get("weight", 0.0) > 0:
       if not mix.get("name"):
         raise ValueError(f"config.data.mix.weight is {mix['weight']} but data.mix.name is unset")
-      self._add_mix(os.path.join(config.data.dir, "vispec_draft_data", mix["name"], "1.0.0"),
-                    float(mix["weight"]))
+      self._add_mix(dataset_dir(config.data.dir, mix["name"]), float(mix["weight"]))
     steps_per_epoch = max(1, len(self.train_idx) // config.batch_size)
     self.total = int(config.total_steps or config.num_epochs * steps_per_epoch)
     self.warmup = int(config.warmup_steps if config.warmup_steps is not None

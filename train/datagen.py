@@ -372,7 +372,7 @@ def _builder_class():
 
 def dataset_dir(config) -> str:
   """The folder of the built TFDS dataset (what `tfds.builder_from_directory` opens)."""
-  return os.path.join(config.data.dir, "vispec_draft_data", config.data.name, "1.0.0")
+  return data.dataset_dir(config.data.dir, config.data.name)
 
 
 def built(config) -> bool:
