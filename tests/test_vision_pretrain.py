@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from proj.scenes.configs import vision as scenes_vision
-from train import loop, sharding
+from train import loop, sharding, targets
 from proj.scenes import target_folder, vision_pretrain as vp
 from vispec_jax import checkpoints
 from proj.scenes import generator as scenes
@@ -188,6 +188,48 @@ def test_stage1_init_takes_the_tower_and_scales_its_tokens(runs, tiny_qwen_dir, 
   mtime = os.path.getmtime(os.path.join(folder, "model.safetensors"))
   assert train_target.init_folder(c, str(tmp_path), tok) == folder  # a resume reads it again
   assert os.path.getmtime(os.path.join(folder, "model.safetensors")) == mtime
+
+
+def test_stage3_init_takes_the_text_model_and_the_tower_without_its_merger(runs, tiny_qwen_dir,
+                                                                            tmp_path):
+  """Stage 3 (merge=1): the language model from `init.text` (a merge-2 target), the stage-0
+  tower's blocks, a fresh merger of the new width, and 4x the tokens per image. The data names
+  and lengths follow."""
+  from proj.scenes import train_target
+  from proj.scenes.configs import target as scenes_target
+  tok = target_folder.load_tokenizer(tiny_qwen_dir)
+  two = scenes_target.get_config("model=tiny,stage=2,runlocal")
+  first = vj.init_target(vj.models.config_from_hf(target_folder.hf_config(tok, two.model)),
+                         jax.random.PRNGKey(1))
+  text_folder = target_folder.write(str(tmp_path / "stage2"), target_folder.hf_config(tok, two.model),
+                                    jax.device_get(first.params),
+                                    first.family.name_map(first.config), tok)
+  c = scenes_target.get_config("model=tiny,stage=3,merge=1,runlocal")
+  c.init.update(dict(text=text_folder, vision=runs["ref"]["export"], scale_tokens=False))
+  c.datagen.image_size = (112, 112)
+  assert (c.data.name, c.data.mix.name) == ("scenes_bold_m1", "scenes_inventory_m1")
+  assert c.data.max_len == two.data.max_len + 192   # 256 - 64 tokens per 224 x 224 image
+  folder = train_target.init_folder(c, str(tmp_path / "stage3"), tok)
+  target = vj.load_target(folder)
+  assert target.config.vision.spatial_merge_size == 1
+  flat = lambda t: dict(jax.tree_util.tree_flatten_with_path(jax.device_get(t))[0])
+  for path, w in flat(first.params["text"]).items():
+    np.testing.assert_array_equal(flat(target.params["text"])[path], w)
+  tower = vp.load_tower(c.init.vision, target.config, merger=False)
+  assert "merger" not in tower
+  for path, w in flat(tower).items():
+    np.testing.assert_array_equal(flat(target.params["vision"])[path], w)
+  assert target.params["vision"]["merger"]["fc1"]["kernel"].shape == (16, 16)  # C, not 4C
+  with open(os.path.join(folder, "init.json")) as f:
+    assert json.load(f)["merger"] == "fresh"
+  image = np.asarray(scenes.make_scene(3, 112, style="bold")[0])
+  counts = []
+  for t in (first, target):
+    adapter = targets.VisionAdapter.for_target(t, (112, 112))
+    counts.append(adapter.encode(t.params["vision"], adapter.pixels(image)[None]).shape[1])
+  assert counts == [16, 64]
+  with pytest.raises(ValueError, match="merge=1"):
+    scenes_target.get_config("model=tiny,stage=3")
 
 
 def test_lr_scales_freeze_a_subtree_but_not_its_exceptions():

@@ -18,7 +18,8 @@ from vispec_jax import checkpoints, testing
 def hf_config(tokenizer, m) -> dict:
   """config.json (transformers-5 Qwen2.5-VL layout) for model dimensions `m` (a mapping with
   hidden, layers, heads, kv_heads, intermediate, vision_depth, vision_hidden, vision_heads,
-  vision_intermediate, window_size, max_positions, tie) and the tokenizer's vocabulary."""
+  vision_intermediate, window_size, max_positions, tie, and optionally merge: the spatial merge
+  size, 2 if absent) and the tokenizer's vocabulary."""
   raw = testing.tiny_qwen_config(tokenizer, hidden=m["hidden"], layers=m["layers"],
                                  heads=m["heads"], kv_heads=m["kv_heads"],
                                  vision_depth=m["vision_depth"], vision_hidden=m["vision_hidden"],
@@ -28,7 +29,8 @@ def hf_config(tokenizer, m) -> dict:
   raw["vision_config"].update(num_heads=m["vision_heads"],
                               intermediate_size=m["vision_intermediate"],
                               window_size=m["window_size"],
-                              fullatt_block_indexes=[m["vision_depth"] - 1])
+                              fullatt_block_indexes=[m["vision_depth"] - 1],
+                              spatial_merge_size=m.get("merge", 2))
   return raw
 
 
@@ -54,5 +56,8 @@ def write(folder: str, raw: dict, params, name_map, tokenizer, dtype=None,
     for name, value in {"config.json": raw, **(extra or {})}.items():
       with open(os.path.join(tmp, name), "w") as f:
         json.dump(value, f, indent=1)
-    testing.write_tokenizer_and_processor(tokenizer, tmp)
+    merge = raw["vision_config"]["spatial_merge_size"]  # the processor's must be the tower's
+    testing.write_tokenizer_and_processor(
+        tokenizer, tmp, {"image_processor_type": "Qwen2VLImageProcessor", **testing.PREPROCESSOR,
+                         "merge_size": merge})
   return checkpoints.write_folder(folder, fill)

@@ -46,8 +46,10 @@ def init_folder(config, workdir: str, tokenizer) -> str:
 
   The weights are random (`config.seed`), then, where `config.init` says so (issue 16's stages):
   `init.target` a trained target folder of the same dimensions (stage 2 starts from stage 1),
-  `init.vision` a stage-0 tower export (proj/scenes/vision_pretrain.py) for params["vision"],
-  with `init.scale_tokens` scaling its merger's last layer so that its tokens enter the language
+  `init.text` one whose language model only is taken (stage 3: the tower's merge differs),
+  `init.vision` a stage-0 tower export (proj/scenes/vision_pretrain.py) for params["vision"]
+  (with its merger unless `init.merger` is False: the fresh one stays),
+  with `init.scale_tokens` scaling the merger's last layer so that its tokens enter the language
   model at the norm of the text embeddings (measured on 32 train scenes of the tower's style)."""
   folder = os.path.join(workdir, "init")
   raw = target_folder.hf_config(tokenizer, config.model)
@@ -66,9 +68,16 @@ def init_folder(config, workdir: str, tokenizer) -> str:
     if start.config != fresh.config:
       raise ValueError(f"init.target {init['target']} has other dimensions than config.model")
     params, info["target"] = jax.device_get(start.params), init["target"]
+  if init.get("text"):
+    start = vj.load_target(init["text"])
+    if start.config.text != fresh.config.text:
+      raise ValueError(f"init.text {init['text']} has another language model than config.model")
+    params, info["text"] = dict(params, text=jax.device_get(start.params["text"])), init["text"]
   if init.get("vision"):
-    params = dict(params, vision=vision_pretrain.load_tower(init["vision"], fresh.config))
-    info["vision"] = init["vision"]
+    merger = init.get("merger", True)
+    tower = vision_pretrain.load_tower(init["vision"], fresh.config, merger)
+    params = dict(params, vision=dict(params["vision"], **tower))
+    info["vision"], info["merger"] = init["vision"], "stage 0" if merger else "fresh"
   if init.get("vision") and init.get("scale_tokens"):
     with tempfile.TemporaryDirectory() as tmp:  # the processor the target will use
       target_folder.write(tmp, raw, params, fresh.family.name_map(fresh.config), tokenizer)

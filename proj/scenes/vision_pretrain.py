@@ -244,11 +244,17 @@ def train_step(adapter, h, tx, state, batch):
 # --------------------------------------------------------------------------- export
 
 
-def vision_name_map(cfg: TargetConfig) -> checkpoints.NameMap:
-  """The target checkpoint's names of the tower's tensors (`visual.*`) only."""
+MERGER = "visual.merger."
+
+
+def vision_name_map(cfg: TargetConfig, merger: bool = True) -> checkpoints.NameMap:
+  """The target checkpoint's names of the tower's tensors (`visual.*`) only; without the
+  merger's, which are then ignored if present."""
   full = qwen2_5_vl.name_map(cfg)
   nm = checkpoints.NameMap(full.rules)
-  nm.entries = {k: v for k, v in full.entries.items() if k.startswith("visual.")}
+  nm.entries = {k: v for k, v in full.entries.items()
+                if k.startswith("visual.") and (merger or not k.startswith(MERGER))}
+  nm.optional = {k for k in full.entries if k.startswith(MERGER) and not merger}
   return nm
 
 
@@ -263,11 +269,15 @@ def export(folder: str, cfg: TargetConfig, vision_params, info: dict) -> str:
   return checkpoints.write_folder(folder, fill)
 
 
-def load_tower(folder: str, cfg: TargetConfig) -> dict:
-  """The tower's params (the target's `params["vision"]` layout) from an exported folder."""
-  shapes = {"vision": qwen2_5_vl.param_shapes(cfg)["vision"]}
+def load_tower(folder: str, cfg: TargetConfig, merger: bool = True) -> dict:
+  """The tower's params (the target's `params["vision"]` layout) from an exported folder;
+  without its merger (merger=False: e.g. another merge size) the tree has no "merger"."""
+  shapes = dict(qwen2_5_vl.param_shapes(cfg)["vision"])
+  if not merger:
+    del shapes["merger"]
   files = checkpoints.weight_files(folder)
-  return checkpoints.load_params(files, vision_name_map(cfg), shapes, jnp.float32)["vision"]
+  return checkpoints.load_params(files, vision_name_map(cfg, merger), {"vision": shapes},
+                                 jnp.float32)["vision"]
 
 
 # ----------------------------------------------------------------------------- curve

@@ -8,7 +8,9 @@
 
 arg keys: model (a key of SIZES), runlocal (a few steps, for a smoke test), stage (0: the shipped
 recipe, end to end on the classic scenes; 1 and 2: issue 16's staged recipe on the bold scenes,
-docs/embedded-model.md "Stage 1"):
+docs/embedded-model.md "Stage 1"; 3: the stage-2 target re-read at 256 image tokens), merge (the
+tower's spatial merge: 2 gives 64 tokens per 224 x 224 image, 1 gives 256; data names get a
+`_m1` suffix):
 
     python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold_inventory
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=1 \
@@ -16,6 +18,10 @@ docs/embedded-model.md "Stage 1"):
     python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=2 \
         --workdir runs/scenes_stage2
+    python -m train.datagen --config proj/scenes/configs/target.py:stage=1,merge=1 \
+        --config.target.folder=runs/scenes_stage3/init   # its inventories (data.mix)
+    python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=3,merge=1 \
+        --workdir runs/scenes_stage3
 """
 
 from ml_collections.config_dict import placeholder
@@ -25,7 +31,7 @@ from configs import common
 # Model dimensions (proj/scenes/target_folder.py:hf_config). Text: hidden x layers, heads (head_dim =
 # hidden / heads), kv_heads (GQA), intermediate (gated MLP). Vision: a small Qwen2.5-VL tower
 # (window attention, last block full), 2x2 merge: a 224 x 224 image is 16 x 16 patches of 14
-# pixels -> 64 tokens.
+# pixels -> 64 tokens (merge 1: 256).
 SIZES = {
     "tiny": dict(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vision_depth=1,
                  vision_hidden=16, vision_heads=1, vision_intermediate=32),
@@ -37,17 +43,24 @@ SIZES = {
 COMMON_DIMS = dict(window_size=112, max_positions=2048, tie=False)
 
 
-def model_dims(size: str) -> dict:
-  """config.model for a key of SIZES."""
+def model_dims(size: str, merge: int = 2) -> dict:
+  """config.model for a key of SIZES and a spatial merge size."""
   if size not in SIZES:
     raise ValueError(f"unknown model size {size!r}; known: {sorted(SIZES)}")
-  return dict(SIZES[size], **COMMON_DIMS)
+  if merge not in (1, 2):
+    raise ValueError(f"merge must be 1 or 2, got {merge}")
+  return dict(SIZES[size], **COMMON_DIMS, merge=merge)
+
+
+def image_tokens(image_hw: tuple[int, int], merge: int, patch: int = 14) -> int:
+  """LLM tokens per image of that size."""
+  return (image_hw[0] // patch // merge) * (image_hw[1] // patch // merge)
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, model="base", runlocal=False, stage=0)
+  arg = common.parse_arg(arg, model="base", runlocal=False, stage=0, merge=2)
   c = common.without(common.base_config(), *common.DRAFT_ONLY)
-  c.model = model_dims(arg.model)
+  c.model = model_dims(arg.model, arg.merge)
   c.tokenizer = "data/scenes-tokenizer"   # python -m proj.scenes.generator tokenizer --out ...
 
   # Records: train.datagen over the scenes TFDS train split, keeping its answers (no generation),
@@ -81,13 +94,18 @@ def get_config(arg=None):
                    batch_size=8)
 
   # Where the weights start (proj/scenes/train_target.py:init_folder): random unless set.
-  c.init = dict(target=placeholder(str), vision=placeholder(str), scale_tokens=False)
+  c.init = dict(target=placeholder(str), text=placeholder(str), vision=placeholder(str),
+                merger=True, scale_tokens=False)
   if arg.stage == 1:
     stage_1(c)
   elif arg.stage == 2:
     stage_2(c)
+  elif arg.stage == 3:
+    stage_3(c, arg.merge)
   elif arg.stage != 0:
-    raise ValueError(f"stage must be 0, 1 or 2, got {arg.stage!r}")
+    raise ValueError(f"stage must be 0, 1, 2 or 3, got {arg.stage!r}")
+  if arg.merge != 2:
+    other_merge(c, arg.merge)
 
   if arg.runlocal:
     c.update(dict(total_steps=10, warmup_steps=2, eval_every=10, eval_batches=1,
@@ -129,3 +147,30 @@ def stage_2(c) -> None:
   c.optim.lr = 1e-3
   c.optim.lr_scales = {"vision": 0.0}
   c.heldout.input = "tfds:scenes_dataset/bold:validation"
+
+
+def stage_3(c, merge: int) -> None:
+  """Issue 16, the adaptor at more image tokens (docs/embedded-model.md "Stage 3"): the stage-2
+  target's language model re-reads the stage-0 tower at another merge size (merge=1: 256 tokens
+  per image, the regime where the paper's adaptor helps), through a fresh merger trained at the
+  stage's lr; the tower stays frozen. Stage 2's data recipe."""
+  if merge == 2:
+    raise ValueError("stage 3 re-reads the image at another merge size: pass merge=1")
+  stage_2(c)
+  c.init.update(dict(target=None, text="models/scenes/stage2", vision="models/scenes/stage0",
+                     merger=False, scale_tokens=True))
+  c.optim.lr_scales = {"vision": 0.0, "vision/merger": 1.0}
+  c.total_steps = 900
+
+
+def other_merge(c, merge: int) -> None:
+  """Data of another merge size: its own dataset names (records hold the image tokens) and
+  lengths longer by the extra image tokens."""
+  extra = (image_tokens(c.datagen.image_size, merge)
+           - image_tokens(c.datagen.image_size, 2))
+  suffix = f"_m{merge}"
+  c.data.name += suffix
+  if c.data.get("mix") and c.data.mix.get("name"):
+    c.data.mix.name += suffix
+  c.data.max_len += extra
+  c.data.buckets = tuple(b + extra for b in c.data.buckets)
