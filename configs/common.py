@@ -319,3 +319,6 @@ def check(config) -> None:
   if dg is not None and dg.worker >= dg.num_workers:
     raise ValueError(f"config.datagen.worker must be < datagen.num_workers ({dg.num_workers}), "
                      f"got {dg.worker}")
+  mix = (config.get("data") or {}).get("mix") or {}
+  if mix.get("weight", 0.0) > 0 and not mix.get("name"):
+    raise ValueError(f"config.data.mix.weight is {mix['weight']} but data.mix.name is unset")

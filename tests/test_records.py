@@ -70,7 +70,7 @@ def test_mix_with_a_small_weight(folders):
 
 def test_mix_errors(folders):
   with pytest.raises(ValueError, match="data.mix.name is unset"):
-    data.Records(config(name=None, weight=0.5), "main")
+    common.check(config(name=None, weight=0.5))
   with pytest.raises(ValueError, match="image_hw"):
     data.Records(config(name="small", weight=0.5), "main")
   with pytest.raises(ValueError, match="data.mix.weight"):

@@ -156,8 +156,6 @@ class Records:
     self.mix_idx, self.mix_weight = None, 0.0
     mix = config.data.get("mix") or {}
     if mix.get("weight", 0.0) > 0:
-      if not mix.get("name"):
-        raise ValueError(f"config.data.mix.weight is {mix['weight']} but data.mix.name is unset")
       self._add_mix(dataset_dir(config.data.dir, mix["name"]), float(mix["weight"]))
     steps_per_epoch = max(1, len(self.train_idx) // config.batch_size)
     self.total = int(config.total_steps or config.num_epochs * steps_per_epoch)

@@ -11,15 +11,17 @@
 arg keys: stage (1: EAGLE draft + stage-1 losses, 2: ViSpec + stage-2 losses), draft (override
 the kind: eagle / vispec / medusa), num_q (ViSpec adaptor queries; 1: no compressed token),
 global_feature (False: ViSpec without its global image feature), records (how many target
-answers to generate and train on), runlocal (a few steps, for a smoke test).
+answers to generate and train on), merge (the target's spatial merge size: 1 for the stage-3
+target's 256 image tokens; longer records), runlocal (a few steps, for a smoke test).
 """
 
 from configs import common
+from proj.scenes.configs import target as scenes_target
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, stage=2, draft="", num_q=2, global_feature=True, records=512,
-                         runlocal=False)
+                         merge=2, runlocal=False)
   c = common.draft_config(arg)
   c.draft.overrides.num_q = arg.num_q
   c.draft.overrides.global_feature = arg.global_feature
@@ -39,6 +41,8 @@ def get_config(arg=None):
   c.update(dict(batch_size=8, total_steps=600, warmup_steps=30,
                 optim=dict(lr=2e-3, clip_value=0.5), log_every=10, eval_every=200,
                 eval_batches=4, eval_tau=dict(prompts=0), checkpoint=dict(every=100, keep=2)))
+  if arg.merge != 2:
+    scenes_target.other_merge(c, arg.merge)
   if arg.runlocal:
     c.update(dict(total_steps=10, eval_every=10, eval_batches=1, checkpoint=dict(every=5)))
   return c
