@@ -232,6 +232,31 @@ def test_stage3_init_takes_the_text_model_and_the_tower_without_its_merger(runs,
     scenes_target.get_config("model=tiny,stage=3")
 
 
+def test_gpu_chain_runs_at_tiny_sizes(runs, tmp_path):
+  """proj/scenes/gpu_chain.sh (the staged chain prepared for the lent GPU) end to end on a tiny
+  model: TFDS, stage 1 from a stage-0 tower, stage 2, facts; the four files it returns."""
+  import subprocess
+  import sys
+  import tarfile
+  out, env = tmp_path / "out", dict(os.environ)
+  env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"],
+             WORK=str(tmp_path / "work"), MODEL="tiny", STAGE0=runs["ref"]["export"], TRAIN="24",
+             S1_STEPS="2", S2_STEPS="2", FACTS="1",
+             EXTRA="--config.heldout.scenes=1 --config.heldout.max_new_tokens=8 "
+                   "--config.eval_every=2 --config.eval_batches=1 --config.batch_size=2 "
+                   "--config.data.eval_fraction=0.1")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run(["bash", "proj/scenes/gpu_chain.sh", str(out)], cwd=root, env=env,
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert sorted(os.listdir(out)) == ["chain.log", "facts.json", "summary.json", "target.tgz"]
+  summary = json.load(open(out / "summary.json"))
+  assert [summary[s]["evals"][-1]["step"] for s in ("stage1", "stage2")] == [2, 2]
+  with tarfile.open(out / "target.tgz") as t:
+    assert "target/model.safetensors" in t.getnames()
+  assert "precision" in json.dumps(json.load(open(out / "facts.json")))
+
+
 def test_lr_scales_freeze_a_subtree_but_not_its_exceptions():
   from configs import common
   c = common.base_config()

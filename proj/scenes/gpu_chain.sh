@@ -11,8 +11,9 @@
 #
 # Env: WORK (default /tmp/scenes_chain), S1_STEPS / S2_STEPS (the CPU recipe's 2400 / 1800),
 # S1_SECONDS / S2_SECONDS (180 / 240), TRAIN (scenes per TFDS train split, 20000), FACTS
-# (held-out scenes for the facts check, 32), MODEL (config arg, base), and EXTRA: more flags
-# for both trainers (e.g. --config.batch_size=32).
+# (held-out scenes for the facts check, 32), MODEL (config arg, base), STAGE0 (the tower stage 1
+# starts from, models/scenes/stage0) and EXTRA: more flags for both trainers (e.g.
+# --config.batch_size=32).
 set -euo pipefail
 out=${1:?usage: bash proj/scenes/gpu_chain.sh OUT}
 work=${WORK:-/tmp/scenes_chain}
@@ -41,7 +42,8 @@ stage() {  # stage workdir steps seconds [flags...]
   [ -f "$w/heldout.json" ] || python -m proj.scenes.train_target "${args[@]}" --export_only \
     >> "$w.log" 2>&1
 }
-stage 1 "$work/stage1" "${S1_STEPS:-2400}" "${S1_SECONDS:-180}"
+stage 1 "$work/stage1" "${S1_STEPS:-2400}" "${S1_SECONDS:-180}" \
+  --config.init.vision="${STAGE0:-models/scenes/stage0}"
 stage 2 "$work/stage2" "${S2_STEPS:-1800}" "${S2_SECONDS:-240}" \
   --config.init.target="$work/stage1/target"
 log "facts"
