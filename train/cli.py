@@ -26,7 +26,10 @@ def _drop_chatter(record) -> bool:
 def setup() -> None:
   """Keeps PyTorch out (transformers imports it, ~10 s, for classes training never runs) unless
   VISPEC_ALLOW_TORCH=1; quiets orbax."""
-  if os.environ.get("VISPEC_ALLOW_TORCH") != "1" and "torch" not in sys.modules:
+  # Only before transformers has looked for torch: once it has found it, a blocked torch breaks
+  # its later lazy imports (e.g. a test process that imported transformers first).
+  if (os.environ.get("VISPEC_ALLOW_TORCH") != "1" and "torch" not in sys.modules
+      and "transformers" not in sys.modules):
     sys.modules["torch"] = None  # `import torch` now fails fast; transformers runs without it
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   for handler in std_logging.getLogger().handlers + std_logging.getLogger("absl").handlers:
