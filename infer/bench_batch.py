@@ -17,7 +17,6 @@ otherwise).
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
@@ -80,9 +79,7 @@ def format_row(r: dict, markdown: bool) -> str:
 
 def run_batch(args) -> dict:
   tree = vj.tree.from_spec(args.tree)
-  # bench_table's loader (target, draft with its Medusa depth check); scenes are batched here.
-  load_args = argparse.Namespace(target=args.target, split=args.split, scenes=0, tree=args.tree)
-  target, drafts, _ = bench_table.load(load_args, {"draft": args.draft}, tree)
+  target, drafts = bench_table.load_models(args.target, {"draft": args.draft}, tree, args.tree)
   d = drafts["draft"]
   base = scenes_lib.SPLIT_SEEDS[args.split]
   examples = [scenes_lib.sample(base + i) for i in range(max(args.batch))]

@@ -92,21 +92,29 @@ class Scene:
   embeds: object
 
 
-def load(args, drafts: dict[str, str], tree):
-  """Target, {name: Draft} and the prepared scenes."""
-  target = vj.load_target(args.target)
-  if getattr(args, "ignore_eos", False):
+def load_models(folder: str, drafts: dict[str, str], tree, tree_spec: str,
+                ignore_eos: bool = False):
+  """The target and {name: Draft}; a Medusa draft must be deep enough for the tree."""
+  target = vj.load_target(folder)
+  if ignore_eos:
     target = common.without_eos(target)
   loaded = {}
-  for name, folder in drafts.items():
-    d = vj.load_draft(folder, target)
+  for name, draft_folder in drafts.items():
+    d = vj.load_draft(draft_folder, target)
     if d.config.kind == "medusa" and tree.max_depth > d.config.medusa_heads:
       raise ValueError(
           f"--draft {name} has {d.config.medusa_heads} Medusa heads, so it drafts at most "
-          f"{d.config.medusa_heads} tokens deep; --tree {args.tree} is {tree.max_depth} deep "
+          f"{d.config.medusa_heads} tokens deep; --tree {tree_spec} is {tree.max_depth} deep "
           f"(a dynamic tree is depth + 1 deep): use chain{d.config.medusa_heads} or shallower, "
           f"or dynamic-dDkKtT with D <= {d.config.medusa_heads - 1}")
     loaded[name] = d
+  return target, loaded
+
+
+def load(args, drafts: dict[str, str], tree):
+  """Target, {name: Draft} and the prepared scenes."""
+  target, loaded = load_models(args.target, drafts, tree, args.tree,
+                               getattr(args, "ignore_eos", False))
   base = SPLIT_SEEDS[args.split]
   scenes = []
   for i in range(args.scenes):
