@@ -78,8 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
       dir="/tmp/vispec_data", name="default", features="online", max_len=4096,
       buckets=(256, 512, 1024, 2048, 4096), eval_fraction=0.05, shuffle_seed=0,
       worker_count=0, prefetch=2, limit=placeholder(int),  # limit: first N records only
-      # mix: another dataset under data.dir (its name) giving `weight` of the train rows
-      mix=ml_collections.ConfigDict(dict(name=placeholder(str), weight=0.0))))
+      # mix: another dataset under data.dir (its name) giving `weight` of the train rows;
+      # `datagen`: overrides of config.datagen that build it when it is missing (e.g. its input)
+      mix=ml_collections.ConfigDict(dict(name=placeholder(str), weight=0.0,
+                                         datagen=ml_collections.ConfigDict()))))
 
   c.batch_size = 8            # global
   c.num_epochs = 20           # reference: warmup 1 epoch, linear decay to 0 at epoch 20
@@ -322,3 +324,6 @@ def check(config) -> None:
   mix = (config.get("data") or {}).get("mix") or {}
   if mix.get("weight", 0.0) > 0 and not mix.get("name"):
     raise ValueError(f"config.data.mix.weight is {mix['weight']} but data.mix.name is unset")
+  unknown = sorted(set(mix.get("datagen") or {}) - set(dg or {}))
+  if unknown:
+    raise ValueError(f"config.data.mix.datagen overrides unknown datagen keys {unknown}")

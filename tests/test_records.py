@@ -75,3 +75,5 @@ def test_mix_errors(folders):
     data.Records(config(name="small", weight=0.5), "main")
   with pytest.raises(ValueError, match="data.mix.weight"):
     common.check(config(name="inv", weight=1.0))
+  with pytest.raises(ValueError, match=r"unknown datagen keys \['inptu'\]"):
+    common.check(config(name="inv", weight=0.5, datagen={"inptu": "tfds:x"}))

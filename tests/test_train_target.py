@@ -46,7 +46,8 @@ def runs(tmp_path_factory):
                           max_new_tokens=8, batch_size=2))
     return c
 
-  out = {"root": root, "ref": target.train(config(), os.path.join(root, "ref"))}
+  out = {"root": root, "config": config,
+         "ref": target.train(config(), os.path.join(root, "ref"))}
   resume = os.path.join(root, "resume")
   out["stopped"] = target.train(config(stop_at_step=7), resume)
   out["resumed"] = target.train(config(), resume)
@@ -92,6 +93,25 @@ def test_resume_is_exact(runs):
   import jax
   diff = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
   assert max(jax.tree.leaves(diff)) <= 1e-5
+
+
+def test_mix_dataset_is_built_from_its_datagen_overrides(runs, tmp_path):
+  """data.mix.datagen: a missing mixed-in dataset is built by the trainer (stage 3's inventories)
+  from config.datagen with those overrides, under data.mix.name, and then trained on."""
+  from train import datagen
+  c = runs["config"]()
+  c.total_steps = c.eval_every = 2
+  c.data.dir = str(tmp_path / "data")
+  c.data.mix = dict(name="mixed", weight=0.5,
+                    datagen=dict(input="tfds:scenes_dataset/size112:train[:6]"))
+  out = target.train(c, str(tmp_path / "run"))
+  assert out["step"] == 2
+  mix = datagen.mix_config(c)
+  assert mix.data.name == "mixed" and mix.datagen.input.endswith("train[:6]")
+  assert c.data.name != "mixed" and c.datagen.input.endswith(":train")  # the config untouched
+  from train import data
+  source, _ = data.open_dataset(datagen.dataset_dir(mix))
+  assert len(source) == 6
 
 
 def test_scenes_draft_config_stages():

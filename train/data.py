@@ -139,8 +139,8 @@ class Records:
   """A trainer's records: the dataset at `folder` (the first `data.limit`), its train and held-out
   split, the run's length and warmup in steps, and grain datasets of global batches.
 
-  `data.mix` (optional, {"name", "weight"}): a second dataset under data.dir (built earlier by
-  datagen, e.g. stage 1's inventories) whose records make up a `weight` fraction of the train
+  `data.mix` (optional, {"name", "weight", "datagen"}): a second dataset under data.dir (built
+  by datagen earlier, e.g. stage 1's inventories, or from `datagen.mix_config`) whose records make up a `weight` fraction of the train
   rows, drawn independently of the main dataset's; the held-out records stay the main's."""
 
   def __init__(self, config, folder: str):

@@ -13,6 +13,7 @@ refuses data made with other settings. Features and resume rules: docs/training.
 
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import hashlib
@@ -397,6 +398,19 @@ def build(config, generator: Generator, chunks: list[str]) -> str:
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(verify_ssl=False, try_download_gcs=False))
   return builder.data_dir
+
+
+def mix_config(config):
+  """The config that builds `data.mix`'s dataset: this one under data.mix.name with
+  data.mix.datagen's overrides of config.datagen; None when there are none (built elsewhere)."""
+  mix = config.data.get("mix") or {}
+  if not mix.get("weight") or not mix.get("datagen"):
+    return None
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.data.name = mix["name"]
+    c.datagen.update(dict(mix["datagen"]))
+  return c
 
 
 def run(config) -> str | None:

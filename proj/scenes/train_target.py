@@ -149,7 +149,11 @@ def _train(config, workdir: str, export_only: bool) -> dict:
   tokenizer = target_folder.load_tokenizer(config.tokenizer)
   target = vj.load_target(init_folder(config, workdir, tokenizer))
   config.target.folder = target.folder
-  records = data.Records(config, datagen.run(config) or datagen.dataset_dir(config))
+  main = datagen.run(config) or datagen.dataset_dir(config)
+  mix = datagen.mix_config(config)
+  if mix is not None:
+    datagen.run(mix)  # data.mix's records, unless already built
+  records = data.Records(config, main)
   vision = targets.VisionAdapter.for_target(target, records.meta["image_hw"])
   text_cfg = target.config.text
   collate = data.Collator.for_target(config, target, vision)

@@ -18,8 +18,6 @@ tower's spatial merge: 2 gives 64 tokens per 224 x 224 image, 1 gives 256; data 
     python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=2 \
         --workdir runs/scenes_stage2
-    python -m train.datagen --config proj/scenes/configs/target.py:stage=1,merge=1 \
-        --config.target.folder=runs/scenes_stage3/init   # its inventories (data.mix)
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=3,merge=1 \
         --workdir runs/scenes_stage3
 """
@@ -136,14 +134,17 @@ def stage_1(c) -> None:
 def stage_2(c) -> None:
   """Issue 16, stage 2: the long answers of every question kind on bold scenes, from the
   stage-1 target (its workdir's export), the tower and merger frozen. Half of each batch's rows
-  stay stage 1's inventories (data.mix; built by stage 1 under the same data.dir) and the peak
-  lr is a third of stage 1's: on long answers alone at 3e-3 the image gap fell from 0.38 to
-  0.05 nats in 100 steps (docs/embedded-model.md "Stage 2, first run")."""
+  stay stage 1's inventories (data.mix: stage 1's records, or built here) and the peak lr is a
+  third of stage 1's: on long answers alone at 3e-3 the image gap fell from 0.38 to 0.05 nats in
+  100 steps (docs/embedded-model.md "Stage 2, first run")."""
   c.tokenizer = "models/scenes/target"
   c.init.target = "runs/scenes_stage1/target"
   c.datagen.input = "tfds:scenes_dataset/bold:train"
   c.data.name = "scenes_bold"
-  c.data.mix = dict(name="scenes_inventory", weight=0.5)
+  # Built from stage 1's datagen settings when missing (stage 1 builds it under the same data.dir).
+  c.data.mix = dict(name="scenes_inventory", weight=0.5,
+                    datagen=dict(input="tfds:scenes_dataset/bold_inventory:train",
+                                 max_new_tokens=128))
   c.optim.lr = 1e-3
   c.optim.lr_scales = {"vision": 0.0}
   c.heldout.input = "tfds:scenes_dataset/bold:validation"
