@@ -1,16 +1,18 @@
 #!/bin/bash
 # Issue 16's staged target, end to end on one machine without a package registry (the lent GPU:
 # docs/embedded-model.md "On a GPU machine"): the wheels from tools/offline_wheels.sh, both bold
-# TFDS configs, stage 1 from the shipped stage-0 tower, stage 2 from it, then the facts check.
+# TFDS configs, stage 1 from the shipped stage-0 tower, stage 2 from it, optionally stage 3 (the
+# stage-2 language model re-reading the tower at 256 image tokens), then the facts check.
 # Each stage is time-boxed (SIGTERM: the trainer saves and stops) and then exported, so a slow
 # machine still returns a target. OUT gets four files (the device returns at most eight):
 # chain.log, summary.json (each stage's held-out check and evals), facts.json, target.tgz.
 #
 #     bash proj/scenes/gpu_chain.sh OUT
 #     S1_STEPS=4800 S2_STEPS=3600 S1_SECONDS=150 S2_SECONDS=200 bash proj/scenes/gpu_chain.sh OUT
+#     S3_STEPS=900 S3_SECONDS=120 bash proj/scenes/gpu_chain.sh OUT    # with stage 3
 #
 # Env: WORK (default /tmp/scenes_chain), S1_STEPS / S2_STEPS (the CPU recipe's 2400 / 1800),
-# S1_SECONDS / S2_SECONDS (180 / 240), TRAIN (scenes per TFDS train split, 20000), FACTS
+# S1_SECONDS / S2_SECONDS (180 / 240), S3_STEPS / S3_SECONDS (0: no stage 3 / 180), TRAIN (scenes per TFDS train split, 20000), FACTS
 # (held-out scenes for the facts check, 32), MODEL (config arg, base), STAGE0 (the tower stage 1
 # starts from, models/scenes/stage0) and EXTRA: more flags for both trainers (e.g.
 # --config.batch_size=32).
@@ -32,7 +34,7 @@ for cfg in bold bold_inventory; do
 done
 common=(--config.datagen.tfds_data_dir="$tfds" --config.data.dir="$work/data"
         --config.compilation_cache="$work/xla" --config.progress=False ${EXTRA:-})
-stage() {  # stage workdir steps seconds [flags...]
+stage() {  # stage N[,more config args] workdir steps seconds [flags...]
   local n=$1 w=$2 steps=$3 seconds=$4; shift 4
   local args=(--config "proj/scenes/configs/target.py:stage=$n,model=${MODEL:-base}" --workdir "$w"
               "${common[@]}" --config.total_steps="$steps" "$@")
@@ -46,15 +48,23 @@ stage 1 "$work/stage1" "${S1_STEPS:-2400}" "${S1_SECONDS:-180}" \
   --config.init.vision="${STAGE0:-models/scenes/stage0}"
 stage 2 "$work/stage2" "${S2_STEPS:-1800}" "${S2_SECONDS:-240}" \
   --config.init.target="$work/stage1/target"
+last=$work/stage2
+if [ "${S3_STEPS:-0}" -gt 0 ]; then
+  stage 3,merge=1 "$work/stage3" "$S3_STEPS" "${S3_SECONDS:-180}" \
+    --config.init.text="$work/stage2/target" --config.init.vision="${STAGE0:-models/scenes/stage0}"
+  last=$work/stage3
+fi
 log "facts"
-python -m infer.bench facts --target "$work/stage2/target" --style bold --scenes "${FACTS:-32}" \
+python -m infer.bench facts --target "$last/target" --style bold --scenes "${FACTS:-32}" \
   --max-new-tokens 704 --batch-size 16 --control --json "$out/facts.json" >> "$work/facts.log" 2>&1
-tar czf "$out/target.tgz" -C "$work/stage2" target
+tar czf "$out/target.tgz" -C "$last" target
 python - "$work" "$out/summary.json" <<'PY'
-import json, sys
+import json, os, sys
 work, path = sys.argv[1:]
 out = {}
-for n in (1, 2):
+for n in (1, 2, 3):
+  if not os.path.exists(f"{work}/stage{n}/metrics.jsonl"):
+    continue
   rows = [json.loads(line) for line in open(f"{work}/stage{n}/metrics.jsonl")]
   out[f"stage{n}"] = {"heldout": json.load(open(f"{work}/stage{n}/heldout.json")),
                       "evals": [r for r in rows if "eval/loss" in r],
