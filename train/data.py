@@ -140,8 +140,9 @@ class Records:
   split, the run's length and warmup in steps, and grain datasets of global batches.
 
   `data.mix` (optional, {"name", "weight", "datagen"}): a second dataset under data.dir (built
-  by datagen earlier, e.g. stage 1's inventories, or from `datagen.mix_config`) whose records make up a `weight` fraction of the train
-  rows, drawn independently of the main dataset's; the held-out records stay the main's."""
+  by datagen earlier, e.g. stage 1's inventories, or from `datagen.mix_config`) whose records
+  make up a `weight` fraction of the train rows, drawn independently of the main dataset's; the
+  held-out records stay the main's."""
 
   def __init__(self, config, folder: str):
     self.config = config

@@ -12,8 +12,8 @@
 #     S3_STEPS=900 S3_SECONDS=120 bash proj/scenes/gpu_chain.sh OUT    # with stage 3
 #
 # Env: WORK (default /tmp/scenes_chain), S1_STEPS / S2_STEPS (the CPU recipe's 2400 / 1800),
-# S1_SECONDS / S2_SECONDS (180 / 240), S3_STEPS / S3_SECONDS (0: no stage 3 / 180), TRAIN (scenes per TFDS train split, 20000), FACTS
-# (held-out scenes for the facts check, 32), MODEL (config arg, base), STAGE0 (the tower stage 1
+# S1_SECONDS / S2_SECONDS (180 / 240), S3_STEPS / S3_SECONDS (0: no stage 3 / 180), TRAIN
+# (scenes per TFDS train split, 20000), FACTS (held-out scenes for the facts check, 32), MODEL (config arg, base), STAGE0 (the tower stage 1
 # starts from, models/scenes/stage0) and EXTRA: more flags for both trainers (e.g.
 # --config.batch_size=32).
 set -euo pipefail

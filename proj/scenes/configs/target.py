@@ -112,6 +112,12 @@ def get_config(arg=None):
   return c
 
 
+# Stage 1's records (inventories), which stage 2 mixes in (data.mix): one definition for both, so
+# the mix finds stage 1's records (datagen compares these settings) or builds the same ones.
+INVENTORY = dict(name="scenes_inventory",
+                 datagen=dict(input="tfds:scenes_dataset/bold_inventory:train", max_new_tokens=128))
+
+
 def stage_1(c) -> None:
   """Issue 16, stage 1: the language model (from scratch) and the merger learn to read the
   stage-0 tower (frozen) on short inventories of bold scenes, where nearly every content token
@@ -121,8 +127,8 @@ def stage_1(c) -> None:
   c.init.update(dict(vision="models/scenes/stage0", scale_tokens=True))
   # Records: a question (<= 15 tokens), 64 image tokens and a 43-85 token answer (300 held-out
   # bold scenes, the scenes tokenizer): 125-170 tokens.
-  c.datagen.update(dict(input="tfds:scenes_dataset/bold_inventory:train", max_new_tokens=128))
-  c.data.update(dict(name="scenes_inventory", max_len=192, buckets=(160, 192)))
+  c.datagen.update(INVENTORY["datagen"])
+  c.data.update(dict(name=INVENTORY["name"], max_len=192, buckets=(160, 192)))
   c.update(dict(batch_size=16, total_steps=2400, warmup_steps=30))
   # The merger frozen too: trained at full lr its tokens' norm rose from 0.2 to 75 and a
   # per-cell probe lost colour (0.85 -> 0.62; docs/embedded-model.md "Stage 1, second run").
@@ -141,10 +147,7 @@ def stage_2(c) -> None:
   c.init.target = "runs/scenes_stage1/target"
   c.datagen.input = "tfds:scenes_dataset/bold:train"
   c.data.name = "scenes_bold"
-  # Built from stage 1's datagen settings when missing (stage 1 builds it under the same data.dir).
-  c.data.mix = dict(name="scenes_inventory", weight=0.5,
-                    datagen=dict(input="tfds:scenes_dataset/bold_inventory:train",
-                                 max_new_tokens=128))
+  c.data.mix = dict(INVENTORY, weight=0.5)
   c.optim.lr = 1e-3
   c.optim.lr_scales = {"vision": 0.0}
   c.heldout.input = "tfds:scenes_dataset/bold:validation"
