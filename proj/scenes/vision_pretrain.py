@@ -145,16 +145,23 @@ def head_shapes(h, token_dim: int, n_tokens: int) -> dict:
   f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   lin = lambda i, o: {"kernel": f32(i, o), "bias": f32(o)}
   d = h.dim
-  return {"query": f32(GRID * GRID, d), "pos": f32(n_tokens, d),
-          "k": lin(token_dim, d), "v": lin(token_dim, d),
-          "norm1": {"scale": f32(d)}, "mlp": {"fc1": lin(d, h.mlp), "fc2": lin(h.mlp, d)},
-          "norm2": {"scale": f32(d)}, "out": lin(d, sum(CLASSES.values()))}
+  shapes = {"query": f32(GRID * GRID, d), "pos": f32(n_tokens, d),
+            "k": lin(token_dim, d), "v": lin(token_dim, d),
+            "norm1": {"scale": f32(d)}, "mlp": {"fc1": lin(d, h.mlp), "fc2": lin(h.mlp, d)},
+            "norm2": {"scale": f32(d)}, "out": lin(d, sum(CLASSES.values()))}
+  if h.get("position_weight"):
+    shapes["where"] = lin(token_dim, 2 * grid_side(n_tokens))
+  return shapes
 
 
 def init_params(config, cfg: TargetConfig, n_tokens: int) -> dict:
-  """{"vision": the target's tower, initialised as vj.init_target does, "head": the probe}."""
+  """{"vision": the target's tower, initialised as vj.init_target does or loaded from the
+  exported tower `config.init`, "head": the probe}."""
   kv, kh = jax.random.split(jax.random.PRNGKey(config.seed))
-  vision = layers.init_params(qwen2_5_vl.param_shapes(cfg)["vision"], kv)
+  if config.get("init"):
+    vision = load_tower(config.init, cfg)
+  else:
+    vision = layers.init_params(qwen2_5_vl.param_shapes(cfg)["vision"], kv)
   head = layers.init_params(head_shapes(config.head, cfg.vision.out_hidden_size, n_tokens), kh)
   # Unit-scale cell queries and token positions: attention logits of order 1 from the start
   # (at 0.02 both would start at a saddle, with near-zero gradients for either).
@@ -162,12 +169,20 @@ def init_params(config, cfg: TargetConfig, n_tokens: int) -> dict:
   return {"vision": vision, "head": head}
 
 
+def grid_side(n_tokens: int) -> int:
+  """The side of the square grid of merged tokens."""
+  side = int(round(np.sqrt(n_tokens)))
+  if side * side != n_tokens:
+    raise ValueError(f"{n_tokens} merged tokens are not a square grid")
+  return side
+
+
 def cell_window(n_tokens: int) -> np.ndarray:
   """bool[9, n_tokens]: the merged tokens (a square grid, row-major) a cell's query may read:
   those whose square overlaps the cell grown by half a token on every side (objects are
   jittered inside their cell; a query that must first find its cell among all tokens learned
   nothing in 100 steps)."""
-  side = int(round(np.sqrt(n_tokens)))
+  side = grid_side(n_tokens)
   lo = (np.arange(side) - 0.5) / side   # token squares grown by half a token, in image units
   hi = (np.arange(side) + 1.5) / side
   cells = np.arange(GRID)
@@ -217,9 +232,31 @@ def losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
   return total, m
 
 
+def position_loss(p: dict, tokens: jax.Array) -> tuple[jax.Array, dict]:
+  """Each merged token's own row and column in the token grid, read by one linear layer
+  (`where`): cross-entropy of both, and `correct/position` (both right) over every token. The
+  tower's tokens carry only relative positions (2-D RoPE), so without this objective a token
+  does not say where in the image it is (a linear probe on the frozen stage-0 tower: row 0.25,
+  column 0.24, chance 0.125), and the language model must find a cell through M-RoPE alone."""
+  b, n, _ = tokens.shape
+  side = grid_side(n)
+  rows, cols = np.divmod(np.arange(n), side)
+  row_lg, col_lg = jnp.split(layers.linear(tokens, p["where"]).astype(jnp.float32), 2, axis=-1)
+  ce = optax.softmax_cross_entropy_with_integer_labels
+  loss = (ce(row_lg, jnp.broadcast_to(rows, (b, n))).mean()
+          + ce(col_lg, jnp.broadcast_to(cols, (b, n))).mean())
+  right = (row_lg.argmax(-1) == rows) & (col_lg.argmax(-1) == cols)
+  return loss, {"loss/position": loss, "correct/position": right.sum(),
+                "count/position": jnp.asarray(b * n)}
+
+
 def forward(adapter, h, params, batch) -> tuple[jax.Array, dict]:
   tokens = adapter.encode(params["vision"], batch["pixels"])
   loss, m = losses(head_apply(params["head"], h, tokens), batch["labels"])
+  if h.get("position_weight"):
+    where, mw = position_loss(params["head"], tokens)
+    loss = loss + h.position_weight * where
+    m.update(mw, loss=loss)
   m["token_norm"] = jnp.linalg.norm(tokens.astype(jnp.float32), axis=-1).mean()
   return loss, m
 
@@ -400,7 +437,9 @@ def train(config, workdir: str, export_only: bool = False) -> dict:
       last_eval = evaluate(state, step)
     vision = loop.to_host(state["params"])["vision"]
     if jax.process_index() == 0:
-      info = {"step": step, "vision_config": dataclasses.asdict(cfg.vision),
+      info = {"step": step, "init": config.get("init"),
+              "position_weight": float(h.get("position_weight") or 0.0),
+              "vision_config": dataclasses.asdict(cfg.vision),
               "scene_options": dict(config.scenes.options),
               "eval_scenes": int(config.eval_scenes), **last_eval}
       out["export"] = export(config.export.dir or os.path.join(workdir, "stage0"), cfg, vision,

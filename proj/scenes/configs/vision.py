@@ -37,7 +37,12 @@ def get_config(arg=None):
   # The probe head (dropped after this stage): one learned query per grid cell attends over the
   # merged tokens (keys get a learned position per token: the tower's tokens carry only relative
   # positions), then an MLP and one linear layer to the logits of every attribute.
-  c.head = dict(dim=128, heads=4, mlp=256)
+  # position_weight > 0 adds a second objective: every merged token's own row and column in the
+  # token grid, read by one linear layer per token (vision_pretrain.position_loss), so that a
+  # token says where it is and the language model can find a cell by content.
+  c.head = dict(dim=128, heads=4, mlp=256, position_weight=0.0)
+  # The tower's starting weights: random, or an exported stage-0 tower (a folder).
+  c.init = placeholder(str)
 
   # Measured: 6 s a step of 32 scenes when the shared 2-core CPU was at load 4-7 (5 scenes/s),
   # 15 s at load ~7 with other jobs (2.4 scenes/s): the ~90 minutes this stage had there hold
@@ -54,5 +59,6 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.update(dict(batch_size=4, total_steps=6, warmup_steps=2, log_every=2, eval_every=3,
-                  eval_scenes=8, checkpoint=dict(every=3), head=dict(dim=16, heads=2, mlp=32)))
+                  eval_scenes=8, checkpoint=dict(every=3),
+                  head=dict(dim=16, heads=2, mlp=32, position_weight=0.0)))
   return c
