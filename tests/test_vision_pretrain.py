@@ -124,6 +124,9 @@ def test_position_objective_teaches_tokens_where_they_are(runs, tiny_qwen_dir, t
   c.head.position_weight = 0.0
   assert "where" not in vp.init_params(c, cfg, adapter.num_tokens)["head"]
   assert "eval/acc/position" not in runs["ref"]["eval"]
+  # the curve shows position only where it was trained
+  assert vp.curve_heads([{"eval/acc/position": 0.5}])[-1] == "position"
+  assert "position" not in vp.curve_heads(vp.curve(os.path.join(runs["root"], "ref")))
 
 
 def test_resume_is_exact_and_eval_has_every_attribute(runs):

@@ -332,9 +332,15 @@ def curve(workdir: str) -> list[dict]:
   return [rows[s] for s in sorted(rows)]
 
 
+def curve_heads(rows: list[dict]) -> list[str]:
+  """The heads the curve shows: every attribute, `object`, and `position` if it was trained."""
+  extra = ["position"] if rows and "eval/acc/position" in rows[-1] else []
+  return list(CLASSES) + ["object"] + extra
+
+
 def curve_table(rows: list[dict]) -> str:
   """Markdown: training minutes, step, held-out accuracy of each head."""
-  names = list(CLASSES) + ["object"]
+  names = curve_heads(rows)
   out = ["| minutes | step | " + " | ".join(names) + " |",
          "|---:|---:|" + "---:|" * len(names)]
   for r in rows:
@@ -364,9 +370,9 @@ def plot_curve(rows: list[dict], path: str, title: str, target: float = 0.95) ->
     draw.line([(xs, xy(0, target)[1]), (min(xs + 4, x1), xy(0, target)[1])], fill=(120, 120, 120))
   draw.rectangle([x0, y0, x1, y1], outline="black")
   draw.text(((x0 + x1) / 2, y1 + 24), "training minutes", fill="black", font=small, anchor="mt")
-  for i, name in enumerate(list(CLASSES) + ["object"]):
+  for i, name in enumerate(curve_heads(rows)):
     colour = LINE_COLOURS[i % len(LINE_COLOURS)]
-    pts = [xy(r["wall_s"] / 60, r[f"eval/acc/{name}"]) for r in rows]
+    pts = [xy(r["wall_s"] / 60, r[f"eval/acc/{name}"]) for r in rows if f"eval/acc/{name}" in r]
     if len(pts) > 1:
       draw.line(pts, fill=colour, width=2)
     for x, y in pts:
