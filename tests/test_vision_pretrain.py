@@ -121,6 +121,13 @@ def test_position_objective_teaches_tokens_where_they_are(runs, tiny_qwen_dir, t
   print(f"position accuracy {first:.3f} -> {float(m['acc/position']):.3f}")
   assert first < 0.3 and float(m["acc/position"]) > 0.9
   assert float(m["loss"]) > float(m["loss/position"]) > 0
+  # read from the normalised token: a larger token (how the raw-token objective was met, norm
+  # 4 -> 32) does not lower the loss
+  tokens = adapter.encode(state["params"]["vision"], dbatch["pixels"])
+  head = state["params"]["head"]
+  loss, _ = vp.position_loss(head, tokens)
+  np.testing.assert_allclose(float(vp.position_loss(head, 10.0 * tokens)[0]), float(loss),
+                             rtol=1e-4)
   c.head.position_weight = 0.0
   assert "where" not in vp.init_params(c, cfg, adapter.num_tokens)["head"]
   assert "eval/acc/position" not in runs["ref"]["eval"]

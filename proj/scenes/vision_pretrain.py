@@ -150,6 +150,7 @@ def head_shapes(h, token_dim: int, n_tokens: int) -> dict:
             "norm1": {"scale": f32(d)}, "mlp": {"fc1": lin(d, h.mlp), "fc2": lin(h.mlp, d)},
             "norm2": {"scale": f32(d)}, "out": lin(d, sum(CLASSES.values()))}
   if h.get("position_weight"):
+    shapes["where_norm"] = {"scale": f32(token_dim)}
     shapes["where"] = lin(token_dim, 2 * grid_side(n_tokens))
   return shapes
 
@@ -234,14 +235,18 @@ def losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
 
 def position_loss(p: dict, tokens: jax.Array) -> tuple[jax.Array, dict]:
   """Each merged token's own row and column in the token grid, read by one linear layer
-  (`where`): cross-entropy of both, and `correct/position` (both right) over every token. The
+  (`where`) from the RMS-normalised token: cross-entropy of both, and `correct/position` (both right) over every token. The
   tower's tokens carry only relative positions (2-D RoPE), so without this objective a token
   does not say where in the image it is (a linear probe on the frozen stage-0 tower: row 0.25,
-  column 0.24, chance 0.125), and the language model must find a cell through M-RoPE alone."""
+  column 0.24, chance 0.125), and the language model must find a cell through M-RoPE alone.
+  Normalised first: read from the raw token, the objective was met by inflating the tokens
+  (mean L2 norm 4 -> 32 in 2,000 steps), so the position drowned every attribute once the
+  tokens were scaled to the text embeddings' norm (docs/embedded-model.md)."""
   b, n, _ = tokens.shape
   side = grid_side(n)
   rows, cols = np.divmod(np.arange(n), side)
-  row_lg, col_lg = jnp.split(layers.linear(tokens, p["where"]).astype(jnp.float32), 2, axis=-1)
+  normed = layers.rms_norm(tokens, p["where_norm"], 1e-6)
+  row_lg, col_lg = jnp.split(layers.linear(normed, p["where"]).astype(jnp.float32), 2, axis=-1)
   ce = optax.softmax_cross_entropy_with_integer_labels
   loss = (ce(row_lg, jnp.broadcast_to(rows, (b, n))).mean()
           + ce(col_lg, jnp.broadcast_to(cols, (b, n))).mean())
