@@ -154,6 +154,26 @@ def test_inventory_answers_are_all_true(style):
       assert c["correct"] == c["true"] == len(ex["scene"]["objects"]), (seed, a, c)
 
 
+@pytest.mark.parametrize("kind", ["colour_inventory", "shape_inventory"])
+def test_focused_inventories_answer_the_question_then_list_every_object(kind):
+  """The focused inventories (generator.FOCUS): the first sentence answers the question's colour
+  or shape (so the answer depends on the question), then the inventory; all parsed and true."""
+  key = scenes.FOCUS[kind]
+  answers = set()
+  for seed in range(60):
+    ex = scenes.sample(seed, kind=kind, style="bold")
+    values = scenes.COLOURS if key == "colour" else scenes.STYLES["bold"]["shapes"]
+    value = next(v for v in values if v in ex["question"])
+    first = ex["answer"].split(". ")[0]
+    assert value in first, (ex["question"], first)
+    assert first.startswith(("Yes, there", "No, there is no")), first
+    assert ex["answer"].endswith(scenes.sample(seed, kind="inventory", style="bold")["answer"])
+    r = sf.check(ex["scene"], ex["answer"])
+    assert r.unparsed == 0 and r.precision == 1.0, (seed, r.unparsed_sentences, r.false_facts)
+    answers.add(first.startswith("Yes"))
+  assert answers == {True, False}  # both kinds of first sentence occur
+
+
 def _expected_relation_pairs(kind: str, n: int) -> int:
   """The pairs a reference answer relates (scenes.s_relations / s_compare_relations)."""
   return n * (n - 1) // 2 if n == 3 or (kind == "compare" and n <= 4) else n

@@ -226,7 +226,7 @@ def test_tfds_bold_inventory_config(tmp_path):
   src = tfds.data_source(f"{scenes_tfds.NAME}/bold_inventory", split="validation",
                          data_dir=data_dir)
   for i in range(len(src)):
-    ref = scenes.sample(scenes.SPLIT_SEEDS["validation"] + i, kinds=scenes.SHORT_KINDS,
+    ref = scenes.sample(scenes.SPLIT_SEEDS["validation"] + i, kinds=["inventory"],
                         style="bold")
     assert scenes_tfds.decode_text(src[i]["answer"]) == ref["answer"]
     assert np.array_equal(src[i]["image"], np.asarray(ref["image"]))

@@ -274,17 +274,18 @@ def test_stage3_init_takes_the_text_model_and_the_tower_without_its_merger(runs,
     scenes_target.get_config("model=tiny,stage=3")
 
 
-def test_gpu_chain_runs_at_tiny_sizes(runs, tmp_path):
+@pytest.mark.parametrize("focus", ["False", "True"])
+def test_gpu_chain_runs_at_tiny_sizes(runs, tmp_path, focus):
   """proj/scenes/gpu_chain.sh (the staged chain prepared for the lent GPU) end to end on a tiny
   model: TFDS, stage 1 from a stage-0 tower, stage 2, stage 3 (merge 1), facts; the four files it
-  returns."""
+  returns. FOCUS=True: the same on the focused inventories (target.py `focus`)."""
   import subprocess
   import sys
   import tarfile
   out, env = tmp_path / "out", dict(os.environ)
   env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"],
              WORK=str(tmp_path / "work"), MODEL="tiny", STAGE0=runs["ref"]["export"], TRAIN="24",
-             S1_STEPS="2", S2_STEPS="2", S3_STEPS="2", FACTS="1",
+             S1_STEPS="2", S2_STEPS="2", S3_STEPS="2", FACTS="1", FOCUS=focus,
              EXTRA="--config.heldout.scenes=1 --config.heldout.max_new_tokens=8 "
                    "--config.eval_every=2 --config.eval_batches=1 --config.batch_size=2 "
                    "--config.data.eval_fraction=0.1")
@@ -299,6 +300,9 @@ def test_gpu_chain_runs_at_tiny_sizes(runs, tmp_path):
     assert "target/model.safetensors" in t.getnames()
     config = json.load(t.extractfile("target/config.json"))
   assert config["vision_config"]["spatial_merge_size"] == 1  # stage 3's export
+  inventories = "bold_focus_inventory" if focus == "True" else "bold_inventory"
+  assert os.path.isdir(tmp_path / "work" / "tfds" / "scenes_dataset" / inventories)
+  assert summary["stage1"]["heldout"]["scenes"] >= 1
   assert "precision" in json.dumps(json.load(open(out / "facts.json")))
 
 

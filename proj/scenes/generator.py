@@ -62,7 +62,14 @@ COLS = ["left", "centre", "right"]
 KINDS = ["describe", "count", "where", "compare", "colour", "shape"]  # the long answers
 # Short, image-dense answers (30-80 tokens: nearly every content word comes from the image), for
 # teaching a language model to read its vision tower (issue 16, stage 1); not in the default mix.
-SHORT_KINDS = ["inventory"]
+# The focused inventories start with the answer to a question about one colour or shape (the
+# first sentences of the long "colour" / "shape" answers), so the answer depends on the question
+# too: in "inventory" it never does, and a language model trained on it learns to ignore the
+# question (docs/embedded-model.md, "Stage 1 and stage 2 on the normalised position tower").
+SHORT_KINDS = ["inventory", "colour_inventory", "shape_inventory"]
+# The attribute a kind's question asks about (its answer starts with generator._focus).
+FOCUS = {"colour": "colour", "shape": "shape", "colour_inventory": "colour",
+         "shape_inventory": "shape"}
 MIN_OBJECTS, MAX_OBJECTS = 3, 6
 
 NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -84,6 +91,13 @@ QUESTIONS = {
     "shape": ["Is there a {shape} in the image?", "Tell me about every {shape} in the picture."],
     "inventory": ["List the objects in the image.", "What objects does the picture contain?",
                   "Name every shape in the image with its place."],
+    "colour_inventory": ["Are there any {colour} objects in the image? List the objects in the "
+                         "image.",
+                         "Tell me about the {colour} shapes in the picture. What objects does "
+                         "the picture contain?"],
+    "shape_inventory": ["Is there a {shape} in the image? List the objects in the image.",
+                        "Tell me about every {shape} in the picture. Name every shape in the "
+                        "image with its place."],
 }
 
 
@@ -480,6 +494,8 @@ def s_inventory(scene, rng) -> list[str]:
 
 _SECTIONS = {
     "inventory": [s_inventory],
+    "colour_inventory": [s_inventory],
+    "shape_inventory": [s_inventory],
     "describe": [s_intro, s_objects, s_colour_counts, s_shape_counts, s_extremes, s_rows,
                  s_relations, s_empty, s_summary],
     "count": [s_intro, s_colour_counts, s_shape_counts, s_size_counts, s_texture_counts, s_rows,
@@ -498,12 +514,12 @@ def question_for(kind: str, rng, shapes=SHAPES) -> tuple[str, dict]:
   """(question text, its parameters) for a kind; parameters are drawn from the vocabulary
   (colours, the style's `shapes`), never from the scene."""
   params = {}
-  if kind == "colour":
-    params["colour"] = _pick(rng, list(COLOURS))
-  elif kind == "shape":
-    params["shape"] = _pick(rng, shapes)
-  elif kind not in QUESTIONS:
+  if kind not in QUESTIONS:
     raise ValueError(f"unknown question kind {kind!r}; expected one of {KINDS + SHORT_KINDS}")
+  if FOCUS.get(kind) == "colour":
+    params["colour"] = _pick(rng, list(COLOURS))
+  elif FOCUS.get(kind) == "shape":
+    params["shape"] = _pick(rng, shapes)
   return _pick(rng, QUESTIONS[kind]).format(**params), params
 
 
@@ -511,8 +527,8 @@ def describe(scene: dict, question_kind: str, rng: np.random.Generator) -> tuple
   """(question, long answer) of one kind about a scene; the question is drawn from `rng` alone
   and the answer depends on the scene (and, for phrasing, on `rng`)."""
   question, p = question_for(question_kind, rng, style_of(scene)["shapes"])
-  focus = ([lambda s, r: _focus(s, question_kind, p[question_kind], r)]
-           if question_kind in ("colour", "shape") else [])
+  key = FOCUS.get(question_kind)
+  focus = [lambda s, r: _focus(s, key, p[key], r)] if key else []
   sentences = []
   for fn in focus + _SECTIONS[question_kind]:
     sentences.extend(fn(scene, rng))

@@ -13,8 +13,10 @@
 #
 # Env: WORK (default /tmp/scenes_chain), S1_STEPS / S2_STEPS (the CPU recipe's 2400 / 1800),
 # S1_SECONDS / S2_SECONDS (180 / 240), S3_STEPS / S3_SECONDS (0: no stage 3 / 180), TRAIN
-# (scenes per TFDS train split, 20000), FACTS (held-out scenes for the facts check, 32), MODEL (config arg, base), STAGE0 (the tower stage 1
-# starts from, models/scenes/stage0) and EXTRA: more flags for both trainers (e.g.
+# (scenes per TFDS train split, 20000), FACTS (held-out scenes for the facts check, 32), MODEL
+# (config arg, base), STAGE0 (the tower stage 1 starts from, models/scenes/stage0), FOCUS (True:
+# stages 1-3 on the focused inventories of the TFDS config bold_focus_inventory,
+# proj/scenes/configs/target.py `focus`) and EXTRA: more flags for both trainers (e.g.
 # --config.batch_size=32).
 set -euo pipefail
 out=${1:?usage: bash proj/scenes/gpu_chain.sh OUT}
@@ -27,7 +29,10 @@ if ! python -c "import grain, ml_collections, tensorflow_datasets" 2>/dev/null; 
 fi
 export PYTHONUNBUFFERED=1
 tfds="$work/tfds"
-for cfg in bold bold_inventory; do
+focus=${FOCUS:-False}
+inventories=bold_inventory
+[ "$focus" = True ] && inventories=bold_focus_inventory
+for cfg in bold $inventories; do
   log "TFDS $cfg"
   python -m proj.scenes.tfds_builder --data-dir "$tfds" --config "$cfg" --train "${TRAIN:-20000}" \
     >> "$work/tfds.log" 2>&1
@@ -36,7 +41,8 @@ common=(--config.datagen.tfds_data_dir="$tfds" --config.data.dir="$work/data"
         --config.compilation_cache="$work/xla" --config.progress=False ${EXTRA:-})
 stage() {  # stage N[,more config args] workdir steps seconds [flags...]
   local n=$1 w=$2 steps=$3 seconds=$4; shift 4
-  local args=(--config "proj/scenes/configs/target.py:stage=$n,model=${MODEL:-base}" --workdir "$w"
+  local args=(--config "proj/scenes/configs/target.py:stage=$n,model=${MODEL:-base},focus=$focus"
+              --workdir "$w"
               "${common[@]}" --config.total_steps="$steps" "$@")
   log "stage $n: $steps steps, at most $seconds s"
   timeout -s TERM "$seconds" python -m proj.scenes.train_target "${args[@]}" >> "$w.log" 2>&1 \

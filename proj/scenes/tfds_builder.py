@@ -3,6 +3,7 @@ read without TensorFlow (`tfds.data_source`, grain).
 
     python -m proj.scenes.tfds_builder --data-dir DIR --train 20000 --validation 500 --test 500
     python -m proj.scenes.tfds_builder --data-dir DIR --config bold_inventory   # issue 16 stage 1
+    python -m proj.scenes.tfds_builder --data-dir DIR --config bold_focus_inventory  # focus=True
 
     import tensorflow_datasets as tfds
     import proj.scenes.tfds_builder  # registers "scenes_dataset" (optional once built: TFDS
@@ -52,8 +53,11 @@ CONFIGS = [ScenesConfig(name="default", description="224 x 224 scenes (64 Qwen2.
     for s in (112, 336, 448)] + [
     # Issue 16's staged recipe: bold scenes (generator.STYLES), short image-dense inventories
     # (stage 1) and the long answers (stage 2).
-    ScenesConfig(name="bold_inventory", style="bold", kinds=tuple(scenes.SHORT_KINDS),
+    ScenesConfig(name="bold_inventory", style="bold", kinds=("inventory",),
                  description="224 x 224 bold scenes, inventory answers (30-80 tokens)"),
+    ScenesConfig(name="bold_focus_inventory", style="bold", kinds=tuple(scenes.SHORT_KINDS),
+                 description="224 x 224 bold scenes, inventories, two in three of them after "
+                             "the answer to a question about one colour or shape"),
     ScenesConfig(name="bold", style="bold", description="224 x 224 bold scenes, long answers")]
 
 

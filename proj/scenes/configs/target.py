@@ -10,7 +10,9 @@ arg keys: model (a key of SIZES), runlocal (a few steps, for a smoke test), stag
 recipe, end to end on the classic scenes; 1 and 2: issue 16's staged recipe on the bold scenes,
 docs/embedded-model.md "Stage 1"; 3: the stage-2 target re-read at 256 image tokens), merge (the
 tower's spatial merge: 2 gives 64 tokens per 224 x 224 image, 1 gives 256; data names get a
-`_m1` suffix):
+`_m1` suffix), focus (stages 1-3: the inventories of the TFDS config bold_focus_inventory, two in
+three of them after the answer to a question about one colour or shape, so that the answer
+depends on the question; not yet measured):
 
     python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold_inventory
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=1 \
@@ -56,7 +58,7 @@ def image_tokens(image_hw: tuple[int, int], merge: int, patch: int = 14) -> int:
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, model="base", runlocal=False, stage=0, merge=2)
+  arg = common.parse_arg(arg, model="base", runlocal=False, stage=0, merge=2, focus=False)
   c = common.without(common.base_config(), *common.DRAFT_ONLY)
   c.model = model_dims(arg.model, arg.merge)
   c.tokenizer = "data/scenes-tokenizer"   # python -m proj.scenes.generator tokenizer --out ...
@@ -95,11 +97,11 @@ def get_config(arg=None):
   c.init = dict(target=placeholder(str), text=placeholder(str), vision=placeholder(str),
                 merger=True, scale_tokens=False)
   if arg.stage == 1:
-    stage_1(c)
+    stage_1(c, arg.focus)
   elif arg.stage == 2:
-    stage_2(c)
+    stage_2(c, arg.focus)
   elif arg.stage == 3:
-    stage_3(c, arg.merge)
+    stage_3(c, arg.merge, arg.focus)
   elif arg.stage != 0:
     raise ValueError(f"stage must be 0, 1, 2 or 3, got {arg.stage!r}")
   if arg.merge != 2:
@@ -112,13 +114,18 @@ def get_config(arg=None):
   return c
 
 
-# Stage 1's records (inventories), which stage 2 mixes in (data.mix): one definition for both, so
-# the mix finds stage 1's records (datagen compares these settings) or builds the same ones.
-INVENTORY = dict(name="scenes_inventory",
-                 datagen=dict(input="tfds:scenes_dataset/bold_inventory:train", max_new_tokens=128))
+def inventory(focus: bool = False) -> dict:
+  """Stage 1's records (inventories), which stage 2 mixes in (data.mix): one definition for both,
+  so the mix finds stage 1's records (datagen compares these settings) or builds the same ones.
+  focus: the TFDS config bold_focus_inventory (answers of 63-140 tokens on 60 held-out scenes,
+  against 43-85 for the plain inventories; records up to about 230 tokens)."""
+  tfds_config = "bold_focus_inventory" if focus else "bold_inventory"
+  return dict(name="scenes_focus_inventory" if focus else "scenes_inventory",
+              datagen=dict(input=f"tfds:scenes_dataset/{tfds_config}:train",
+                           max_new_tokens=192 if focus else 128))
 
 
-def stage_1(c) -> None:
+def stage_1(c, focus: bool = False) -> None:
   """Issue 16, stage 1: the language model (from scratch) and the merger learn to read the
   stage-0 tower (frozen) on short inventories of bold scenes, where nearly every content token
   comes from the image. The tower's tokens enter at the text embeddings' norm (init.scale_tokens;
@@ -127,17 +134,19 @@ def stage_1(c) -> None:
   c.init.update(dict(vision="models/scenes/stage0", scale_tokens=True))
   # Records: a question (<= 15 tokens), 64 image tokens and a 43-85 token answer (300 held-out
   # bold scenes, the scenes tokenizer): 125-170 tokens.
-  c.datagen.update(INVENTORY["datagen"])
-  c.data.update(dict(name=INVENTORY["name"], max_len=192, buckets=(160, 192)))
+  records = inventory(focus)
+  c.datagen.update(records["datagen"])
+  c.data.update(dict(name=records["name"], max_len=256 if focus else 192,
+                     buckets=(160, 192, 256) if focus else (160, 192)))
   c.update(dict(batch_size=16, total_steps=2400, warmup_steps=30))
   # The merger frozen too: trained at full lr its tokens' norm rose from 0.2 to 75 and a
   # per-cell probe lost colour (0.85 -> 0.62; docs/embedded-model.md "Stage 1, second run").
   c.optim.lr_scales = {"vision": 0.0}
-  c.heldout.update(dict(input="tfds:scenes_dataset/bold_inventory:validation",
-                        max_new_tokens=128))
+  c.heldout.update(dict(input=records["datagen"]["input"].replace(":train", ":validation"),
+                        max_new_tokens=records["datagen"]["max_new_tokens"]))
 
 
-def stage_2(c) -> None:
+def stage_2(c, focus: bool = False) -> None:
   """Issue 16, stage 2: the long answers of every question kind on bold scenes, from the
   stage-1 target (its workdir's export), the tower and merger frozen. Half of each batch's rows
   stay stage 1's inventories (data.mix: stage 1's records, or built here) and the peak lr is a
@@ -147,20 +156,20 @@ def stage_2(c) -> None:
   c.init.target = "runs/scenes_stage1/target"
   c.datagen.input = "tfds:scenes_dataset/bold:train"
   c.data.name = "scenes_bold"
-  c.data.mix = dict(INVENTORY, weight=0.5)
+  c.data.mix = dict(inventory(focus), weight=0.5)
   c.optim.lr = 1e-3
   c.optim.lr_scales = {"vision": 0.0}
   c.heldout.input = "tfds:scenes_dataset/bold:validation"
 
 
-def stage_3(c, merge: int) -> None:
+def stage_3(c, merge: int, focus: bool = False) -> None:
   """Issue 16, the adaptor at more image tokens (docs/embedded-model.md "Stage 3"): the stage-2
   target's language model re-reads the stage-0 tower at another merge size (merge=1: 256 tokens
   per image, the regime where the paper's adaptor helps), through a fresh merger trained at the
   stage's lr; the tower stays frozen. Stage 2's data recipe."""
   if merge == 2:
     raise ValueError("stage 3 re-reads the image at another merge size: pass merge=1")
-  stage_2(c)
+  stage_2(c, focus)
   c.init.update(dict(target=None, text="models/scenes/stage2", vision="models/scenes/stage0",
                      merger=False, scale_tokens=True))
   c.optim.lr_scales = {"vision": 0.0, "vision/merger": 1.0}
