@@ -60,7 +60,7 @@ TEXTURES = ["solid", "striped", "dotted", "outlined"]
 ROWS = ["top", "middle", "bottom"]
 COLS = ["left", "centre", "right"]
 KINDS = ["describe", "count", "where", "compare", "colour", "shape"]  # the long answers
-# Short, image-dense answers (30-80 tokens: nearly every content word comes from the image), for
+# Short, image-dense answers (30-140 tokens: nearly every content word comes from the image), for
 # teaching a language model to read its vision tower (issue 16, stage 1); not in the default mix.
 # The focused inventories start with the answer to a question about one colour or shape (the
 # first sentences of the long "colour" / "shape" answers), so the answer depends on the question
