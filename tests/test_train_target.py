@@ -10,7 +10,7 @@ import pytest
 
 import vispec_jax as vj
 from proj.scenes.configs import target as scenes_target
-from proj.scenes import train_target as target
+from proj.scenes import target_eval, train_target as target
 from proj.scenes import generator as scenes, tfds_builder as scenes_tfds
 
 STEPS = 16
@@ -74,7 +74,8 @@ def test_loss_falls_and_export_generates(runs):
   assert isinstance(tgt.tokenizer.decode(gen), str)
   held = out["heldout"]
   assert held["scenes"] == 2
-  for k in ("token_acc", "token_acc_swapped", "sentence_precision", "sentence_recall", "exact"):
+  for k in ("token_acc", "token_acc_swapped", "content_acc", "content_acc_swapped",
+            "sentence_precision", "sentence_recall", "exact"):
     assert 0 <= held[k] <= 1, k
   with open(os.path.join(runs["root"], "ref", "heldout.json")) as f:
     assert json.load(f)["token_acc"] == held["token_acc"]
@@ -123,3 +124,15 @@ def test_scenes_draft_config_stages():
   assert eagle.loss.mtp_steps == 0 and vispec.loss.mtp_steps == 1
   assert medusa.datagen.input == "tfds:scenes_dataset:train[-64:]"
   assert vispec.data.features == "precomputed" and vispec.datagen.store_features
+
+
+def test_content_mask_marks_exactly_the_scene_words():
+  tok = vj.load_target("models/scenes/target").tokenizer
+  text = "Top right: a medium red star, solid. The blue crosses are in the middle row. Two objects."
+  ids = tok(text, add_special_tokens=False)["input_ids"]
+  mask = target_eval.content_mask(tok, text)
+  assert mask.shape == (len(ids),)
+  marked = "".join(tok.decode([t]) if m else " " for t, m in zip(ids, mask)).split()
+  assert marked == ["Top", "right", "medium", "red", "star", "solid", "blue", "crosses", "middle",
+                    "Two"]
+  assert not target_eval.content_mask(tok, "The objects sit on an invisible grid.").any()

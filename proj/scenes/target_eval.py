@@ -12,6 +12,10 @@ On scenes it never trained on (image, question, reference answer), prompted as
   token_acc_swapped   the same with the images of the batch rotated by one row (each question
                       and answer is paired with another scene's image): what the text alone
                       explains. The gap to token_acc is what the model reads from the image.
+  content_acc         token_acc over the tokens of scene words only (colours, shapes, sizes,
+  content_acc_swapped textures, rows, columns, numbers: `scene_word_spans`), with the own and the
+                      swapped image: the answer's grammar and phrasing are left out, so this is
+                      how well the model names what is in the picture when its context is right
   sentence_precision  free greedy generation: the share of generated sentences that appear word
                       for word among the reference answer's sentences
   sentence_recall     the share of reference sentences that the generation contains word for word
@@ -32,17 +36,36 @@ import numpy as np
 
 from configs import common
 from train import cli, datagen
+from proj.scenes import generator as scenes
 import vispec_jax as vj
 from vispec_jax.target import batch_from_rows
+
+# Words whose choice in an answer only the image decides (and function words never are).
+SCENE_WORDS = frozenset(
+    [*scenes.COLOURS, *scenes.BACKGROUNDS, *scenes.SIZES, *scenes.TEXTURES, *scenes.ROWS,
+     *scenes.COLS, *scenes.NUMBERS, *scenes.SHAPES, *(s + ("es" if s.endswith("s") else "s")
+                                                    for s in scenes.SHAPES)])
 
 
 def sentences(text: str) -> list[str]:
   return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
 
 
-def teacher_forced(target, batch, answers: list[np.ndarray], rotate: int = 0) -> tuple[int, int]:
-  """(correct, total) top-1 predictions of the answer tokens after each prompt of `batch`; the
-  rows' images are rotated by `rotate` rows."""
+def scene_word_spans(text: str) -> list[tuple[int, int]]:
+  """The character spans of the scene words (SCENE_WORDS) in `text`."""
+  return [m.span() for m in re.finditer(r"[A-Za-z]+", text) if m.group().lower() in SCENE_WORDS]
+
+
+def content_mask(tokenizer, text: str) -> np.ndarray:
+  """Per token of `tokenizer(text)` (no special tokens): does it overlap a scene word?"""
+  offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+  spans = scene_word_spans(text)
+  return np.array([any(a < y and x < b for x, y in spans) for a, b in offsets], bool)
+
+
+def teacher_forced(target, batch, answers: list[np.ndarray], rotate: int = 0) -> list[np.ndarray]:
+  """Per row of `batch`, whether each answer token is the model's top-1 prediction after the
+  prompt and the answer so far (bool [len(answer)]); the rows' images are rotated by `rotate`."""
   p = batch.input_ids.shape[1]
   prompts = [batch.input_ids[i, p - n:] for i, n in enumerate(batch.prompt_lengths)]
   items = [[it] for it in batch.vision]
@@ -52,13 +75,11 @@ def teacher_forced(target, batch, answers: list[np.ndarray], rotate: int = 0) ->
   logits, _ = target.forward(target.params, full)
   pred = np.asarray(logits).argmax(-1)
   length = full.input_ids.shape[1]
-  correct = total = 0
+  hits = []
   for i, (pr, a) in enumerate(zip(prompts, answers)):
     start = length - len(rows[i]) + len(pr)           # first answer token of row i
-    guess = pred[i, start - 1:start - 1 + len(a)]      # position t predicts token t + 1
-    correct += int(np.sum(guess == a))
-    total += len(a)
-  return correct, total
+    hits.append(pred[i, start - 1:start - 1 + len(a)] == a)  # position t predicts token t + 1
+  return hits
 
 
 def evaluate(target, inputs, scenes: int, max_new_tokens: int, batch_size: int = 8) -> dict:
@@ -66,7 +87,7 @@ def evaluate(target, inputs, scenes: int, max_new_tokens: int, batch_size: int =
   "answer"}), plus one example."""
   tok = target.tokenizer
   eos = list(target.config.eos_token_ids[:1])
-  hit = total = hit_sw = total_sw = 0
+  own, swapped, content = [], [], []   # per answer: token hits (own / swapped image), word mask
   gen_sent = ref_sent = matched_gen = matched_ref = exact = 0
   example = None
   n = min(scenes, len(inputs))
@@ -75,11 +96,10 @@ def evaluate(target, inputs, scenes: int, max_new_tokens: int, batch_size: int =
     batch = vj.prepare(target, [r["question"] for r in rows], images=[[r["image"]] for r in rows])
     answers = [np.asarray(tok(r["answer"], add_special_tokens=False)["input_ids"] + eos, np.int32)
                for r in rows]
-    c, t = teacher_forced(target, batch, answers)
-    hit, total = hit + c, total + t
+    own += teacher_forced(target, batch, answers)
+    content += [np.append(content_mask(tok, r["answer"]), False) for r in rows]  # EOS: no word
     if len(rows) > 1:
-      c, t = teacher_forced(target, batch, answers, rotate=1)
-      hit_sw, total_sw = hit_sw + c, total_sw + t
+      swapped += teacher_forced(target, batch, answers, rotate=1)
     out = vj.trim(vj.generate(target, batch, max_new_tokens=max_new_tokens))
     for r, ids in zip(rows, out):
       text = tok.decode(ids, skip_special_tokens=True)
@@ -90,8 +110,15 @@ def evaluate(target, inputs, scenes: int, max_new_tokens: int, batch_size: int =
       exact += gen == ref
       if example is None:
         example = {"question": r["question"], "reference": r["answer"], "generated": text}
-  return {"scenes": n, "token_acc": hit / max(total, 1),
-          "token_acc_swapped": hit_sw / total_sw if total_sw else None,
+  def acc(hits, words_only=False):
+    if not hits:
+      return None
+    if words_only:
+      hits = [h[m] for h, m in zip(hits, content)]
+    return float(np.concatenate(hits).mean()) if sum(map(len, hits)) else None
+
+  return {"scenes": n, "token_acc": acc(own), "token_acc_swapped": acc(swapped),
+          "content_acc": acc(own, True), "content_acc_swapped": acc(swapped, True),
           "sentence_precision": matched_gen / max(gen_sent, 1),
           "sentence_recall": matched_ref / max(ref_sent, 1), "exact": exact / max(n, 1),
           "example": example}
