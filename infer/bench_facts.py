@@ -5,6 +5,9 @@ infer/demo.py does, answered greedily with `vj.generate`; every answer's facts a
 against its scene (`proj.scenes.facts.check`): precision and recall, pooled and as per-scene
 means, per fact class too. `--control` pairs every question with the next scene's image and
 scores against the question's scene: a target that reads its image falls to chance there.
+For the questions about one colour or shape (kinds colour, shape and their inventories) it also
+counts the answers whose first sentence answers the question, and answers it correctly
+(`proj.scenes.facts.answers_question`): a target can state true facts and ignore the question.
 """
 
 from __future__ import annotations
@@ -61,10 +64,16 @@ def measure(target, examples: list[dict], max_new_tokens: int, batch_size: int,
     texts = answers(target, questions, ims, max_new_tokens, batch_size)
     reports = [scene_facts.check(e["scene"], t) for e, t in zip(examples, texts)]
     pooled = scene_facts.pool(reports)
+    answered = [scene_facts.answers_question(e["scene"], e["asked"], t) if e["asked"] else None
+                for e, t in zip(examples, texts)]
+    asked = [a for a in answered if a is not None]
+    pooled["question"] = {"asked": len(asked), "addressed": sum(a for a, _ in asked),
+                          "correct": sum(c for _, c in asked)}
     pooled["scenes"] = [
         {"seed": e["seed"], "kind": e["kind"], "precision": r.precision, "recall": r.recall,
          "stated": r.stated, "correct": r.correct, "unparsed": r.unparsed,
-         "false": r.false_facts, "answer": t} for e, r, t in zip(examples, reports, texts)]
+         "false": r.false_facts, "question": a, "answer": t}
+        for e, r, a, t in zip(examples, reports, answered, texts)]
     result[name] = pooled
   return result
 
@@ -78,6 +87,10 @@ def report(result: dict) -> str:
                  f"recall {p['recall']:.3f} (mean {p['mean_recall']:.3f}); "
                  f"sentences not parsed: {p['unparsed']}, answers cut at the token limit: "
                  f"{p['truncated']}")
+    q = p["question"]
+    if q["asked"]:
+      lines.append(f"  {q['asked']} questions about one colour or shape: the first sentence "
+                   f"answers {q['addressed']}, correctly {q['correct']}")
   names = list(result)
   classes = sorted({c for p in result.values() for c in p["by_class"]})
   lines.append(f"{'class':14s}"

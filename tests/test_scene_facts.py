@@ -271,6 +271,27 @@ def test_verdict_and_pool():
   assert pooled["by_class"]["empty"] == {"stated": 1, "correct": 0, "true": 6, "precision": 0.0}
 
 
+def test_answers_question():
+  """Reference answers to colour / shape questions (long and focused inventories) answer them
+  correctly in their first sentence; a question answered about another scene is addressed but
+  sometimes wrong; an answer that opens with something else does not address it."""
+  wrong = 0
+  for seed in range(60):
+    for kind in ("colour", "shape", "colour_inventory", "shape_inventory"):
+      ex = scenes.sample(seed, kind=kind, style="bold")
+      (key, value), = ex["asked"].items()
+      assert scenes.FOCUS[kind] == key and value in ex["question"]
+      assert sf.answers_question(ex["scene"], ex["asked"], ex["answer"]) == (True, True)
+      addressed, correct = sf.answers_question(scenes.random_scene(seed + 500, style="bold"),
+                                               ex["asked"], ex["answer"])
+      assert addressed
+      wrong += not correct
+    intro = scenes.sample(seed, kind="describe")
+    assert intro["asked"] == {}
+    assert sf.answers_question(intro["scene"], {"colour": "red"}, intro["answer"]) == (False, False)
+  assert 100 < wrong < 200   # of 240; measured: 142
+
+
 def test_bench_facts_scores_own_and_swapped_images(monkeypatch):
   """infer.bench facts' measure with a stand-in model that reads its image perfectly (it answers
   with the reference answer of the scene the image shows): precision 1.0 with the scenes' own
@@ -282,6 +303,9 @@ def test_bench_facts_scores_own_and_swapped_images(monkeypatch):
                       lambda target, questions, images, *a: [by_image[id(im)] for im in images])
   result = bench_facts.measure(None, examples, 16, 4, control=True)
   assert result["own"]["precision"] == 1.0 and result["own"]["answers"] == 6
+  asked = sum(bool(e["asked"]) for e in examples)
+  assert asked and result["own"]["question"] == {"asked": asked, "addressed": asked,
+                                                 "correct": asked}
   assert result["control"]["precision"] < 0.5
   assert [s["seed"] for s in result["control"]["scenes"]] == [e["seed"] for e in examples]
   assert "control (each scene with the next one's image)" in bench_facts.report(result)

@@ -558,6 +558,18 @@ def check(scene: dict, answer: str) -> FactReport:
   return score(scene, facts, unparsed, truncated=bool(sentences(answer)[1]))
 
 
+def answers_question(scene: dict, asked: dict, answer: str) -> tuple[bool, bool]:
+  """(addressed, correct) for a question about one colour or shape (`asked`: {"colour": "red"}
+  or {"shape": "star"}, generator.sample's "asked"): addressed iff the answer's first sentence
+  states how many objects of that value the scene has (as the reference answers do: "No, there is
+  no red object in the image."), correct iff that count is the scene's."""
+  (key, value), = asked.items()
+  full, _ = sentences(answer)
+  stated = [f for f in (parse_sentence(full[0]) if full else None) or ()
+            if f[:3] == (key, "count", value)]
+  return bool(stated), bool(stated) and stated[0] in true_facts(scene)
+
+
 def pool(reports: list[FactReport]) -> dict:
   """Totals over several answers: pooled precision and recall (sums over all answers), the mean
   of the per-answer precisions, and per class {"stated", "correct", "true", "precision"}."""

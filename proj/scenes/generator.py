@@ -526,27 +526,34 @@ def question_for(kind: str, rng, shapes=SHAPES) -> tuple[str, dict]:
 def describe(scene: dict, question_kind: str, rng: np.random.Generator) -> tuple[str, str]:
   """(question, long answer) of one kind about a scene; the question is drawn from `rng` alone
   and the answer depends on the scene (and, for phrasing, on `rng`)."""
-  question, p = question_for(question_kind, rng, style_of(scene)["shapes"])
+  question, asked = question_for(question_kind, rng, style_of(scene)["shapes"])
+  return question, answer_for(scene, question_kind, asked, rng)
+
+
+def answer_for(scene: dict, question_kind: str, asked: dict, rng: np.random.Generator) -> str:
+  """The answer to a question of that kind about `asked` (question_for's parameters)."""
   key = FOCUS.get(question_kind)
-  focus = [lambda s, r: _focus(s, key, p[key], r)] if key else []
+  focus = [lambda s, r: _focus(s, key, asked[key], r)] if key else []
   sentences = []
   for fn in focus + _SECTIONS[question_kind]:
     sentences.extend(fn(scene, rng))
-  return question, " ".join(sentences)
+  return " ".join(sentences)
 
 
 def sample(seed: int, size: int = 224, kind: str | None = None, kinds=None,
            style: str = DEFAULT_STYLE) -> dict:
-  """One example: {"image": PIL, "scene", "question", "answer", "kind", "seed"}; the kind
-  (unless given) and the phrasing are drawn from the seed too."""
+  """One example: {"image": PIL, "scene", "question", "answer", "kind", "seed", "asked"} (asked:
+  the colour or shape the question asks about, {} for the other kinds); the kind (unless given)
+  and the phrasing are drawn from the seed too."""
   image, scene = make_scene(seed, size, style)
   rng = np.random.default_rng([int(seed), 0xA45])
   kinds = list(kinds or KINDS)
   if kind is None:
     kind = kinds[int(rng.integers(len(kinds)))]
-  question, answer = describe(scene, kind, rng)
+  question, asked = question_for(kind, rng, style_of(scene)["shapes"])
+  answer = answer_for(scene, kind, asked, rng)
   return {"image": image, "scene": scene, "question": question, "answer": answer,
-          "kind": kind, "seed": int(seed)}
+          "kind": kind, "seed": int(seed), "asked": asked}
 
 
 # ----------------------------------------------------------------------------- tokenizer
