@@ -292,6 +292,7 @@ RULES = {
     "eval_tau.top_k": _int(1), "eval_tau.total_tokens": _int(2),
     "checkpoint.every": _int(1), "checkpoint.keep": _int(1),
     "stop_at_step": _int(1, optional=True),
+    "scene_word_weight": _real(0, lo_open=True),
     "heldout.scenes": _int(1), "heldout.max_new_tokens": _int(1), "heldout.batch_size": _int(1),
     "export.dtype": _choice("float32", "bfloat16", "float16"),
 }

@@ -100,10 +100,11 @@ def test_mesh_that_the_devices_cannot_fill():
     sharding.make_mesh((3, 3, 3))
 
 
-def test_target_config_checks_its_own_keys():
+@pytest.mark.parametrize("key,value", [("heldout.scenes", 0), ("scene_word_weight", 0.0)])
+def test_target_config_checks_its_own_keys(key, value):
   config = scenes_target.get_config()
-  _set(config, "heldout.scenes", 0)
-  with pytest.raises(ValueError, match="config.heldout.scenes"):
+  _set(config, key, value)
+  with pytest.raises(ValueError, match=f"config.{key}"):
     common.check(config)
 
 

@@ -5,6 +5,7 @@ and an exact resume from a time-boxed stop."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -41,6 +42,7 @@ def runs(tmp_path_factory):
                   eval_every=STEPS, eval_batches=1, progress=False,
                   compilation_cache=os.path.join(root, "xla_cache"), **extra))
     c.optim.lr = 1e-2
+    c.scene_word_weight = 2.0  # the weighted objective (the default 1.0 runs in the chain test)
     c.checkpoint.every = 3
     c.heldout.update(dict(input="tfds:scenes_dataset/size112:validation", scenes=2,
                           max_new_tokens=8, batch_size=2))
@@ -91,7 +93,6 @@ def test_resume_is_exact(runs):
     assert abs(res[s]["loss"] - ref[s]["loss"]) <= 1e-6, (s, res[s]["loss"], ref[s]["loss"])
   a = vj.load_target(runs["ref"]["target"]).params
   b = vj.load_target(runs["resumed"]["target"]).params
-  import jax
   diff = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
   assert max(jax.tree.leaves(diff)) <= 1e-5
 
@@ -136,3 +137,32 @@ def test_content_mask_marks_exactly_the_scene_words():
   assert marked == ["Top", "right", "medium", "red", "star", "solid", "blue", "crosses", "middle",
                     "Two"]
   assert not target_eval.content_mask(tok, "The objects sit on an invisible grid.").any()
+
+
+def test_scene_word_weight_weighs_the_objective_not_the_logged_loss(tiny_qwen_dir):
+  """lm.answer_loss with token_weight: the objective is the mean weighted by the predicted
+  token's weight; metrics["loss"] stays the plain mean; all-ones weights change nothing."""
+  import jax.numpy as jnp
+  from train import lm
+  from vispec_jax.models import decoder
+  tgt = vj.load_target(tiny_qwen_dir)
+  cfg = tgt.config.text
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 12)), jnp.int32)
+  answer = jnp.asarray(np.arange(12) >= 5)[None].repeat(2, 0)
+  batch = {"ids": ids, "attention_mask": jnp.ones((2, 12), bool), "answer": answer,
+           "positions": jnp.broadcast_to(jnp.arange(12), (2, 3, 12))}
+  plain, metrics = lm.answer_loss(cfg, None, tgt.params, batch)
+  ones, _ = lm.answer_loss(cfg, None, tgt.params, batch, jnp.ones(cfg.vocab_size))
+  weight = jnp.ones(cfg.vocab_size).at[ids[0, 8]].set(5.0)
+  weighted, wmetrics = lm.answer_loss(cfg, None, tgt.params, batch, weight)
+  hidden, _ = lm.forward(cfg, None, tgt.params, batch)
+  logp = jax.nn.log_softmax(decoder.logits(tgt.params["text"], hidden), -1)
+  nll = -np.take_along_axis(np.asarray(logp[:, :-1]), np.asarray(ids[:, 1:, None]), -1)[..., 0]
+  supervised = np.asarray(answer[:, 1:])
+  w = np.asarray(weight)[np.asarray(ids[:, 1:])] * supervised
+  np.testing.assert_allclose(float(plain), nll[supervised].mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(ones), float(plain), rtol=1e-6)
+  np.testing.assert_allclose(float(weighted), (nll * w).sum() / w.sum(), rtol=1e-5)
+  assert abs(float(weighted) - float(plain)) > 1e-4
+  assert float(wmetrics["loss"]) == float(metrics["loss"])

@@ -32,9 +32,11 @@ def forward(text_cfg, vision, params, batch) -> tuple[jax.Array, jax.Array]:
   return hidden, embeds
 
 
-def answer_loss(text_cfg, vision, params, batch) -> tuple[jax.Array, dict]:
+def answer_loss(text_cfg, vision, params, batch, token_weight=None) -> tuple[jax.Array, dict]:
   """(mean cross-entropy of the answer tokens, metrics: loss, top-1 token_acc, tokens). Position
-  i predicts token i + 1 and is supervised iff that is an answer token."""
+  i predicts token i + 1 and is supervised iff that is an answer token. token_weight (float
+  [vocab], optional) weighs each position by the token it predicts: the objective is then the
+  weighted mean, while metrics["loss"] stays the plain mean (comparable across weights)."""
   hidden, _ = forward(text_cfg, vision, params, batch)
   logits = decoder.logits(params["text"], hidden)                 # fp32 [B, L, V]
   ids = batch["ids"]
@@ -43,6 +45,10 @@ def answer_loss(text_cfg, vision, params, batch) -> tuple[jax.Array, dict]:
   logp = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
   loss = losses.masked_mean(nll, mask)
+  objective = loss
+  if token_weight is not None:
+    w = mask * token_weight[nxt]
+    objective = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1e-6)
   hit = (jnp.argmax(logits, -1) == nxt).astype(jnp.float32)
-  return loss, {"loss": loss, "token_acc": losses.masked_mean(hit, mask),
+  return objective, {"loss": loss, "token_acc": losses.masked_mean(hit, mask),
                 "tokens": jnp.sum(mask)}

@@ -77,6 +77,12 @@ ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "
 TEXTURE_PHRASES = {"solid": "filled with solid colour", "striped": "with horizontal stripes",
                    "dotted": "made of small dots", "outlined": "drawn only as an outline"}
 
+# The words of an answer that only the image decides (function words and phrasing never are):
+# what proj/scenes/target_eval.py's content accuracy and the trainer's scene_word_weight count.
+SCENE_WORDS = frozenset(
+    [*COLOURS, *BACKGROUNDS, *SIZES, *TEXTURES, *ROWS, *COLS, *NUMBERS, *SHAPES,
+     *(s + ("es" if s.endswith("s") else "s") for s in SHAPES)])
+
 QUESTIONS = {
     "describe": ["Describe the image in detail.", "What do you see in this picture?",
                  "Give a detailed description of the scene."],

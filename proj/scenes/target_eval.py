@@ -13,7 +13,7 @@ On scenes it never trained on (image, question, reference answer), prompted as
                       and answer is paired with another scene's image): what the text alone
                       explains. The gap to token_acc is what the model reads from the image.
   content_acc         token_acc over the tokens of scene words only (colours, shapes, sizes,
-  content_acc_swapped textures, rows, columns, numbers: `scene_word_spans`), with the own and the
+  content_acc_swapped textures, rows, columns, numbers: generator.SCENE_WORDS), with the own and the
                       swapped image: the answer's grammar and phrasing are left out, so this is
                       how well the model names what is in the picture when its context is right
   sentence_precision  free greedy generation: the share of generated sentences that appear word
@@ -40,20 +40,26 @@ from proj.scenes import generator as scenes
 import vispec_jax as vj
 from vispec_jax.target import batch_from_rows
 
-# Words whose choice in an answer only the image decides (and function words never are).
-SCENE_WORDS = frozenset(
-    [*scenes.COLOURS, *scenes.BACKGROUNDS, *scenes.SIZES, *scenes.TEXTURES, *scenes.ROWS,
-     *scenes.COLS, *scenes.NUMBERS, *scenes.SHAPES, *(s + ("es" if s.endswith("s") else "s")
-                                                    for s in scenes.SHAPES)])
-
 
 def sentences(text: str) -> list[str]:
   return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
 
 
 def scene_word_spans(text: str) -> list[tuple[int, int]]:
-  """The character spans of the scene words (SCENE_WORDS) in `text`."""
-  return [m.span() for m in re.finditer(r"[A-Za-z]+", text) if m.group().lower() in SCENE_WORDS]
+  """The character spans of the scene words (generator.SCENE_WORDS) in `text`."""
+  return [m.span() for m in re.finditer(r"[A-Za-z]+", text)
+          if m.group().lower() in scenes.SCENE_WORDS]
+
+
+def scene_word_weights(tokenizer, weight: float) -> np.ndarray:
+  """float32 [vocab]: `weight` for every token that is a whole scene word (" red", " star"; a
+  word the tokenizer splits, such as most capitalised ones, is not), 1 for the others: the
+  target trainer's per-token loss weights (config.scene_word_weight)."""
+  out = np.ones(len(tokenizer), np.float32)
+  for token, i in tokenizer.get_vocab().items():
+    if tokenizer.convert_tokens_to_string([token]).strip().lower() in scenes.SCENE_WORDS:
+      out[i] = weight
+  return out
 
 
 def content_mask(tokenizer, text: str) -> np.ndarray:

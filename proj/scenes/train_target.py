@@ -10,7 +10,10 @@ scene image and a question and writes the long answer; cross-entropy on answer t
   records              train.datagen over the scenes TFDS split, keeping its answers
   batches, mesh, AdamW, checkpoints, logging, the loop     shared with the draft trainer
                        (train/data.py, train/loop.py)
-  train_step           train/lm.py:answer_loss -> grads -> clip -> AdamW
+  train_step           train/lm.py:answer_loss -> grads -> clip -> AdamW; config.scene_word_weight
+                       weighs the tokens that are scene words (colours, shapes, cells, ...;
+                       target_eval.scene_word_weights) in the objective, the logged loss stays
+                       the plain mean
   every eval_every     loss and token accuracy on held-out records (the last data.eval_fraction),
                        also with every row given another row's image (`eval/*_swapped`)
   at the end, or with --export_only (newest checkpoint)
@@ -29,6 +32,7 @@ import os
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
@@ -108,9 +112,11 @@ def scale_tokens(target, params, stage0_folder: str, image_hw: tuple[int, int],
           {"scale": s, "token_norm": token_norm, "text_embed_norm": text_norm})
 
 
-def train_step(text_cfg, vision, tx, state, batch):
-  """One optimizer step on the answer tokens' cross-entropy."""
-  return loop.grad_step(tx, functools.partial(lm.answer_loss, text_cfg, vision), state, batch)
+def train_step(text_cfg, vision, tx, token_weight, state, batch):
+  """One optimizer step on the answer tokens' cross-entropy (weighted per predicted token by
+  `token_weight`, float [vocab], or None)."""
+  loss = functools.partial(lm.answer_loss, text_cfg, vision, token_weight=token_weight)
+  return loop.grad_step(tx, loss, state, batch)
 
 
 def export(config, workdir: str, target, params, tokenizer) -> str:
@@ -166,7 +172,10 @@ def _train(config, workdir: str, export_only: bool) -> dict:
   logging.info("target: %.2fM params, %d records (%d held out), %d steps of %d",
                sum(x.size for x in jax.tree.leaves(host_params)) / 1e6, len(records.source),
                len(records.eval_idx), run.total, config.batch_size)
-  step_fn = run.jit_step(functools.partial(train_step, text_cfg, vision, run.tx))
+  weight = None
+  if config.scene_word_weight != 1.0:
+    weight = jnp.asarray(target_eval.scene_word_weights(tokenizer, config.scene_word_weight))
+  step_fn = run.jit_step(functools.partial(train_step, text_cfg, vision, run.tx, weight))
   eval_fn = run.jit_eval(lambda p, b: lm.answer_loss(text_cfg, vision, p, b)[1])
 
   def evaluate(state, step):
