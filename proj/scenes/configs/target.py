@@ -12,7 +12,7 @@ docs/embedded-model.md "Stage 1"; 3: the stage-2 target re-read at 256 image tok
 tower's spatial merge: 2 gives 64 tokens per 224 x 224 image, 1 gives 256; data names get a
 `_m1` suffix), focus (stages 1-3: the inventories of the TFDS config bold_focus_inventory, two in
 three of them after the answer to a question about one colour or shape, so that the answer
-depends on the question; not yet measured):
+depends on the question; measured worse: docs/embedded-model.md "focused inventories"):
 
     python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold_inventory
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=1 \
