@@ -130,13 +130,16 @@ def test_scenes_draft_config_stages():
 def test_content_mask_marks_exactly_the_scene_words():
   tok = vj.load_target("models/scenes/target").tokenizer
   text = "Top right: a medium red star, solid. The blue crosses are in the middle row. Two objects."
-  ids = tok(text, add_special_tokens=False)["input_ids"]
-  mask = target_eval.content_mask(tok, text)
+  enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+  ids = enc["input_ids"]
+  mask = target_eval.content_mask(enc["offset_mapping"], text)
   assert mask.shape == (len(ids),)
   marked = "".join(tok.decode([t]) if m else " " for t, m in zip(ids, mask)).split()
   assert marked == ["Top", "right", "medium", "red", "star", "solid", "blue", "crosses", "middle",
                     "Two"]
-  assert not target_eval.content_mask(tok, "The objects sit on an invisible grid.").any()
+  plain = "The objects sit on an invisible grid."
+  offsets = tok(plain, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+  assert not target_eval.content_mask(offsets, plain).any()
 
 
 def test_scene_word_weight_weighs_the_objective_not_the_logged_loss(tiny_qwen_dir):

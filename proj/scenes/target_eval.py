@@ -62,9 +62,8 @@ def scene_word_weights(tokenizer, weight: float) -> np.ndarray:
   return out
 
 
-def content_mask(tokenizer, text: str) -> np.ndarray:
-  """Per token of `tokenizer(text)` (no special tokens): does it overlap a scene word?"""
-  offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+def content_mask(offsets, text: str) -> np.ndarray:
+  """Per token of `text` (its tokenizer's offset_mapping): does it overlap a scene word?"""
   spans = scene_word_spans(text)
   return np.array([any(a < y and x < b for x, y in spans) for a, b in offsets], bool)
 
@@ -100,10 +99,11 @@ def evaluate(target, inputs, scenes: int, max_new_tokens: int, batch_size: int =
   for lo in range(0, n, batch_size):
     rows = [inputs[i] for i in range(lo, min(lo + batch_size, n))]
     batch = vj.prepare(target, [r["question"] for r in rows], images=[[r["image"]] for r in rows])
-    answers = [np.asarray(tok(r["answer"], add_special_tokens=False)["input_ids"] + eos, np.int32)
-               for r in rows]
+    enc = [tok(r["answer"], add_special_tokens=False, return_offsets_mapping=True) for r in rows]
+    answers = [np.asarray(e["input_ids"] + eos, np.int32) for e in enc]
     own += teacher_forced(target, batch, answers)
-    content += [np.append(content_mask(tok, r["answer"]), False) for r in rows]  # EOS: no word
+    content += [np.append(content_mask(e["offset_mapping"], r["answer"]), False)  # EOS: no word
+                for e, r in zip(enc, rows)]
     if len(rows) > 1:
       swapped += teacher_forced(target, batch, answers, rotate=1)
     out = vj.trim(vj.generate(target, batch, max_new_tokens=max_new_tokens))
