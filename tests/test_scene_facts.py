@@ -205,6 +205,23 @@ def test_reference_answers_are_all_true():
   assert 0.8 < pooled["recall"] < 1.0  # relations only
 
 
+def test_listed_reference_answers_are_all_true():
+  """The long answers of TFDS config bold_listed (listing "inventory"): every fact parsed and
+  true, and every object's four cell facts recalled, in every kind (also count and where, whose
+  default answers have no object sentences)."""
+  for seed in range(100):
+    scene = scenes.random_scene(seed, style="bold")
+    rng = np.random.default_rng([seed, 0x1157])
+    for kind in scenes.KINDS:
+      _, answer = scenes.describe(scene, kind, rng, listing="inventory")
+      r = sf.check(scene, answer)
+      assert r.unparsed == 0 and r.precision == 1.0, (seed, kind, r.unparsed_sentences,
+                                                      r.false_facts)
+      for a in ("colour", "shape", "size", "texture"):
+        c = r.by_class[f"cell {a}"]
+        assert c["correct"] == c["true"] == len(scene["objects"]), (seed, kind, a, c)
+
+
 def test_another_scenes_answer_is_mostly_false():
   """The control: scene i's reference answer scored against scene i + 1000."""
   reports = [sf.check(scenes.random_scene(seed), scenes.sample(seed + 1000)["answer"])

@@ -96,6 +96,29 @@ def test_answers_are_long(tokenizer, style):
     assert max(v) < 700, (kind, max(v))
 
 
+def test_listed_answers_list_every_object_after_the_introduction(tokenizer):
+  """listing "inventory" (TFDS config bold_listed): every long kind's answer states each object as
+  the inventory does, right after the introduction and in place of the object sentences; the
+  rest of the answer is the default listing's sections; the answers stay long."""
+  for kind in scenes.KINDS:
+    names = [fn.__name__ for fn in scenes.sections(kind, "inventory")]
+    default = [fn.__name__ for fn in scenes.sections(kind)]
+    assert names[:2] == ["s_intro", "s_inventory"], (kind, names)
+    assert names[2:] == [n for n in default[1:] if n != "s_objects"], (kind, names, default)
+  assert scenes.sections("inventory", "inventory") == scenes.sections("inventory")
+  for seed in HELD_OUT[:20]:
+    kind = scenes.KINDS[seed % len(scenes.KINDS)]
+    ex = scenes.sample(seed, kind=kind, style="bold", listing="inventory")
+    inventory = scenes.sample(seed, kind="inventory", style="bold")["answer"]
+    assert inventory in ex["answer"], (seed, kind)
+    assert ex["question"] == scenes.sample(seed, kind=kind, style="bold")["question"]
+  lengths = scenes.answer_lengths(tokenizer, HELD_OUT, style="bold", listing="inventory")
+  for kind, v in lengths.items():
+    assert 300 <= min(v) and max(v) < 700, (kind, min(v), max(v))
+  with pytest.raises(ValueError, match="unknown listing"):
+    scenes.sections("describe", "table")
+
+
 def test_answer_depends_on_image_not_question():
   checked = 0
   for seed in range(40):
@@ -233,3 +256,21 @@ def test_tfds_bold_inventory_config(tmp_path):
     assert json.loads(scenes_tfds.decode_text(src[i]["scene"]))["style"] == "bold"
   meta = tfds.builder(f"{scenes_tfds.NAME}/bold_inventory", data_dir=data_dir).info.metadata
   assert meta["style"] == "bold" and meta["kinds"] == ["inventory"]
+
+
+def test_tfds_bold_listed_config(tmp_path):
+  """--config bold_listed: bold scenes whose long answers list the objects as inventories (the
+  listing in the metadata)."""
+  import tensorflow_datasets as tfds
+
+  from proj.scenes import tfds_builder as scenes_tfds
+  data_dir = str(tmp_path / "tfds")
+  assert scenes_tfds.main(["--data-dir", data_dir, "--config", "bold_listed", "--train", "2",
+                           "--validation", "3", "--test", "0"]) == 0
+  src = tfds.data_source(f"{scenes_tfds.NAME}/bold_listed", split="validation", data_dir=data_dir)
+  for i in range(len(src)):
+    ref = scenes.sample(scenes.SPLIT_SEEDS["validation"] + i, style="bold", listing="inventory")
+    assert scenes_tfds.decode_text(src[i]["answer"]) == ref["answer"]
+    assert scenes_tfds.decode_text(src[i]["question"]) == ref["question"]
+  meta = tfds.builder(f"{scenes_tfds.NAME}/bold_listed", data_dir=data_dir).info.metadata
+  assert meta["style"] == "bold" and meta["listing"] == "inventory"

@@ -72,6 +72,9 @@ FOCUS = {"colour": "colour", "shape": "shape", "colour_inventory": "colour",
          "shape_inventory": "shape"}
 MIN_OBJECTS, MAX_OBJECTS = 3, 6
 
+# How long answers list the objects (generator.sections): in sentences (the shipped data) or as
+# the inventories do.
+LISTINGS = ("sentences", "inventory")
 NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]
 TEXTURE_PHRASES = {"solid": "filled with solid colour", "striped": "with horizontal stripes",
@@ -529,25 +532,42 @@ def question_for(kind: str, rng, shapes=SHAPES) -> tuple[str, dict]:
   return _pick(rng, QUESTIONS[kind]).format(**params), params
 
 
-def describe(scene: dict, question_kind: str, rng: np.random.Generator) -> tuple[str, str]:
+def describe(scene: dict, question_kind: str, rng: np.random.Generator,
+             listing: str = "sentences") -> tuple[str, str]:
   """(question, long answer) of one kind about a scene; the question is drawn from `rng` alone
   and the answer depends on the scene (and, for phrasing, on `rng`)."""
   question, asked = question_for(question_kind, rng, style_of(scene)["shapes"])
-  return question, answer_for(scene, question_kind, asked, rng)
+  return question, answer_for(scene, question_kind, asked, rng, listing)
 
 
-def answer_for(scene: dict, question_kind: str, asked: dict, rng: np.random.Generator) -> str:
-  """The answer to a question of that kind about `asked` (question_for's parameters)."""
+def sections(question_kind: str, listing: str = "sentences") -> list:
+  """The section functions of a kind's answer. listing "inventory": every long answer lists its
+  objects right after the introduction as the inventories do ("Top right: a medium red star,
+  solid."; s_inventory), in place of the object sentences (s_objects): the form a language model
+  reads its image best in, after which the other sections restate what the text already holds
+  (docs/embedded-model.md, "Long answers that list their objects as inventories")."""
+  if listing not in LISTINGS:
+    raise ValueError(f"unknown listing {listing!r}; expected one of {LISTINGS}")
+  if listing == "sentences" or question_kind not in KINDS:
+    return list(_SECTIONS[question_kind])
+  out = [fn for fn in _SECTIONS[question_kind] if fn is not s_objects]
+  return out[:1] + [s_inventory] + out[1:]
+
+
+def answer_for(scene: dict, question_kind: str, asked: dict, rng: np.random.Generator,
+               listing: str = "sentences") -> str:
+  """The answer to a question of that kind about `asked` (question_for's parameters), its objects
+  listed as `listing` says (sections)."""
   key = FOCUS.get(question_kind)
   focus = [lambda s, r: _focus(s, key, asked[key], r)] if key else []
   sentences = []
-  for fn in focus + _SECTIONS[question_kind]:
+  for fn in focus + sections(question_kind, listing):
     sentences.extend(fn(scene, rng))
   return " ".join(sentences)
 
 
 def sample(seed: int, size: int = 224, kind: str | None = None, kinds=None,
-           style: str = DEFAULT_STYLE) -> dict:
+           style: str = DEFAULT_STYLE, listing: str = "sentences") -> dict:
   """One example: {"image": PIL, "scene", "question", "answer", "kind", "seed", "asked"} (asked:
   the colour or shape the question asks about, {} for the other kinds); the kind (unless given)
   and the phrasing are drawn from the seed too."""
@@ -557,7 +577,7 @@ def sample(seed: int, size: int = 224, kind: str | None = None, kinds=None,
   if kind is None:
     kind = kinds[int(rng.integers(len(kinds)))]
   question, asked = question_for(kind, rng, style_of(scene)["shapes"])
-  answer = answer_for(scene, kind, asked, rng)
+  answer = answer_for(scene, kind, asked, rng, listing)
   return {"image": image, "scene": scene, "question": question, "answer": answer,
           "kind": kind, "seed": int(seed), "asked": asked}
 
@@ -601,14 +621,15 @@ def save_tokenizer(tokenizer, out: str) -> str:
   return write_folder(out, tokenizer.save_pretrained)
 
 
-def answer_lengths(tokenizer, seeds, kinds=None, style: str = DEFAULT_STYLE) -> dict[str, list[int]]:
+def answer_lengths(tokenizer, seeds, kinds=None, style: str = DEFAULT_STYLE,
+                   listing: str = "sentences") -> dict[str, list[int]]:
   """Token counts of the answers of every kind for the given scene seeds."""
   texts = {k: [] for k in (kinds or KINDS)}
   for seed in seeds:
     scene = random_scene(seed, 224, style)
     rng = np.random.default_rng([seed, 0x57A7])
     for k, v in texts.items():
-      v.append(describe(scene, k, rng)[1])
+      v.append(describe(scene, k, rng, listing)[1])
   return {k: [len(ids) for ids in tokenizer(v)["input_ids"]] for k, v in texts.items()}
 
 
@@ -628,11 +649,14 @@ def main(argv=None) -> int:
   s.add_argument("--kind", choices=KINDS)
   s.add_argument("--size", type=int, default=224)
   s.add_argument("--style", choices=sorted(STYLES), default=DEFAULT_STYLE)
+  s.add_argument("--listing", choices=LISTINGS, default="sentences")
   s.add_argument("--out", default=None, help="PNG path for the image")
   st = sub.add_parser("stats", help="answer length statistics (tokens) per question kind")
   st.add_argument("--tokenizer", required=True)
   st.add_argument("--samples", type=int, default=500)
   st.add_argument("--start", type=int, default=10_000_000)
+  st.add_argument("--style", choices=sorted(STYLES), default=DEFAULT_STYLE)
+  st.add_argument("--listing", choices=LISTINGS, default="sentences")
   args = ap.parse_args(argv)
 
   if args.cmd == "tokenizer":
@@ -640,7 +664,7 @@ def main(argv=None) -> int:
     path = save_tokenizer(tok, args.out)
     print(f"tokenizer with {len(tok)} tokens (vocab limit {args.vocab_size}) saved to {path}")
   elif args.cmd == "show":
-    ex = sample(args.seed, args.size, args.kind, style=args.style)
+    ex = sample(args.seed, args.size, args.kind, style=args.style, listing=args.listing)
     if args.out:
       ex["image"].save(args.out)
       print(f"image: {args.out}")
@@ -648,7 +672,8 @@ def main(argv=None) -> int:
   else:
     from transformers import PreTrainedTokenizerFast
     tok = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
-    lengths = answer_lengths(tok, range(args.start, args.start + args.samples))
+    lengths = answer_lengths(tok, range(args.start, args.start + args.samples), style=args.style,
+                             listing=args.listing)
     allv = np.concatenate([np.asarray(v) for v in lengths.values()])
     print(f"{'kind':10s} {'min':>5s} {'p5':>5s} {'mean':>6s} {'p95':>5s} {'max':>5s}")
     for k, v in list(lengths.items()) + [("all", allv)]:

@@ -46,6 +46,7 @@ class ScenesConfig(tfds.core.BuilderConfig):
   kinds: tuple[str, ...] = tuple(scenes.KINDS)
   seed_offset: int = 0
   style: str = scenes.DEFAULT_STYLE
+  listing: str = "sentences"  # how long answers list the objects (generator.sections)
 
 
 CONFIGS = [ScenesConfig(name="default", description="224 x 224 scenes (64 Qwen2.5-VL tokens)")] + [
@@ -58,7 +59,10 @@ CONFIGS = [ScenesConfig(name="default", description="224 x 224 scenes (64 Qwen2.
     ScenesConfig(name="bold_focus_inventory", style="bold", kinds=tuple(scenes.SHORT_KINDS),
                  description="224 x 224 bold scenes, inventories, two in three of them after "
                              "the answer to a question about one colour or shape"),
-    ScenesConfig(name="bold", style="bold", description="224 x 224 bold scenes, long answers")]
+    ScenesConfig(name="bold", style="bold", description="224 x 224 bold scenes, long answers"),
+    ScenesConfig(name="bold_listed", style="bold", listing="inventory",
+                 description="224 x 224 bold scenes, long answers that list the objects as the "
+                             "inventories do")]
 
 
 def config_name(image_size: int) -> str:
@@ -94,6 +98,8 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
     c = self.builder_config
     s = c.image_size
     style = {} if c.style == scenes.DEFAULT_STYLE else {"style": c.style}
+    if c.listing != "sentences":
+      style["listing"] = c.listing
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n")[0],
@@ -120,7 +126,7 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
   def _generate_examples(self, base: int, n: int):
     c = self.builder_config
     for i in range(n):
-      ex = scenes.sample(base + i, c.image_size, kinds=c.kinds, style=c.style)
+      ex = scenes.sample(base + i, c.image_size, kinds=c.kinds, style=c.style, listing=c.listing)
       yield i, {"image": np.asarray(ex["image"], np.uint8), "question": ex["question"],
                 "answer": ex["answer"], "kind": ex["kind"], "seed": ex["seed"],
                 "scene": json.dumps(ex["scene"], sort_keys=True)}
