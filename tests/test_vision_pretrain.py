@@ -274,18 +274,37 @@ def test_stage3_init_takes_the_text_model_and_the_tower_without_its_merger(runs,
     scenes_target.get_config("model=tiny,stage=3")
 
 
-@pytest.mark.parametrize("focus", ["False", "True"])
-def test_gpu_chain_runs_at_tiny_sizes(runs, tmp_path, focus):
+def test_listed_configs_read_the_listed_answers():
+  """target.py `listed` (stages 2 and 3): the long answers of TFDS config bold_listed in datagen,
+  held-out and the data names; stage 1's inventories still mixed in; other stages refuse it."""
+  from proj.scenes.configs import target as scenes_target
+  from configs import common
+  for arg, name in [("stage=2", "scenes_bold_listed"), ("stage=3,merge=1", "scenes_bold_listed_m1")]:
+    c = scenes_target.get_config(f"model=tiny,runlocal,listed=True,{arg}")
+    plain = scenes_target.get_config(f"model=tiny,runlocal,{arg}")
+    assert c.datagen.input == "tfds:scenes_dataset/bold_listed:train"
+    assert c.heldout.input == "tfds:scenes_dataset/bold_listed:validation"
+    assert c.data.name == name and c.data.mix.to_dict() == plain.data.mix.to_dict()
+    common.check(c)
+  for stage in (0, 1):
+    with pytest.raises(ValueError, match="listed picks stage 2"):
+      scenes_target.get_config(f"model=tiny,stage={stage},listed=True")
+
+
+@pytest.mark.parametrize("variant", ["False", "True"])
+def test_gpu_chain_runs_at_tiny_sizes(runs, tmp_path, variant):
   """proj/scenes/gpu_chain.sh (the staged chain prepared for the lent GPU) end to end on a tiny
   model: TFDS, stage 1 from a stage-0 tower, stage 2, stage 3 (merge 1), facts; the four files it
-  returns. FOCUS=True: the same on the focused inventories (target.py `focus`)."""
+  returns. variant True: the same with FOCUS=True and LISTED=True (target.py `focus`: the focused
+  inventories in stage 1; `listed`: the listed long answers in stages 2 and 3)."""
   import subprocess
   import sys
   import tarfile
   out, env = tmp_path / "out", dict(os.environ)
   env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"],
              WORK=str(tmp_path / "work"), MODEL="tiny", STAGE0=runs["ref"]["export"], TRAIN="24",
-             S1_STEPS="2", S2_STEPS="2", S3_STEPS="2", FACTS="1", FOCUS=focus,
+             S1_STEPS="2", S2_STEPS="2", S3_STEPS="2", FACTS="1", FOCUS=variant,
+             LISTED=variant,
              EXTRA="--config.heldout.scenes=1 --config.heldout.max_new_tokens=8 "
                    "--config.eval_every=2 --config.eval_batches=1 --config.batch_size=2 "
                    "--config.data.eval_fraction=0.1")
@@ -300,8 +319,10 @@ def test_gpu_chain_runs_at_tiny_sizes(runs, tmp_path, focus):
     assert "target/model.safetensors" in t.getnames()
     config = json.load(t.extractfile("target/config.json"))
   assert config["vision_config"]["spatial_merge_size"] == 1  # stage 3's export
-  inventories = "bold_focus_inventory" if focus == "True" else "bold_inventory"
-  assert os.path.isdir(tmp_path / "work" / "tfds" / "scenes_dataset" / inventories)
+  names = (["bold_focus_inventory", "bold_listed"] if variant == "True"
+           else ["bold", "bold_inventory"])
+  built = os.listdir(tmp_path / "work" / "tfds" / "scenes_dataset")
+  assert sorted(n for n in built if not n.startswith(".")) == names
   assert summary["stage1"]["heldout"]["scenes"] >= 1
   assert "precision" in json.dumps(json.load(open(out / "facts.json")))
 

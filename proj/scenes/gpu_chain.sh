@@ -16,8 +16,9 @@
 # (scenes per TFDS train split, 20000), FACTS (held-out scenes for the facts check, 32), MODEL
 # (config arg, base), STAGE0 (the tower stage 1 starts from, models/scenes/stage0), FOCUS (True:
 # stages 1-3 on the focused inventories of the TFDS config bold_focus_inventory,
-# proj/scenes/configs/target.py `focus`) and EXTRA: more flags for both trainers (e.g.
-# --config.batch_size=32).
+# proj/scenes/configs/target.py `focus`), LISTED (True: stages 2-3 on the long answers of the
+# TFDS config bold_listed, which list the objects as the inventories do; target.py `listed`) and
+# EXTRA: more flags for both trainers (e.g. --config.batch_size=32).
 set -euo pipefail
 out=${1:?usage: bash proj/scenes/gpu_chain.sh OUT}
 work=${WORK:-/tmp/scenes_chain}
@@ -30,9 +31,12 @@ fi
 export PYTHONUNBUFFERED=1
 tfds="$work/tfds"
 focus=${FOCUS:-False}
+listed=${LISTED:-False}
 inventories=bold_inventory
 [ "$focus" = True ] && inventories=bold_focus_inventory
-for cfg in bold $inventories; do
+long=bold
+[ "$listed" = True ] && long=bold_listed
+for cfg in $long $inventories; do
   log "TFDS $cfg"
   python -m proj.scenes.tfds_builder --data-dir "$tfds" --config "$cfg" --train "${TRAIN:-20000}" \
     >> "$work/tfds.log" 2>&1
@@ -52,11 +56,11 @@ stage() {  # stage N[,more config args] workdir steps seconds [flags...]
 }
 stage 1 "$work/stage1" "${S1_STEPS:-2400}" "${S1_SECONDS:-180}" \
   --config.init.vision="${STAGE0:-models/scenes/stage0}"
-stage 2 "$work/stage2" "${S2_STEPS:-1800}" "${S2_SECONDS:-240}" \
+stage 2,listed=$listed "$work/stage2" "${S2_STEPS:-1800}" "${S2_SECONDS:-240}" \
   --config.init.target="$work/stage1/target"
 last=$work/stage2
 if [ "${S3_STEPS:-0}" -gt 0 ]; then
-  stage 3,merge=1 "$work/stage3" "$S3_STEPS" "${S3_SECONDS:-180}" \
+  stage 3,merge=1,listed=$listed "$work/stage3" "$S3_STEPS" "${S3_SECONDS:-180}" \
     --config.init.text="$work/stage2/target" --config.init.vision="${STAGE0:-models/scenes/stage0}"
   last=$work/stage3
 fi

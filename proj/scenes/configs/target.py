@@ -12,7 +12,9 @@ docs/embedded-model.md "Stage 1"; 3: the stage-2 target re-read at 256 image tok
 tower's spatial merge: 2 gives 64 tokens per 224 x 224 image, 1 gives 256; data names get a
 `_m1` suffix), focus (stages 1-3: the inventories of the TFDS config bold_focus_inventory, two in
 three of them after the answer to a question about one colour or shape, so that the answer
-depends on the question; measured worse: docs/embedded-model.md "focused inventories"):
+depends on the question; measured worse: docs/embedded-model.md "focused inventories"), listed
+(stages 2-3: the long answers of the TFDS config bold_listed, which list the objects as the
+inventories do; docs/embedded-model.md "Long answers that list their objects as inventories"):
 
     python -m proj.scenes.tfds_builder --data-dir data/tfds --config bold_inventory
     python -m proj.scenes.train_target --config proj/scenes/configs/target.py:stage=1 \
@@ -58,7 +60,8 @@ def image_tokens(image_hw: tuple[int, int], merge: int, patch: int = 14) -> int:
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, model="base", runlocal=False, stage=0, merge=2, focus=False)
+  arg = common.parse_arg(arg, model="base", runlocal=False, stage=0, merge=2, focus=False,
+                         listed=False)
   c = common.without(common.base_config(), *common.DRAFT_ONLY)
   c.model = model_dims(arg.model, arg.merge)
   c.tokenizer = "data/scenes-tokenizer"   # python -m proj.scenes.generator tokenizer --out ...
@@ -104,11 +107,13 @@ def get_config(arg=None):
   if arg.stage == 1:
     stage_1(c, arg.focus)
   elif arg.stage == 2:
-    stage_2(c, arg.focus)
+    stage_2(c, arg.focus, arg.listed)
   elif arg.stage == 3:
-    stage_3(c, arg.merge, arg.focus)
+    stage_3(c, arg.merge, arg.focus, arg.listed)
   elif arg.stage != 0:
     raise ValueError(f"stage must be 0, 1, 2 or 3, got {arg.stage!r}")
+  if arg.listed and arg.stage not in (2, 3):
+    raise ValueError("listed picks stage 2's long answers: pass stage=2 or stage=3")
   if arg.merge != 2:
     other_merge(c, arg.merge)
 
@@ -151,7 +156,7 @@ def stage_1(c, focus: bool = False) -> None:
                         max_new_tokens=records["datagen"]["max_new_tokens"]))
 
 
-def stage_2(c, focus: bool = False) -> None:
+def stage_2(c, focus: bool = False, listed: bool = False) -> None:
   """Issue 16, stage 2: the long answers of every question kind on bold scenes, from the
   stage-1 target (its workdir's export), the tower and merger frozen. Half of each batch's rows
   stay stage 1's inventories (data.mix: stage 1's records, or built here) and the peak lr is a
@@ -159,22 +164,23 @@ def stage_2(c, focus: bool = False) -> None:
   100 steps (docs/embedded-model.md "Stage 2, first run")."""
   c.tokenizer = "models/scenes/target"
   c.init.target = "runs/scenes_stage1/target"
-  c.datagen.input = "tfds:scenes_dataset/bold:train"
-  c.data.name = "scenes_bold"
+  tfds_config = "bold_listed" if listed else "bold"
+  c.datagen.input = f"tfds:scenes_dataset/{tfds_config}:train"
+  c.data.name = f"scenes_{tfds_config}"
   c.data.mix = dict(inventory(focus), weight=0.5)
   c.optim.lr = 1e-3
   c.optim.lr_scales = {"vision": 0.0}
-  c.heldout.input = "tfds:scenes_dataset/bold:validation"
+  c.heldout.input = f"tfds:scenes_dataset/{tfds_config}:validation"
 
 
-def stage_3(c, merge: int, focus: bool = False) -> None:
+def stage_3(c, merge: int, focus: bool = False, listed: bool = False) -> None:
   """Issue 16, the adaptor at more image tokens (docs/embedded-model.md "Stage 3"): the stage-2
   target's language model re-reads the stage-0 tower at another merge size (merge=1: 256 tokens
   per image, the regime where the paper's adaptor helps), through a fresh merger trained at the
   stage's lr; the tower stays frozen. Stage 2's data recipe."""
   if merge == 2:
     raise ValueError("stage 3 re-reads the image at another merge size: pass merge=1")
-  stage_2(c, focus)
+  stage_2(c, focus, listed)
   c.init.update(dict(target=None, text="models/scenes/stage2", vision="models/scenes/stage0",
                      merger=False, scale_tokens=True))
   c.optim.lr_scales = {"vision": 0.0, "vision/merger": 1.0}
