@@ -75,6 +75,7 @@ MIN_OBJECTS, MAX_OBJECTS = 3, 6
 # How long answers list the objects (generator.sections): in sentences (the shipped data) or as
 # the inventories do.
 LISTINGS = ("sentences", "inventory")
+DEFAULT_LISTING = LISTINGS[0]
 NUMBERS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]
 TEXTURE_PHRASES = {"solid": "filled with solid colour", "striped": "with horizontal stripes",
@@ -533,14 +534,14 @@ def question_for(kind: str, rng, shapes=SHAPES) -> tuple[str, dict]:
 
 
 def describe(scene: dict, question_kind: str, rng: np.random.Generator,
-             listing: str = "sentences") -> tuple[str, str]:
+             listing: str = DEFAULT_LISTING) -> tuple[str, str]:
   """(question, long answer) of one kind about a scene; the question is drawn from `rng` alone
   and the answer depends on the scene (and, for phrasing, on `rng`)."""
   question, asked = question_for(question_kind, rng, style_of(scene)["shapes"])
   return question, answer_for(scene, question_kind, asked, rng, listing)
 
 
-def sections(question_kind: str, listing: str = "sentences") -> list:
+def sections(question_kind: str, listing: str = DEFAULT_LISTING) -> list:
   """The section functions of a kind's answer. listing "inventory": every long answer lists its
   objects right after the introduction as the inventories do ("Top right: a medium red star,
   solid."; s_inventory), in place of the object sentences (s_objects): the form a language model
@@ -548,14 +549,14 @@ def sections(question_kind: str, listing: str = "sentences") -> list:
   (docs/embedded-model.md, "Long answers that list their objects as inventories")."""
   if listing not in LISTINGS:
     raise ValueError(f"unknown listing {listing!r}; expected one of {LISTINGS}")
-  if listing == "sentences" or question_kind not in KINDS:
+  if listing == DEFAULT_LISTING or question_kind not in KINDS:
     return list(_SECTIONS[question_kind])
   out = [fn for fn in _SECTIONS[question_kind] if fn is not s_objects]
   return out[:1] + [s_inventory] + out[1:]
 
 
 def answer_for(scene: dict, question_kind: str, asked: dict, rng: np.random.Generator,
-               listing: str = "sentences") -> str:
+               listing: str = DEFAULT_LISTING) -> str:
   """The answer to a question of that kind about `asked` (question_for's parameters), its objects
   listed as `listing` says (sections)."""
   key = FOCUS.get(question_kind)
@@ -567,7 +568,7 @@ def answer_for(scene: dict, question_kind: str, asked: dict, rng: np.random.Gene
 
 
 def sample(seed: int, size: int = 224, kind: str | None = None, kinds=None,
-           style: str = DEFAULT_STYLE, listing: str = "sentences") -> dict:
+           style: str = DEFAULT_STYLE, listing: str = DEFAULT_LISTING) -> dict:
   """One example: {"image": PIL, "scene", "question", "answer", "kind", "seed", "asked"} (asked:
   the colour or shape the question asks about, {} for the other kinds); the kind (unless given)
   and the phrasing are drawn from the seed too."""
@@ -622,7 +623,7 @@ def save_tokenizer(tokenizer, out: str) -> str:
 
 
 def answer_lengths(tokenizer, seeds, kinds=None, style: str = DEFAULT_STYLE,
-                   listing: str = "sentences") -> dict[str, list[int]]:
+                   listing: str = DEFAULT_LISTING) -> dict[str, list[int]]:
   """Token counts of the answers of every kind for the given scene seeds."""
   texts = {k: [] for k in (kinds or KINDS)}
   for seed in seeds:
@@ -649,14 +650,14 @@ def main(argv=None) -> int:
   s.add_argument("--kind", choices=KINDS)
   s.add_argument("--size", type=int, default=224)
   s.add_argument("--style", choices=sorted(STYLES), default=DEFAULT_STYLE)
-  s.add_argument("--listing", choices=LISTINGS, default="sentences")
+  s.add_argument("--listing", choices=LISTINGS, default=DEFAULT_LISTING)
   s.add_argument("--out", default=None, help="PNG path for the image")
   st = sub.add_parser("stats", help="answer length statistics (tokens) per question kind")
   st.add_argument("--tokenizer", required=True)
   st.add_argument("--samples", type=int, default=500)
   st.add_argument("--start", type=int, default=10_000_000)
   st.add_argument("--style", choices=sorted(STYLES), default=DEFAULT_STYLE)
-  st.add_argument("--listing", choices=LISTINGS, default="sentences")
+  st.add_argument("--listing", choices=LISTINGS, default=DEFAULT_LISTING)
   args = ap.parse_args(argv)
 
   if args.cmd == "tokenizer":

@@ -46,7 +46,7 @@ class ScenesConfig(tfds.core.BuilderConfig):
   kinds: tuple[str, ...] = tuple(scenes.KINDS)
   seed_offset: int = 0
   style: str = scenes.DEFAULT_STYLE
-  listing: str = "sentences"  # how long answers list the objects (generator.sections)
+  listing: str = scenes.DEFAULT_LISTING  # how long answers list the objects (generator.sections)
 
 
 CONFIGS = [ScenesConfig(name="default", description="224 x 224 scenes (64 Qwen2.5-VL tokens)")] + [
@@ -97,9 +97,11 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     s = c.image_size
-    style = {} if c.style == scenes.DEFAULT_STYLE else {"style": c.style}
-    if c.listing != "sentences":
-      style["listing"] = c.listing
+    not_default = {}  # style and listing go into the metadata where they are not the defaults
+    if c.style != scenes.DEFAULT_STYLE:
+      not_default["style"] = c.style
+    if c.listing != scenes.DEFAULT_LISTING:
+      not_default["listing"] = c.listing
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n")[0],
@@ -112,7 +114,7 @@ class ScenesDataset(tfds.core.GeneratorBasedBuilder,
             "scene": tfds.features.Text(),  # the scene dict as JSON
         }),
         metadata=tfds.core.MetadataDict(
-            image_size=s, kinds=list(c.kinds), **style,
+            image_size=s, kinds=list(c.kinds), **not_default,
             split_seeds={k: v + c.seed_offset for k, v in scenes.SPLIT_SEEDS.items()}),
         disable_shuffling=True,
     )
