@@ -18,6 +18,7 @@ from jax._src import xla_bridge  # backends_are_initialized: jax has no public s
 
 import vispec_jax as vj
 from infer import cli
+from proj.scenes import generator as scenes, target_folder
 from vispec_jax import checkpoints, draft, models, testing
 
 # The vanilla benchmark's model: big enough that matmuls, not Python overhead, dominate a step.
@@ -59,6 +60,18 @@ def write_bench_checkpoint(folder: str, seed: int = 0) -> str:
 INTS = {"new_tokens": 1, "repeats": 1, "iters": 1, "cache": 1, "itemsize": 1, "warmup": 0,
         "batch": 1, "scenes": 1, "batch_size": 1, "max_new_tokens": 1, "lengths": 1}
 FLOATS = ("tau", "temperatures", "temperature", "budget_s")  # each >= 0
+
+
+def add_style_option(p) -> None:
+  """--style: the scenes to draw; by default the style the target folder records."""
+  p.add_argument("--style", choices=sorted(scenes.STYLES), default=None,
+                 help="scene style (default: the one the target was trained on, from its "
+                      f"{target_folder.MANIFEST}; {scenes.DEFAULT_STYLE} without one)")
+
+
+def style(args, folder: str) -> str:
+  """args.style, or the style recorded in the target `folder`."""
+  return args.style or target_folder.recorded_style(folder)
 
 
 def listed(value) -> list:

@@ -27,8 +27,7 @@ def add_parser(sub):
   p.add_argument("--scenes", type=int, default=32, help="held-out scenes")
   p.add_argument("--split", choices=list(SPLIT_SEEDS), default="validation",
                  help="seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
-  p.add_argument("--style", choices=sorted(scenes.STYLES), default=scenes.DEFAULT_STYLE,
-                 help="scene style (the one the target was trained on)")
+  common.add_style_option(p)
   p.add_argument("--kind", choices=scenes.KINDS + scenes.SHORT_KINDS, default=None,
                  help="one question kind (default: each scene's own, from the long kinds)")
   p.add_argument("--max-new-tokens", type=int, default=512)
@@ -107,6 +106,7 @@ def report(result: dict) -> str:
 def main(args) -> int:
   """Runs `facts` (parsed by infer/bench.py, whose errors are one line, exit 2)."""
   common.check_args(args)
+  args.style = common.style(args, args.target)
   target = vj.load_target(args.target)
   examples = [scenes.sample(SPLIT_SEEDS[args.split] + i, kind=args.kind, style=args.style)
               for i in range(args.scenes)]

@@ -57,8 +57,7 @@ def add_parser(sub):
     p.add_argument("--scenes", type=int, default=scenes, help="held-out scenes (batch 1 each)")
     p.add_argument("--split", choices=list(SPLIT_SEEDS), default="test",
                    help="seed range of the scenes (proj/scenes/generator.py SPLIT_SEEDS)")
-    p.add_argument("--style", choices=sorted(scenes_lib.STYLES), default=scenes_lib.DEFAULT_STYLE,
-                   help="scene style (the one the target was trained on)")
+    common.add_style_option(p)
     p.add_argument("--tree", default="dynamic",
                    help="dynamic (default: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of everything (median)")
@@ -173,6 +172,7 @@ def start(args, **info):
       raise ValueError("--out must name the PNG to write")
     cli.check_output("--out", args.out)
   tree = vj.tree.from_spec(args.tree)
+  args.style = common.style(args, args.target)
   target, loaded, scenes = load(args, drafts, tree)
   info = {"target": os.path.abspath(args.target),
           "drafts": {k: os.path.abspath(v) for k, v in drafts.items()},

@@ -28,8 +28,7 @@ from proj.scenes import facts as scene_facts, generator as scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "models", "scenes")
-DEFAULT_TREE = "chain6"
-DEFAULT_STYLE = scenes.DEFAULT_STYLE  # the shipped target's scenes
+DEFAULT_TREE = "chain5"
 DRAFT_COLOUR, TARGET_COLOUR = (26, 127, 55), (20, 20, 20)
 
 
@@ -42,8 +41,7 @@ def parse_args(argv):
   p.add_argument("--seed", type=int, default=100_000_007, help="scene seed (default: held out)")
   p.add_argument("--kind", default=None, choices=scenes.KINDS,
                  help="question kind (default: drawn from the seed)")
-  p.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(scenes.STYLES),
-                 help=f"scene style (the one the target was trained on; default {DEFAULT_STYLE})")
+  common.add_style_option(p)
   p.add_argument("--max-new-tokens", type=int, default=512)
   p.add_argument("--tree", default=DEFAULT_TREE,
                  help="dynamic (EAGLE-2: depth 3, top_k 8, 30 tokens), dynamic-dDkKtT or chainN "
@@ -72,6 +70,7 @@ def validate(args):
 
 def run(args) -> dict:
   tree = validate(args)
+  args.style = common.style(args, args.model)
   example = scenes.sample(args.seed, kind=args.kind, style=args.style)
   target = vj.load_target(args.model)
   draft = vj.load_draft(args.draft, target)

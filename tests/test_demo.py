@@ -3,6 +3,7 @@ the identity check and the PNG (the shipped models' numbers are in docs/benchmar
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 import vispec_jax as vj
 from vispec_jax import draft
-from proj.scenes import generator as scenes
+from proj.scenes import generator as scenes, target_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +48,25 @@ def test_json_report_and_png(tiny_qwen_dir, draft_dir, tmp_path):
   assert out["facts_verdict"].startswith(f"facts: {out['facts_correct']} of {out['facts_stated']}")
   with Image.open(png) as im:
     assert im.width > 224 and im.height >= 224
+
+
+def test_style_defaults_to_the_targets_manifest(tiny_qwen_dir, draft_dir, tmp_path):
+  """A target folder's scenes.json names the scenes it was trained on: the demo draws those."""
+  assert target_folder.recorded_style(tiny_qwen_dir) == scenes.DEFAULT_STYLE  # no manifest
+  model = str(tmp_path / "model")
+  shutil.copytree(tiny_qwen_dir, model)
+  with open(os.path.join(model, target_folder.MANIFEST), "w") as f:
+    json.dump({"stage": 2, "style": "bold"}, f)
+  assert target_folder.recorded_style(model) == "bold" != scenes.DEFAULT_STYLE
+  r = demo("--model", model, "--draft", draft_dir, "--max-new-tokens", 4, "--seed", 5, "--out", "",
+           "--json")
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout)
+  assert out["style"] == "bold" and out["question"] == scenes.sample(5, style="bold")["question"]
+  with open(os.path.join(model, target_folder.MANIFEST), "w") as f:
+    json.dump({"style": "pastel"}, f)
+  with pytest.raises(ValueError, match="unknown scene style 'pastel'"):
+    target_folder.recorded_style(model)
 
 
 def test_missing_models_is_one_line(tmp_path):

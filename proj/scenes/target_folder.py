@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import os
 
+from proj.scenes import generator
 from vispec_jax import checkpoints, testing
+
+# A shipped target's manifest: its recipe, evaluations and the scene style it was trained on.
+MANIFEST = "scenes.json"
 
 
 def hf_config(tokenizer, m) -> dict:
@@ -32,6 +36,19 @@ def hf_config(tokenizer, m) -> dict:
                               fullatt_block_indexes=[m["vision_depth"] - 1],
                               spatial_merge_size=m.get("merge", 2))
   return raw
+
+
+def recorded_style(folder: str) -> str:
+  """The scene style in `folder`'s manifest (scenes.json), or the generator's default for a folder
+  without one: a target answers only the scenes it was trained on."""
+  path = os.path.join(folder, MANIFEST)
+  if not os.path.isfile(path):
+    return generator.DEFAULT_STYLE
+  with open(path) as f:
+    style = json.load(f).get("style", generator.DEFAULT_STYLE)
+  if style not in generator.STYLES:
+    raise ValueError(f"{path}: unknown scene style {style!r} (known: {sorted(generator.STYLES)})")
+  return style
 
 
 def load_tokenizer(path: str):
